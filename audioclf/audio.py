@@ -1,0 +1,327 @@
+"""Audio file decoding, resampling and streaming; numpy only (torch is imported lazily by ``load_audio``).
+
+Arrays are float32 ``(channels, samples)``; sample rates in Hz. libsndfile (``soundfile``) decodes
+WAV/FLAC/OGG/MP3/AIFF/...; anything it cannot open goes to FFmpeg through PyAV when installed.
+Every problem with a file is raised as :class:`AudioDecodeError`; resampling uses soxr ('HQ').
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import stat
+import struct
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SUPPORTED_EXTENSIONS = frozenset({
+    ".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aiff", ".aif", ".aifc", ".au",
+    ".snd", ".caf", ".w64", ".rf64", ".m4a", ".mp4", ".aac", ".webm", ".mkv", ".mka", ".wma",
+    ".wv", ".ac3", ".amr", ".3gp",
+})
+
+_QUALITY = "HQ"
+_READ_FRAMES = 1 << 16  # frames per libsndfile read
+# Bytes per sample of the libsndfile subtypes whose frame count follows from the data chunk size.
+_PCM_WIDTH = {"PCM_S8": 1, "PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
+              "FLOAT": 4, "DOUBLE": 8, "ULAW": 1, "ALAW": 1}
+_SIZE_PLACEHOLDERS = (0, 0x7FFFFFFF, 0xFFFFFFFF)  # data sizes written by streaming encoders
+
+
+class AudioDecodeError(Exception):
+    """A file could not be decoded; ``str(err) == f"{path}: {reason}"``."""
+
+    def __init__(self, path, reason):
+        super().__init__(path, reason)  # args kept so the error pickles across worker processes
+        self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
+        self.reason = reason
+
+    def __str__(self):
+        return f"{self.path}: {self.reason}"
+
+
+class AudioInfo(NamedTuple):
+    sample_rate: int  # Hz
+    channels: int
+    frames: int  # samples per channel
+    duration: float  # seconds
+
+
+def read_audio(path, sample_rate: int | None = None, mono: bool = True) -> np.ndarray:
+    """Decode a whole file to float32 ``(channels, samples)`` (``(1, samples)`` channel mean if
+    ``mono``), resampled to ``sample_rate`` Hz when given; PCM values lie in [-1, 1]."""
+    _check_rate(sample_rate)
+    rate, blocks = _decode(path, mono)
+    audio = np.concatenate(list(blocks), axis=1)
+    return resample(audio, rate, sample_rate) if sample_rate else audio
+
+
+def load_audio(path, sample_rate: int | None = None, mono: bool = True):
+    """:func:`read_audio` as a float32 ``torch.Tensor`` ``(channels, samples)``."""
+    import torch
+
+    return torch.from_numpy(read_audio(path, sample_rate, mono))
+
+
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """Resample ``(channels, samples)`` or ``(samples,)`` audio with soxr; float32 out."""
+    _check_rate(orig_sr)
+    _check_rate(target_sr)
+    audio = np.asarray(audio, dtype=np.float32)
+    if orig_sr == target_sr:
+        return audio
+    if audio.ndim == 1:
+        return soxr.resample(audio, orig_sr, target_sr, quality=_QUALITY)
+    out = soxr.resample(np.ascontiguousarray(audio.T), orig_sr, target_sr, quality=_QUALITY)
+    return np.ascontiguousarray(out.T)
+
+
+def audio_info(path) -> AudioInfo:
+    """Sample rate, channels and frames from the header (libsndfile), else from PyAV's probe.
+    MP3 frame counts without a Xing/LAME header are estimates."""
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+        rate, channels, frames = info.samplerate, info.channels, info.frames
+    except Exception as sf_error:
+        av = _import_av(path, sf_error)
+        try:
+            with av.open(str(path)) as container:
+                stream = _audio_stream(path, container)
+                rate, channels = stream.rate, stream.channels
+                if stream.duration and stream.time_base:
+                    seconds = float(stream.duration * stream.time_base)
+                else:
+                    seconds = (container.duration or 0) / 1_000_000  # av.time_base
+                frames = round(seconds * rate)
+        except AudioDecodeError:
+            raise
+        except Exception as e:
+            raise AudioDecodeError(path, _unrecognised(sf_error, e)) from e
+    if not rate or rate <= 0:
+        raise AudioDecodeError(path, f"invalid sample rate {rate}")
+    return AudioInfo(rate, channels, frames, frames / rate)
+
+
+def iter_blocks(path, sample_rate: int | None, block_samples: int, mono: bool = True
+                ) -> Iterator[np.ndarray]:
+    """Stream a file as float32 ``(channels, block_samples)`` blocks at ``sample_rate`` Hz (native
+    rate if None); the last block may be shorter. Memory stays flat for multi-hour files.
+    The file is opened (and a missing/unreadable one reported) when this is called."""
+    _check_rate(sample_rate)
+    if block_samples <= 0:
+        raise ValueError(f"block_samples must be positive, got {block_samples}")
+    rate, blocks = _decode(path, mono)
+    if sample_rate and sample_rate != rate:
+        blocks = _stream_resample(blocks, rate, sample_rate)
+    return _reblock(blocks, block_samples)
+
+
+def _stream_resample(blocks, orig_sr, target_sr):
+    streamer = channels = None
+    for block in blocks:
+        if streamer is None:
+            channels = block.shape[0]
+            streamer = soxr.ResampleStream(orig_sr, target_sr, channels, dtype="float32",
+                                           quality=_QUALITY)
+        yield streamer.resample_chunk(np.ascontiguousarray(block.T)).T
+    if streamer is not None:
+        yield streamer.resample_chunk(np.zeros((0, channels), np.float32), last=True).T
+
+
+def _reblock(blocks, block_samples):
+    pending: list[np.ndarray] = []
+    n_pending = 0
+    for block in blocks:
+        pending.append(block)
+        n_pending += block.shape[1]
+        if n_pending < block_samples:
+            continue
+        buf = np.concatenate(pending, axis=1)
+        n_full = n_pending - n_pending % block_samples
+        for start in range(0, n_full, block_samples):
+            yield np.ascontiguousarray(buf[:, start:start + block_samples])
+        pending, n_pending = [buf[:, n_full:]], n_pending - n_full
+    if n_pending:
+        yield np.ascontiguousarray(np.concatenate(pending, axis=1))
+
+
+# --------------------------------------------------------------------------- decoding internals
+
+def _check_rate(rate):
+    if rate is not None and rate <= 0:
+        raise ValueError(f"sample rate must be positive, got {rate}")
+
+
+def _check_path(path):
+    """Raise AudioDecodeError unless ``path`` is a readable, non-empty regular file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise AudioDecodeError(path, "file does not exist") from None
+    except PermissionError:
+        raise AudioDecodeError(path, "permission denied") from None
+    except (OSError, TypeError, ValueError) as e:
+        raise AudioDecodeError(path, f"cannot access file ({e})") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise AudioDecodeError(path, "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise AudioDecodeError(path, "not a regular file")
+    if st.st_size == 0:
+        raise AudioDecodeError(path, "empty file (0 bytes)")
+    if not os.access(path, os.R_OK):
+        raise AudioDecodeError(path, "permission denied")
+
+
+def _brief(e: BaseException) -> str:
+    msg = getattr(e, "error_string", None) or getattr(e, "strerror", None) or str(e)
+    msg = str(msg).strip() or type(e).__name__
+    return msg if len(msg) <= 120 else msg[:117] + "..."
+
+
+def _unrecognised(sf_error, av_error=None) -> str:
+    sf_msg = _brief(sf_error)
+    if "does not exist" in sf_msg:  # libsndfile's MP3 probe says so of any unknown data
+        sf_msg = "format not recognised"
+    detail = f"libsndfile: {sf_msg}"
+    if av_error is not None:
+        detail += f"; ffmpeg: {_brief(av_error)}"
+    return f"not a recognised audio format ({detail})"
+
+
+def _import_av(path, sf_error):
+    try:
+        import av
+    except ImportError:
+        raise AudioDecodeError(path, _unrecognised(sf_error) + "; other formats need PyAV "
+                               "(pip install av), which is not installed") from None
+    return av
+
+
+def _audio_stream(path, container):
+    if not container.streams.audio:
+        raise AudioDecodeError(path, "no audio stream")
+    return container.streams.audio[0]
+
+
+def _decode(path, mono) -> tuple[int, Iterator[np.ndarray]]:
+    """Open ``path``; return (native rate, iterator of float32 (channels, n) blocks). The iterator
+    raises AudioDecodeError for corrupt/truncated data, NaN/Inf samples or an empty stream."""
+    _check_path(path)
+    try:
+        info = sf.info(str(path))
+        sf_error = None if info.frames > 0 else "no frames"
+    except Exception as e:
+        sf_error = e
+    if sf_error is None:
+        blocks = _sf_blocks(path, mono)
+    elif isinstance(sf_error, str) and importlib.util.find_spec("av") is None:
+        raise AudioDecodeError(path, "contains no audio samples")
+    else:  # unknown to libsndfile, or no frames there (e.g. an Ogg missing its last page)
+        blocks = _av_blocks(path, mono, sf_error)
+    try:
+        rate = next(blocks)
+    except AudioDecodeError:
+        raise
+    except Exception as e:
+        raise AudioDecodeError(path, f"cannot open ({_brief(e)})") from e
+    if not rate or rate <= 0:
+        raise AudioDecodeError(path, f"invalid sample rate {rate}")
+    return rate, _checked(path, blocks)
+
+
+def _checked(path, blocks):
+    total = 0
+    try:
+        for block in blocks:
+            if not np.isfinite(block).all():
+                raise AudioDecodeError(path, "contains NaN/Inf samples")
+            total += block.shape[1]
+            yield block
+    except AudioDecodeError:
+        raise
+    except Exception as e:
+        raise AudioDecodeError(path, f"truncated or corrupt data ({_brief(e)})") from e
+    if total == 0:
+        raise AudioDecodeError(path, "contains no audio samples")
+
+
+def _to_layout(block: np.ndarray, mono: bool) -> np.ndarray:
+    """(channels, n) float32 block -> channel mean (1, n) if mono."""
+    if mono and block.shape[0] > 1:
+        return block.mean(axis=0, keepdims=True, dtype=np.float32)
+    return np.ascontiguousarray(block, dtype=np.float32)
+
+
+def _sf_blocks(path, mono):
+    """Yield the rate, then blocks; raise if fewer frames than the header announces."""
+    with sf.SoundFile(str(path)) as f:
+        yield f.samplerate
+        expected = _declared_frames(path, f.subtype, f.channels)
+        if expected is None:  # libsndfile's MP3 frame count is only an estimate without Xing
+            expected = 0 if f.format == "MP3" else f.frames
+        read = 0
+        while True:  # not f.blocks(): it yields uninitialised memory past a short read
+            block = f.read(_READ_FRAMES, dtype="float32", always_2d=True)
+            if not len(block):
+                break
+            read += len(block)
+            yield _to_layout(block.T, mono)
+    if read < expected:
+        raise AudioDecodeError(path, f"truncated: header says {expected} frames, "
+                                     f"only {read} readable")
+
+
+def _av_blocks(path, mono, sf_error):
+    """PyAV fallback: yield the rate, then blocks of the first audio stream at its native rate."""
+    av = _import_av(path, sf_error)
+    try:
+        container = av.open(str(path))
+    except Exception as e:
+        if isinstance(sf_error, str):  # libsndfile knew the format but found no frames
+            raise AudioDecodeError(path, f"truncated or corrupt data (libsndfile found no frames; "
+                                         f"ffmpeg: {_brief(e)})") from e
+        raise AudioDecodeError(path, _unrecognised(sf_error, e)) from e
+    with container:
+        stream = _audio_stream(path, container)
+        yield stream.rate
+        to_float = av.AudioResampler(format="fltp")  # keeps the native rate and layout
+        for frame in container.decode(stream):
+            for out in to_float.resample(frame):
+                yield _to_layout(out.to_ndarray(), mono)
+        for out in to_float.resample(None):
+            yield _to_layout(out.to_ndarray(), mono)
+
+
+def _declared_frames(path, subtype, channels) -> int | None:
+    """Frames announced by a PCM WAV/AIFF data chunk (libsndfile silently clamps it to the file
+    size, so a truncated file otherwise looks complete); None when unknown."""
+    width = _PCM_WIDTH.get(subtype)
+    if width is None or channels <= 0:
+        return None
+    with open(path, "rb") as fh:
+        head = fh.read(12)
+        if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
+            endian, target = ("<" if head[:4] == b"RIFF" else ">"), b"data"
+        elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            endian, target = ">", b"SSND"
+        else:
+            return None
+        pos = 12
+        for _ in range(1000):  # chunk walk; real files have a handful
+            chunk = fh.read(8)
+            if len(chunk) < 8:
+                return None
+            size = struct.unpack(endian + "I", chunk[4:])[0]
+            if chunk[:4] == target:
+                if size in _SIZE_PLACEHOLDERS:
+                    return None
+                if target == b"SSND":
+                    size -= 8 + struct.unpack(">I", fh.read(4).ljust(4, b"\0"))[0]  # offset field
+                return max(size, 0) // (width * channels)
+            pos += 8 + size + (size & 1)
+            fh.seek(pos)
+    return None

@@ -1,0 +1,165 @@
+"""Batched augmentations that run inside the model's front end, on its device, in training mode only.
+
+Waveform augmentations act on ``(batch, samples)``; spectrogram ones on ``(batch, n_mels, frames)``.
+Mixup lives in the training loop because it also mixes the targets (:func:`mixup`).
+Every augmentation is switched off by setting its strength to zero in :class:`AugmentConfig`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Augmentation strengths; 0 switches one off. Gains and SNRs in dB, shifts in seconds."""
+
+    freq_masks: int = 2          # SpecAugment frequency masks per example
+    freq_mask_width: float = 0.15  # max width, fraction of mel bins
+    time_masks: int = 2          # SpecAugment time masks per example
+    time_mask_width: float = 0.1   # max width, fraction of frames
+    gain_db: float = 6.0         # random gain in [-gain_db, +gain_db]
+    shift_seconds: float = 0.1   # circular time shift up to +-shift_seconds
+    noise_prob: float = 0.3      # chance an example gets background noise
+    snr_db: tuple[float, float] = (5.0, 30.0)  # noise SNR range
+    speed: float = 0.1           # speed perturbation factor in [1 - speed, 1 + speed]
+    fb_jitter: float = 0.05      # filter-bank edge jitter, fraction of the band (0: off)
+    mixup_alpha: float = 0.3     # Beta(alpha, alpha) mixup in the loop (0: off)
+    mixup_prob: float = 0.5      # chance a batch is mixed
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def off(cls) -> "AugmentConfig":
+        return cls(0, 0, 0, 0, 0, 0, 0, (5.0, 30.0), 0, 0, 0, 0)
+
+
+def random_gain(wave: torch.Tensor, max_db: float) -> torch.Tensor:
+    """Scale each example by a gain drawn uniformly in ``[-max_db, max_db]`` dB."""
+    db = (torch.rand(wave.shape[0], 1, device=wave.device) * 2 - 1) * max_db
+    return wave * torch.pow(10.0, db / 20)
+
+
+def time_shift(wave: torch.Tensor, max_samples: int) -> torch.Tensor:
+    """Circularly shift each example by up to ``max_samples`` either way."""
+    n = wave.shape[-1]
+    shifts = torch.randint(-max_samples, max_samples + 1, (wave.shape[0], 1), device=wave.device)
+    idx = (torch.arange(n, device=wave.device)[None, :] - shifts) % n
+    return torch.gather(wave, 1, idx)
+
+
+def mix_at_snr(signal: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) -> torch.Tensor:
+    """Add ``noise`` scaled so that signal power / noise power equals ``snr_db`` per example.
+
+    signal, noise: ``(batch, samples)``; snr_db: ``(batch,)``.
+    """
+    p_signal = signal.square().mean(dim=-1).clamp_min(1e-10)
+    p_noise = noise.square().mean(dim=-1).clamp_min(1e-10)
+    scale = torch.sqrt(p_signal / (p_noise * torch.pow(10.0, snr_db / 10)))
+    return signal + noise * scale[:, None]
+
+
+def speed_perturb(wave: torch.Tensor, max_change: float) -> torch.Tensor:
+    """Play the whole batch at one random speed in ``[1-max_change, 1+max_change]``, keeping its length."""
+    factor = 1.0 + (torch.rand(()).item() * 2 - 1) * max_change
+    n = wave.shape[-1]
+    new_n = max(2, int(round(n / factor)))
+    out = F.interpolate(wave[:, None, :], size=new_n, mode="linear", align_corners=False)[:, 0]
+    return out[:, :n] if new_n >= n else F.pad(out, (0, n - new_n))
+
+
+def mask_along(spec: torch.Tensor, dim: int, count: int, max_width: int) -> torch.Tensor:
+    """SpecAugment: zero ``count`` random bands of width ``< max_width`` along ``dim`` (1 or 2) per example.
+
+    Masked values are set to 0, the mean of the normalised input.
+    """
+    if count <= 0 or max_width <= 0:
+        return spec
+    b, size = spec.shape[0], spec.shape[dim]
+    pos = torch.arange(size, device=spec.device)
+    mask = torch.zeros(b, size, dtype=torch.bool, device=spec.device)
+    for _ in range(count):
+        width = torch.randint(0, max_width + 1, (b, 1), device=spec.device)
+        start = (torch.rand(b, 1, device=spec.device) * (size - width + 1)).long()
+        mask |= (pos >= start) & (pos < start + width)
+    mask = mask[:, :, None] if dim == 1 else mask[:, None, :]
+    return spec.masked_fill(mask, 0.0)
+
+
+def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each example with a random partner: ``lam*x + (1-lam)*x[perm]``; ``y`` are soft targets (batch, classes).
+
+    Returns mixed inputs and mixed targets; targets still sum to one per row when ``y`` does.
+    """
+    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0],)).to(x.device)
+    lam = torch.maximum(lam, 1 - lam)  # keep the original example dominant
+    perm = torch.randperm(x.shape[0], device=x.device)
+    x_mix = lam.view(-1, *([1] * (x.dim() - 1))) * x + (1 - lam.view(-1, *([1] * (x.dim() - 1)))) * x[perm]
+    y_mix = lam[:, None] * y + (1 - lam[:, None]) * y[perm]
+    return x_mix, y_mix
+
+
+class WaveformAugment(nn.Module):
+    """Training-only waveform augmentations; identity in eval mode.
+
+    Background noise comes from ``noise_bank`` (``(clips, samples)``, set with :meth:`set_noise`) or,
+    when that is empty, from other examples of the same batch.
+    """
+
+    def __init__(self, config: AugmentConfig, sample_rate: int):
+        super().__init__()
+        self.config = config
+        self.sample_rate = sample_rate
+        self.register_buffer("noise_bank", torch.zeros(0, 0), persistent=False)
+
+    def set_noise(self, clips: torch.Tensor) -> None:
+        self.noise_bank = clips.to(self.noise_bank.device, torch.float32)
+
+    def _noise_like(self, wave: torch.Tensor) -> torch.Tensor:
+        b, n = wave.shape
+        if self.noise_bank.numel() == 0:
+            return wave.roll(1, dims=0)
+        idx = torch.randint(0, self.noise_bank.shape[0], (b,), device=wave.device)
+        bank = self.noise_bank[idx]
+        if bank.shape[1] < n:
+            bank = bank.repeat(1, math.ceil(n / bank.shape[1]))
+        start = torch.randint(0, bank.shape[1] - n + 1, ()).item()
+        return bank[:, start:start + n]
+
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if not self.training:
+            return wave
+        if c.speed > 0:
+            wave = speed_perturb(wave, c.speed)
+        if c.shift_seconds > 0:
+            wave = time_shift(wave, int(c.shift_seconds * self.sample_rate))
+        if c.noise_prob > 0 and wave.shape[0] > 1:
+            lo, hi = c.snr_db
+            snr = lo + torch.rand(wave.shape[0], device=wave.device) * (hi - lo)
+            noisy = mix_at_snr(wave, self._noise_like(wave), snr)
+            pick = torch.rand(wave.shape[0], 1, device=wave.device) < c.noise_prob
+            wave = torch.where(pick, noisy, wave)
+        if c.gain_db > 0:
+            wave = random_gain(wave, c.gain_db)
+        return wave
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masks on ``(batch, n_mels, frames)``; identity in eval mode."""
+
+    def __init__(self, config: AugmentConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if not self.training:
+            return spec
+        spec = mask_along(spec, 1, c.freq_masks, int(c.freq_mask_width * spec.shape[1]))
+        return mask_along(spec, 2, c.time_masks, int(c.time_mask_width * spec.shape[2]))

@@ -1,0 +1,327 @@
+"""Run folders: ``model.safetensors`` (weights) + ``config.json`` (everything needed to rebuild the model).
+
+Weights are only ever read with ``safetensors`` -- never ``torch.load`` or pickle -- so a run folder
+from an untrusted source cannot execute code; stray ``model.pt`` / ``pytorch_model.bin`` / ``*.pkl``
+files in it are ignored and never opened. ``config.json`` is validated against a hand-written schema
+before anything is built from it, and weights are loaded strictly: a missing, unexpected or
+mis-shaped tensor is an error, never a silent partial load.
+
+Both files are written atomically (:mod:`audioclf.io_utils`), weights first and config last, so a
+crash mid-save leaves the previous run loadable.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .io_utils import write_atomic, write_text_atomic
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "CheckpointError", "model_config",
+           "save_run", "read_config", "validate_config", "load_run"]
+
+_MAX_CLASSES = 100_000
+_MAX_ARG = 1e6
+_TASKS = ("single_label", "multi_label")
+_RESERVED_ARGS = {"name", "num_classes", "frontend", "augment"}
+
+
+class CheckpointError(Exception):
+    """A run folder that cannot be saved or loaded; the message names the folder and the cause."""
+
+    def __init__(self, run_dir, cause: str):
+        self.run_dir, self.cause = str(run_dir), cause
+        super().__init__(f"run {self.run_dir}: {cause}")
+
+
+# ---------------------------------------------------------------------------------------------
+# model <-> config
+
+
+def _jsonable(value):
+    """Tuples to lists, recursively, so that a value round-trips through JSON unchanged in meaning."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def model_config(model) -> dict:
+    """What :func:`load_run` needs to rebuild ``model``: name, constructor args, class count, front end, augment."""
+    return {
+        "model": model.model_name,
+        "model_args": _jsonable(dict(model.model_args)),
+        "num_classes": int(model.num_classes),
+        "frontend": _jsonable(model.frontend.config.to_dict()),
+        "augment": _jsonable(model.frontend.augment_config.to_dict()),
+    }
+
+
+def _state_for_save(model) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, storage-unshared copies of the state dict tensors (what safetensors accepts)."""
+    state, seen = {}, set()
+    for name, t in model.state_dict().items():
+        t = t.detach().to("cpu").contiguous()
+        storage = t.untyped_storage()
+        key = storage.data_ptr()
+        if key in seen or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # tied / view tensors: give each its own full storage
+            key = t.untyped_storage().data_ptr()
+        if t.numel() > 0:  # empty tensors have no storage to share
+            seen.add(key)
+        state[name] = t
+    return state
+
+
+def save_run(run_dir, model, config: dict) -> None:
+    """Write ``model.safetensors`` then ``config.json`` into ``run_dir`` (created if needed), atomically.
+
+    ``config`` is the caller's dict (labels, clip_seconds, task, training args, metrics, ...), overlaid with
+    ``format_version``, ``audioclf_version`` and :func:`model_config`. It is validated like :func:`read_config`
+    and serialised before anything is written, so a save never produces a run that cannot be loaded.
+    Raises ``CheckpointError`` for an invalid config, ``OSError`` (naming the path) when writing fails.
+    """
+    from . import __version__
+
+    run = Path(run_dir)
+    full = {**dict(config), "format_version": FORMAT_VERSION, "audioclf_version": __version__,
+            **model_config(model)}
+    validate_config(full, run)
+    try:
+        text = json.dumps(full, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(run, f"config is not JSON-serialisable: {e}") from e
+    try:
+        from safetensors.torch import save
+        weights = save(_state_for_save(model), metadata={"format": "pt"})
+    except Exception as e:
+        raise CheckpointError(run, f"cannot serialise the weights: {e}") from e
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot create run folder {run}: {e.strerror}") from e
+    write_atomic(run / WEIGHTS_NAME, weights)
+    write_text_atomic(run / CONFIG_NAME, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# config validation
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_number(cfg: dict, key: str, prefix: str, lo: float, hi: float, integer: bool = False,
+                  nullable: bool = False) -> list[str]:
+    v = cfg.get(key)
+    if v is None and nullable and key in cfg:
+        return []
+    ok = _is_int(v) if integer else _is_number(v)
+    if not ok or not lo <= v <= hi:
+        kind = "an integer" if integer else "a number"
+        null = " or null" if nullable else ""
+        return [f"key '{prefix}{key}' must be {kind} in {lo:g}..{hi:g}{null}, got {v!r}"]
+    return []
+
+
+def _check_arg_value(value, where: str, depth: int = 0) -> list[str]:
+    if value is None or isinstance(value, (str, bool)):
+        return []
+    if _is_int(value) or isinstance(value, float):
+        if not math.isfinite(value) or abs(value) > _MAX_ARG:
+            return [f"key '{where}' must be a finite number with |value| <= {_MAX_ARG:g}, got {value!r}"]
+        return []
+    if isinstance(value, list) and depth < 4:
+        return [err for i, v in enumerate(value) for err in _check_arg_value(v, f"{where}[{i}]", depth + 1)]
+    return [f"key '{where}' must be a JSON scalar or a list of them, got {type(value).__name__}"]
+
+
+def _check_frontend(fe) -> list[str]:
+    from .features import FrontendConfig
+
+    if not isinstance(fe, dict):
+        return [f"key 'frontend' must be an object, got {type(fe).__name__}"]
+    allowed = [f.name for f in fields(FrontendConfig)]
+    errors = [f"key 'frontend.{k}' is not a front-end setting (allowed: {', '.join(allowed)})"
+              for k in fe if k not in allowed]
+    errors += [f"key 'frontend.{k}' is missing" for k in allowed if k not in fe]
+    if errors:
+        return errors
+    errors += _check_number(fe, "sample_rate", "frontend.", 100, 400_000, integer=True)
+    errors += _check_number(fe, "n_mels", "frontend.", 1, 512, integer=True)
+    errors += _check_number(fe, "win_ms", "frontend.", 1, 1000)
+    errors += _check_number(fe, "hop_ms", "frontend.", 1, 1000)
+    nyquist = fe["sample_rate"] / 2 if _is_int(fe["sample_rate"]) else 200_000
+    errors += _check_number(fe, "f_min", "frontend.", 0, nyquist)
+    errors += _check_number(fe, "f_max", "frontend.", 0, nyquist, nullable=True)
+    if not errors and fe["f_max"] is not None and fe["f_max"] <= fe["f_min"]:
+        errors.append(f"key 'frontend.f_max' must be above f_min ({fe['f_min']!r}), got {fe['f_max']!r}")
+    return errors
+
+
+def _check_augment(aug) -> list[str]:
+    from .augment import AugmentConfig
+
+    if not isinstance(aug, dict):
+        return [f"key 'augment' must be an object, got {type(aug).__name__}"]
+    allowed = [f.name for f in fields(AugmentConfig)]
+    errors = []
+    for k, v in aug.items():
+        if k not in allowed:
+            errors.append(f"key 'augment.{k}' is not an augmentation setting (allowed: {', '.join(allowed)})")
+        elif not (_is_number(v) or (isinstance(v, list) and v and all(_is_number(x) for x in v))):
+            errors.append(f"key 'augment.{k}' must be a number or a list of numbers, got {v!r}")
+    return errors
+
+
+def _check_config(cfg) -> list[str]:
+    from .models import list_models
+
+    if not isinstance(cfg, dict):
+        return [f"config must be a JSON object, got {type(cfg).__name__}"]
+    required = ("format_version", "model", "num_classes", "labels", "frontend", "model_args", "augment",
+                "clip_seconds", "task")
+    missing = [k for k in required if k not in cfg]
+    if missing:
+        return [f"missing required key(s): {', '.join(repr(k) for k in missing)}"]
+    errors = []
+    if not _is_int(cfg["format_version"]) or cfg["format_version"] != FORMAT_VERSION:
+        errors.append(f"key 'format_version' must be {FORMAT_VERSION}, got {cfg['format_version']!r}"
+                      " (written by an incompatible audioclf version?)")
+    model = cfg["model"]
+    if not isinstance(model, str):
+        errors.append(f"key 'model' must be a string, got {type(model).__name__}")
+    elif model not in list_models():
+        errors.append(f"key 'model': unknown model {model!r} (registered: {', '.join(list_models())})")
+    n_err = _check_number(cfg, "num_classes", "", 1, _MAX_CLASSES, integer=True)
+    errors += n_err
+    n = None if n_err else cfg["num_classes"]
+    labels = cfg["labels"]
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        errors.append("key 'labels' must be a list of strings")
+    else:
+        if n is not None and len(labels) != n:
+            errors.append(f"key 'labels' has {len(labels)} entries but num_classes is {n}")
+        dupes = sorted(x for x, c in Counter(labels).items() if c > 1)
+        if dupes:
+            errors.append(f"key 'labels' has duplicates: {dupes[:10]}")
+    errors += _check_frontend(cfg["frontend"])
+    args = cfg["model_args"]
+    if not isinstance(args, dict):
+        errors.append(f"key 'model_args' must be an object, got {type(args).__name__}")
+    else:
+        for k, v in args.items():
+            if k in _RESERVED_ARGS:
+                errors.append(f"key 'model_args.{k}' clashes with a create_model argument")
+            else:
+                errors += _check_arg_value(v, f"model_args.{k}")
+    errors += _check_augment(cfg["augment"])
+    errors += _check_number(cfg, "clip_seconds", "", 0.01, 3600)
+    if cfg["task"] not in _TASKS:
+        errors.append(f"key 'task' must be one of {', '.join(_TASKS)}, got {cfg['task']!r}")
+    thresholds = cfg.get("thresholds")
+    if thresholds is not None:
+        if not isinstance(thresholds, list) or not all(_is_number(x) for x in thresholds):
+            errors.append("key 'thresholds' must be a list of finite numbers")
+        elif n is not None and len(thresholds) != n:
+            errors.append(f"key 'thresholds' has {len(thresholds)} entries but num_classes is {n}")
+    return errors
+
+
+def validate_config(config, run_dir="<config>") -> None:
+    """Raise ``CheckpointError`` listing every problem with ``config`` (see :func:`read_config`)."""
+    errors = _check_config(config)
+    if errors:
+        raise CheckpointError(run_dir, f"invalid {CONFIG_NAME}: " + "; ".join(errors))
+
+
+def read_config(run_dir) -> dict:
+    """Read and validate ``run_dir/config.json``; ``CheckpointError`` naming the bad key otherwise.
+
+    Required: format_version (1), model (registered name), num_classes (1..100000), labels (unique strings,
+    one per class), frontend (all FrontendConfig fields, nothing else, sane ranges), model_args (JSON scalars
+    or lists, numbers within +-1e6), augment (AugmentConfig fields), clip_seconds (0.01..3600), task
+    (single_label / multi_label). Optional: thresholds (one number per class). Other top-level keys
+    (training args, metrics) are allowed and returned untouched.
+    """
+    run = Path(run_dir)
+    path = run / CONFIG_NAME
+    if not run.is_dir():
+        raise CheckpointError(run, "no such run folder")
+    if not path.is_file():
+        raise CheckpointError(run, f"no {CONFIG_NAME} in {run}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(run, f"cannot read {CONFIG_NAME}: {e}") from e
+    validate_config(config, run)
+    return config
+
+
+# ---------------------------------------------------------------------------------------------
+# loading
+
+
+def _check_state(model, state: dict, run: Path) -> None:
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = []
+    if missing:
+        problems.append(f"missing tensors: {', '.join(missing)}")
+    if unexpected:
+        problems.append(f"unexpected tensors: {', '.join(unexpected)}")
+    if mismatched:
+        problems.append(f"shape mismatches: {'; '.join(mismatched)}")
+    if problems:
+        raise CheckpointError(run, f"{WEIGHTS_NAME} does not match model {model.model_name!r} built from "
+                                   f"{CONFIG_NAME}: " + " | ".join(problems))
+
+
+def load_run(run_dir, device="cpu"):
+    """Rebuild the model of a run folder and load its weights strictly; returns ``(model, config)`` in eval mode.
+
+    Weights are read only from ``model.safetensors`` with ``safetensors.torch.load_file`` (no pickle).
+    """
+    from safetensors.torch import load_file
+
+    from .models import create_model
+
+    run = Path(run_dir)
+    config = read_config(run)
+    weights = run / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(run, f"no {WEIGHTS_NAME} in {run}")
+    try:
+        model = create_model(config["model"], config["num_classes"], frontend=config["frontend"],
+                             augment=config["augment"], **config["model_args"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(run, f"cannot build model {config['model']!r} from {CONFIG_NAME}: {e}") from e
+    try:
+        state = load_file(weights, device="cpu")
+    except Exception as e:  # safetensors raises its own error type for corrupt files
+        raise CheckpointError(run, f"cannot read {WEIGHTS_NAME}: {e}") from e
+    _check_state(model, state, run)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(run, f"cannot load {WEIGHTS_NAME}: {e}") from e
+    model.to(device)
+    model.eval()
+    return model, config

@@ -1,0 +1,143 @@
+"""The ``audioclf`` command: train, evaluate, predict, cv, models."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+_TYPES = {"str": str, "int": int, "float": float}
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, skip=()) -> None:
+    """One ``--flag`` per dataclass field; booleans get ``--x/--no-x``; help from the field's metadata."""
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = str(f.type).replace(" | None", "")
+        default = f.default if f.default is not MISSING else None
+        if kind == "bool":
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=f.metadata.get("help"))
+        else:
+            parser.add_argument(flag, type=_TYPES[kind], default=default, help=f.metadata.get("help"),
+                                metavar=f.name.upper())
+
+
+def _audio_paths(paths: list[str]) -> list[Path]:
+    from .data.manifest import _audio_files
+    out = []
+    for p in map(Path, paths):
+        out += _audio_files(p) if p.is_dir() else [p]
+    return out
+
+
+def cmd_train(args) -> int:
+    from .training.config import TrainConfig
+    from .training.trainer import train
+    settings = {name: getattr(args, name) for name in TrainConfig.field_names()}
+    train(args.data, args.out, **settings)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation.evaluate import evaluate
+    evaluate(args.run, args.data, test_fold=args.test_fold, pattern=args.pattern, out=args.out,
+             cache_dir=args.cache_dir, device=args.device)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .audio import AudioDecodeError
+    from .inference import load
+    clf = load(args.run, args.device)
+    rows, failures = [], 0
+    for path in _audio_paths(args.paths):
+        try:
+            rows.append((str(path), clf.predict(path, top_k=args.top_k)))
+        except AudioDecodeError as e:
+            failures += 1
+            print(f"error: {e}", file=sys.stderr)
+    if args.format == "json":
+        print(json.dumps([{"path": p, "predictions": preds} for p, preds in rows], indent=2))
+    elif args.format == "csv":
+        print("path,rank,label,score")
+        for path, preds in rows:
+            for rank, p in enumerate(preds, 1):
+                print(f"{json.dumps(path)},{rank},{json.dumps(p['label'])},{p['score']:.6f}")
+    else:
+        width = max([len(p) for p, _ in rows] + [4])
+        for path, preds in rows:
+            print(f"{path:<{width}}  " + "  ".join(f"{p['label']} {p['score']:.3f}" for p in preds))
+    return 1 if failures and not rows else 0
+
+
+def cmd_cv(args) -> int:
+    from .training.config import TrainConfig
+    from .training.crossval import cross_validate
+    settings = {name: getattr(args, name) for name in TrainConfig.field_names() if name != "test_fold"}
+    cross_validate(args.data, args.out, folds=args.folds, **settings)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models.summary import model_table
+    print(model_table(sample_rate=args.sample_rate))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .training.config import TrainConfig
+    parser = argparse.ArgumentParser(prog="audioclf", description="Train, evaluate and deploy audio classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on a data set")
+    p.add_argument("data", help="class folders, a CSV manifest, or a folder with --pattern")
+    p.add_argument("--out", required=True, help="run folder to write")
+    add_dataclass_flags(p, TrainConfig)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cv", help="cross-validate: one run per fold, mean +- std")
+    p.add_argument("data")
+    p.add_argument("--out", required=True, help="folder for the fold runs and cv_report.json")
+    p.add_argument("--folds", type=int, default=5, help="K when the data declares no folds")
+    add_dataclass_flags(p, TrainConfig, skip=("test_fold",))
+    p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("evaluate", help="evaluate a run on labelled data")
+    p.add_argument("run")
+    p.add_argument("data")
+    p.add_argument("--test-fold", default=None)
+    p.add_argument("--pattern", default=None)
+    p.add_argument("--out", default=None, help="report folder (default RUN/evaluation)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k labels for audio files or folders")
+    p.add_argument("run")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="list registered models with parameters and GFLOPs")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    from .audio import AudioDecodeError
+    from .checkpoint import CheckpointError
+    from .data.manifest import ManifestError
+    try:
+        return args.func(args)
+    except (AudioDecodeError, CheckpointError, ManifestError, ValueError, RuntimeError, OSError) as e:
+        print(f"audioclf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

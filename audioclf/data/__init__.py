@@ -1,0 +1,1 @@
+"""Data sets: manifests, splits, the decoded-audio cache and fixed-length clips."""

@@ -1,0 +1,99 @@
+"""Train/validation/test splits that are stratified by label and never put one group on both sides."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .manifest import Manifest
+
+
+@dataclass
+class Split:
+    train: list[int]
+    val: list[int]
+    test: list[int]
+
+    def sizes(self) -> str:
+        return f"train {len(self.train)}, validation {len(self.val)}, test {len(self.test)}"
+
+
+def label_matrix(manifest: Manifest, labels: list[str] | None = None) -> np.ndarray:
+    """Multi-hot ``(items, classes)`` float32 matrix in the order of ``labels`` (default: ``manifest.labels``)."""
+    labels = labels or manifest.labels
+    index = {label: i for i, label in enumerate(labels)}
+    y = np.zeros((len(manifest.items), len(labels)), dtype=np.float32)
+    for row, item in enumerate(manifest.items):
+        for label in item.labels:
+            y[row, index[label]] = 1
+    return y
+
+
+def stratified_group_folds(y: np.ndarray, groups: list, k: int, seed: int = 0) -> np.ndarray:
+    """Assign every item to one of ``k`` folds, keeping groups whole and label counts balanced.
+
+    y: multi-hot ``(items, classes)``; groups: one key per item (``None``: the item is its own group).
+    Greedy: groups in decreasing size (random order among equals) go to the fold whose label counts
+    overlap least with theirs. Returns fold ids ``(items,)``.
+    """
+    keys = [g if g is not None else ("__item__", i) for i, g in enumerate(groups)]
+    unique = {key: n for n, key in enumerate(dict.fromkeys(keys))}
+    gid = np.array([unique[key] for key in keys])
+    counts = np.zeros((len(unique), y.shape[1]))
+    np.add.at(counts, gid, y)
+    sizes = np.bincount(gid, minlength=len(unique))
+    rng = np.random.default_rng(seed)
+    order = sorted(rng.permutation(len(unique)), key=lambda g: -sizes[g])
+    fold_counts, fold_sizes = np.zeros((k, y.shape[1])), np.zeros(k)
+    group_fold = np.empty(len(unique), dtype=int)
+    for g in order:
+        cost = fold_counts @ counts[g] / max(1.0, counts[g].sum()) + 1e-6 * fold_sizes
+        f = int(np.argmin(cost))
+        group_fold[g] = f
+        fold_counts[f] += counts[g]
+        fold_sizes[f] += sizes[g]
+    return group_fold[gid]
+
+
+def holdout(indices: list[int], y: np.ndarray, groups: list, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Split ``indices`` into (kept, held out ~``fraction``), stratified and group-aware."""
+    if fraction <= 0 or len(indices) < 2:
+        return list(indices), []
+    k = max(2, int(round(1 / fraction)))
+    folds = stratified_group_folds(y[indices], [groups[i] for i in indices], k, seed)
+    kept = [i for i, f in zip(indices, folds) if f != 0]
+    held = [i for i, f in zip(indices, folds) if f == 0]
+    return (kept, held) if kept else (held, kept)
+
+
+def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: float = 0.2,
+               val_fraction: float = 0.1, seed: int = 0) -> Split:
+    """Test = the declared ``test_fold`` or a stratified, group-aware hold-out; validation is carved from train.
+
+    Validation keeps groups whole when the test split does (a declared fold that shares groups with
+    train, like FSDD's take-based split, gets a validation split that shares them too).
+    """
+    y = label_matrix(manifest)
+    groups = [item.group for item in manifest.items]
+    everything = list(range(len(manifest.items)))
+    if test_fold is not None:
+        test = [i for i, item in enumerate(manifest.items) if item.fold == str(test_fold)]
+        if not test:
+            raise ValueError(f"--test-fold {test_fold!r}: no item has that fold; declared folds: "
+                             f"{', '.join(manifest.folds) or 'none'}")
+        train = [i for i in everything if manifest.items[i].fold != str(test_fold)]
+        shared = {groups[i] for i in test} & {groups[i] for i in train} - {None}
+        val_groups = [None] * len(groups) if shared else groups
+    else:
+        train, test = holdout(everything, y, groups, test_fraction, seed)
+        val_groups = groups
+    train, val = holdout(train, y, val_groups, val_fraction, seed + 1)
+    return Split(sorted(train), sorted(val), sorted(test))
+
+
+def kfold(manifest: Manifest, k: int, seed: int = 0) -> list[list[int]]:
+    """Test indices of each fold: the declared folds when there are any, else stratified group K-fold."""
+    if manifest.folds:
+        return [[i for i, item in enumerate(manifest.items) if item.fold == f] for f in manifest.folds]
+    folds = stratified_group_folds(label_matrix(manifest), [item.group for item in manifest.items], k, seed)
+    return [list(np.flatnonzero(folds == f)) for f in range(k)]

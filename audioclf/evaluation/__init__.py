@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure numpy), reports and plots."""

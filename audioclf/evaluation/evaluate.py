@@ -1,0 +1,80 @@
+"""Score a model on labelled clips and write the report: report.json, confusion matrix CSV + PNG."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..io_utils import write_json_atomic
+from .metrics import classification_report, multilabel_report
+from .plots import plot_confusion, write_confusion_csv
+
+
+def build_report(scores: np.ndarray, targets: np.ndarray, labels: list[str], multilabel: bool,
+                 thresholds: np.ndarray | None = None) -> dict:
+    """scores: probabilities ``(n, classes)``; targets: multi-hot/one-hot ``(n, classes)``."""
+    if multilabel:
+        th = thresholds if thresholds is not None else np.full(len(labels), 0.5)
+        return multilabel_report(targets.astype(int), scores, labels, th)
+    return classification_report(targets.argmax(1), scores.argmax(1), labels)
+
+
+def write_report(report: dict, out_dir, prefix: str = "") -> Path:
+    """``report.json`` plus, for single-label reports, ``confusion_matrix.csv`` and ``.png`` in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / f"{prefix}report.json", report)
+    matrix = report.get("confusion_matrix")
+    if matrix and isinstance(matrix[0], list) and len(matrix) == len(report["labels"]) and len(matrix[0]) == len(matrix):
+        matrix = np.asarray(matrix)
+        write_confusion_csv(matrix, report["labels"], out_dir / f"{prefix}confusion_matrix.csv")
+        plot_confusion(matrix, report["labels"], out_dir / f"{prefix}confusion_matrix.png")
+    return out_dir / f"{prefix}report.json"
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def summary_line(report: dict) -> str:
+    if "mAP" in report:
+        return f"mAP {_fmt(report['mAP'])}  macro-F1 {report['macro_f1']:.4f}  micro-F1 {report['micro_f1']:.4f}  (n={report['n']})"
+    return (f"accuracy {report['accuracy']:.4f}  balanced accuracy {report['balanced_accuracy']:.4f}  "
+            f"macro-F1 {report['macro_f1']:.4f}  (n={report['n']})")
+
+
+def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None, out=None,
+             cache_dir=None, device: str = "cpu", batch_size: int = 64) -> dict:
+    """Evaluate the run on ``data`` (all of it, or its ``test_fold``); write the report to ``out``
+    (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning."""
+    from ..data.cache import AudioCache
+    from ..data.manifest import Manifest, load_manifest
+    from ..data.splits import label_matrix
+    from ..inference import clip_logits, load, scores_from_logits
+
+    clf = load(run, device)
+    manifest = load_manifest(data, pattern)
+    known = set(clf.labels)
+    items = [it for it in manifest.items if test_fold is None or it.fold == str(test_fold)]
+    if not items:
+        raise ValueError(f"{data}: no items to evaluate" + (f" in fold {test_fold!r}" if test_fold else ""))
+    unknown = [it for it in items if not set(it.labels) <= known]
+    if unknown:
+        names = sorted({l for it in unknown for l in it.labels} - known)
+        print(f"warning: skipping {len(unknown)} file(s) with labels the model was not trained on: {', '.join(names[:10])}")
+    items = [it for it in items if set(it.labels) <= known]
+    if not items:
+        raise ValueError(f"{data}: none of the files has a label the model knows ({', '.join(clf.labels[:10])} ...)")
+    clips, bad = AudioCache(cache_dir, clf.sample_rate).load([it.path for it in items])
+    for path, reason in bad:
+        print(f"skipped {path}: {reason}")
+    items = [it for it in items if it.path in clips]
+    targets = label_matrix(Manifest(items, manifest.root), clf.labels)
+    logits = clip_logits(clf.model, [clips[it.path] for it in items], clf.clip_samples, batch_size, device)
+    report = build_report(scores_from_logits(logits, clf.multilabel), targets, clf.labels, clf.multilabel,
+                          clf.thresholds)
+    report["skipped"] = len(bad) + len(unknown) + len(manifest.skipped)
+    path = write_report(report, out or Path(run) / "evaluation")
+    print(summary_line(report))
+    print(f"report: {path}")
+    return report

@@ -1,0 +1,108 @@
+"""Log-mel front end: pure functions plus the ``LogMel`` module every model owns.
+
+Shapes follow torchaudio: waveforms ``(batch, samples)``, spectrograms ``(batch, n_mels, frames)``.
+The mel filter bank is the Slaney one (``librosa.filters.mel(htk=False, norm="slaney")``),
+computed once per setting and cached; inside the module it is a buffer, so it travels with
+the weights, the device and the ONNX graph.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+from torch import nn
+
+_F_SP = 200.0 / 3  # Slaney: linear below 1 kHz, 3 mel per 200 Hz
+_MIN_LOG_HZ = 1000.0
+_MIN_LOG_MEL = _MIN_LOG_HZ / _F_SP
+_LOG_STEP = math.log(6.4) / 27.0
+
+
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney mel scale (linear below 1 kHz, logarithmic above)."""
+    hz = np.asarray(hz, dtype=np.float64)
+    mel = hz / _F_SP
+    log_part = _MIN_LOG_MEL + np.log(np.maximum(hz, 1e-12) / _MIN_LOG_HZ) / _LOG_STEP
+    return np.where(hz >= _MIN_LOG_HZ, log_part, mel)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`hz_to_mel`."""
+    mel = np.asarray(mel, dtype=np.float64)
+    hz = mel * _F_SP
+    return np.where(mel >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOG_STEP * (mel - _MIN_LOG_MEL)), hz)
+
+
+@lru_cache(maxsize=32)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
+                   f_max: float | None = None) -> np.ndarray:
+    """Slaney-normalised triangular filters, float32 ``(n_mels, n_fft // 2 + 1)``. Cached; do not mutate."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mel_freqs = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    widths = np.diff(mel_freqs)
+    ramps = mel_freqs[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]
+    weights = weights.astype(np.float32)
+    weights.setflags(write=False)
+    return weights
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """Log-mel settings. Window and hop in milliseconds; frequencies in Hz (``f_max=None``: Nyquist)."""
+
+    sample_rate: int = 16000
+    n_mels: int = 64
+    win_ms: float = 25.0
+    hop_ms: float = 10.0
+    f_min: float = 0.0
+    f_max: float | None = None
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.sample_rate * self.win_ms / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.sample_rate * self.hop_ms / 1000))
+
+    @property
+    def n_fft(self) -> int:
+        return 1 << (self.win_length - 1).bit_length()
+
+    def frames(self, samples: int) -> int:
+        """Number of frames ``LogMel`` returns for ``samples`` input samples (centred STFT)."""
+        return samples // self.hop_length + 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class LogMel(nn.Module):
+    """Waveform ``(batch, samples)`` -> natural-log mel power ``(batch, n_mels, frames)``.
+
+    Centred, Hann-windowed ``torch.stft``; window and filter bank are buffers.
+    """
+
+    def __init__(self, config: FrontendConfig = FrontendConfig()):
+        super().__init__()
+        self.config = config
+        fb = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
+        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
+        self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
+
+    def forward(self, waveform: torch.Tensor, mel_fb: torch.Tensor | None = None) -> torch.Tensor:
+        """``mel_fb`` overrides the filter bank (training-time jitter)."""
+        c = self.config
+        spec = torch.stft(waveform.float(), n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
+                          window=self.window, center=True, pad_mode="reflect", return_complex=True)
+        power = spec.real.square() + spec.imag.square()  # (batch, freqs, frames)
+        mel = torch.matmul(self.mel_fb if mel_fb is None else mel_fb, power)
+        return torch.log(mel + 1e-6)

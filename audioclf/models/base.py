@@ -1,0 +1,102 @@
+"""What every model shares: the waveform front end and the head interface.
+
+Every model maps a waveform batch ``(batch, samples)`` to logits ``(batch, classes)``; it owns its
+front end (log-mel, input normalisation, training-only augmentation), so training, inference and
+export cannot drift apart.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..augment import AugmentConfig, SpecAugment, WaveformAugment
+from ..features import FrontendConfig, LogMel, mel_filterbank
+
+
+class Frontend(nn.Module):
+    """Waveform ``(batch, samples)`` -> normalised log-mel ``(batch, 1, n_mels, frames)``.
+
+    Input normalisation is a per-mel-bin batch norm (learned statistics, frozen in eval mode).
+    In training mode it applies waveform augmentation, filter-bank jitter and SpecAugment.
+    """
+
+    def __init__(self, config: FrontendConfig, augment: AugmentConfig = AugmentConfig()):
+        super().__init__()
+        self.config, self.augment_config = config, augment
+        self.logmel = LogMel(config)
+        self.norm = nn.BatchNorm1d(config.n_mels)
+        self.wave_augment = WaveformAugment(augment, config.sample_rate)
+        self.spec_augment = SpecAugment(augment)
+        if augment.fb_jitter > 0:
+            self.register_buffer("jittered_fb", _jittered_filterbanks(config, augment.fb_jitter), persistent=False)
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        waveform = self.wave_augment(waveform)
+        fb = None
+        if self.training and hasattr(self, "jittered_fb"):
+            fb = self.jittered_fb[torch.randint(0, self.jittered_fb.shape[0], ()).item()]
+        spec = self.logmel(waveform, fb)
+        spec = self.spec_augment(self.norm(spec))
+        return spec.unsqueeze(1)
+
+
+def _jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 16) -> torch.Tensor:
+    """``count`` filter banks with f_min/f_max moved by up to ``jitter`` of the band: (count, n_mels, freqs)."""
+    rng = np.random.default_rng(0)
+    f_max = config.f_max or config.sample_rate / 2
+    band = f_max - config.f_min
+    banks = []
+    for _ in range(count):
+        lo = max(0.0, config.f_min + rng.uniform(0, jitter) * band)
+        hi = min(config.sample_rate / 2, f_max - rng.uniform(0, jitter) * band)
+        banks.append(mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, lo, hi))
+    return torch.from_numpy(np.stack(banks))
+
+
+class AudioClassifier(nn.Module):
+    """Base class: ``forward(waveform) = forward_head(forward_features(waveform))``.
+
+    Subclasses build ``self.body`` in ``__init__``, set ``self.num_features`` and implement
+    ``forward_features`` (waveform -> feature map or tokens) and ``pool`` (features -> ``(batch, num_features)``).
+    """
+
+    num_features: int
+
+    def __init__(self, num_classes: int, frontend: FrontendConfig, augment: AugmentConfig, dropout: float = 0.2):
+        super().__init__()
+        self.num_classes = num_classes
+        self.frontend = Frontend(frontend, augment)
+        self.head_dropout = nn.Dropout(dropout)
+
+    def init_head(self, num_features: int) -> None:
+        self.num_features = num_features
+        self.classifier = nn.Linear(num_features, self.num_classes)
+
+    def forward_features(self, waveform: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def pool(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Features -> logits ``(batch, classes)``, or the pooled embedding when ``pre_logits``."""
+        pooled = self.pool(features)
+        return pooled if pre_logits else self.classifier(self.head_dropout(pooled))
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(waveform))
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the head with a freshly initialised one for ``num_classes`` classes."""
+        self.num_classes = num_classes
+        self.classifier = nn.Linear(self.num_features, num_classes).to(self.classifier.weight.device)
+
+    def backbone_parameters(self):
+        return (p for n, p in self.named_parameters() if not n.startswith("classifier."))
+
+
+def time_pool(x: torch.Tensor) -> torch.Tensor:
+    """PANNs pooling: ``(batch, channels, freq, time)`` -> mean over freq, then max + mean over time."""
+    x = x.mean(dim=2)
+    return x.amax(dim=2) + x.mean(dim=2)

@@ -1,0 +1,1 @@
+"""Training: the loop, its schedule, EMA and the data-driven defaults."""

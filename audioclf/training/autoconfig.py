@@ -1,0 +1,71 @@
+"""Data-driven defaults: look at the data set, pick sample rate, clip length, model size, epochs, batch size."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..audio import AudioDecodeError, audio_info
+from ..data.manifest import Manifest
+
+MAX_SAMPLE_RATE = 16000  # enough for speech and most environmental sound, and cheap on a CPU
+PROBE_FILES = 300
+
+
+@dataclass
+class DataSummary:
+    files: int
+    classes: int
+    sample_rate: int          # median native rate
+    duration_p50: float       # seconds
+    duration_p90: float
+    imbalance: float          # largest class count / smallest
+
+    def describe(self) -> str:
+        return (f"{self.files} files, {self.classes} classes, native rate {self.sample_rate} Hz, "
+                f"duration median {self.duration_p50:.2f} s / p90 {self.duration_p90:.2f} s, "
+                f"class imbalance {self.imbalance:.1f}x")
+
+
+def summarise(manifest: Manifest, seed: int = 0) -> DataSummary:
+    """Read the headers of up to ``PROBE_FILES`` random files (cheap) and the class counts."""
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(manifest.items), size=min(PROBE_FILES, len(manifest.items)), replace=False)
+    rates, durations = [], []
+    for i in picks:
+        try:
+            info = audio_info(manifest.items[i].path)
+        except AudioDecodeError:
+            continue
+        rates.append(info.sample_rate)
+        durations.append(info.duration)
+    if not rates:
+        rates, durations = [MAX_SAMPLE_RATE], [1.0]
+    counts = manifest.class_counts()
+    return DataSummary(len(manifest.items), len(counts), int(np.median(rates)), float(np.median(durations)),
+                       float(np.percentile(durations, 90)), max(counts.values()) / max(1, min(counts.values())))
+
+
+def choose_sample_rate(summary: DataSummary) -> int:
+    return min(summary.sample_rate, MAX_SAMPLE_RATE)
+
+
+def choose_clip_seconds(summary: DataSummary) -> float:
+    """The 90th-percentile duration, rounded up to 0.25 s, within [0.5, 10] s; longer clips are windowed."""
+    return float(min(10.0, max(0.5, math.ceil(summary.duration_p90 * 4 - 1e-6) / 4)))
+
+
+def choose_batch_size(train_files: int) -> int:
+    return 32 if train_files < 2000 else 64
+
+
+def choose_epochs(train_files: int, batch_size: int) -> int:
+    """About 2,500 optimiser steps, between 10 and 60 epochs."""
+    steps_per_epoch = max(1, math.ceil(train_files / batch_size))
+    return int(min(60, max(10, round(2500 / steps_per_epoch))))
+
+
+def choose_model(train_files: int) -> tuple[str, dict]:
+    """The MobileNetV3-style model; wider when there is data to feed it."""
+    return ("mobilenet", {"width": 0.5 if train_files < 20000 else 1.0})

@@ -1,0 +1,48 @@
+"""Every training setting in one dataclass; the CLI turns its fields into flags."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. ``None`` means: chosen from the data (printed and stored in config.json)."""
+
+    model: str | None = field(default=None, metadata={"help": "registered model name (default: chosen from the data)"})
+    width: float | None = field(default=None, metadata={"help": "model width multiplier"})
+    epochs: int | None = field(default=None, metadata={"help": "training epochs"})
+    batch_size: int | None = field(default=None, metadata={"help": "examples per optimiser step"})
+    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (AdamW)"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length in epochs"})
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing (single-label)"})
+    ema_decay: float = field(default=0.995, metadata={"help": "weight EMA decay; 0 disables the EMA"})
+    grad_clip: float = field(default=5.0, metadata={"help": "gradient norm clip; 0 disables"})
+    patience: int | None = field(default=None, metadata={"help": "early stopping after this many epochs without improvement"})
+    sample_rate: int | None = field(default=None, metadata={"help": "audio sample rate in Hz"})
+    clip_seconds: float | None = field(default=None, metadata={"help": "training window length in seconds"})
+    n_mels: int = field(default=64, metadata={"help": "mel bands"})
+    pattern: str | None = field(default=None, metadata={"help": "regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths"})
+    test_fold: str | None = field(default=None, metadata={"help": "declared fold used as the test set"})
+    test_fraction: float = field(default=0.2, metadata={"help": "stratified hold-out test fraction when no --test-fold"})
+    val_fraction: float = field(default=0.1, metadata={"help": "validation fraction carved from train"})
+    balance: str = field(default="auto", metadata={"help": "class-balanced loss weights: auto|on|off"})
+    mixup: float = field(default=0.3, metadata={"help": "mixup Beta alpha; 0 disables"})
+    specaugment: bool = field(default=True, metadata={"help": "SpecAugment masks"})
+    augment: bool = field(default=True, metadata={"help": "all waveform/spectrogram augmentation"})
+    noise_dir: str | None = field(default=None, metadata={"help": "folder of background-noise audio for augmentation"})
+    init_from: str | None = field(default=None, metadata={"help": "run folder to fine-tune from (new head)"})
+    freeze_backbone: bool = field(default=False, metadata={"help": "train the head alone (with --init-from)"})
+    seed: int = field(default=0, metadata={"help": "random seed (CPU runs are reproducible)"})
+    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N"})
+    amp: bool = field(default=False, metadata={"help": "bf16 autocast"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    cache_dir: str | None = field(default=None, metadata={"help": "decoded-audio cache (default ~/.cache/audioclf)"})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]

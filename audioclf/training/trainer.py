@@ -1,0 +1,274 @@
+"""The training loop, top to bottom: data -> split -> cache -> model -> epochs -> best checkpoint -> test report."""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .. import __version__
+from ..augment import AugmentConfig
+from ..checkpoint import save_run
+from ..data.cache import AudioCache
+from ..data.clips import ClipDataset
+from ..data.manifest import load_manifest
+from ..data.splits import label_matrix, make_split
+from ..evaluation.evaluate import build_report, summary_line, write_report
+from ..evaluation.metrics import tune_thresholds
+from ..evaluation.plots import plot_curves
+from ..features import FrontendConfig
+from ..inference import clip_logits, scores_from_logits
+from ..io_utils import write_json_atomic, write_text_atomic
+from ..models import create_model
+from . import autoconfig
+from .config import TrainConfig
+from .ema import ModelEma
+from .finetune import init_from_run
+from .schedule import warmup_cosine
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on (e.g. no usable files)."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_settings(cfg: TrainConfig, manifest, n_train: int) -> dict:
+    """Fill every ``None`` in ``cfg`` from the data; returns the concrete settings."""
+    summary = autoconfig.summarise(manifest, cfg.seed)
+    print(f"data: {summary.describe()}")
+    batch_size = cfg.batch_size or autoconfig.choose_batch_size(n_train)
+    model, model_args = autoconfig.choose_model(n_train)
+    if cfg.model:
+        model, model_args = cfg.model, {}
+    if cfg.width is not None:
+        model_args["width"] = cfg.width
+    chosen = {
+        "sample_rate": cfg.sample_rate or autoconfig.choose_sample_rate(summary),
+        "clip_seconds": cfg.clip_seconds or autoconfig.choose_clip_seconds(summary),
+        "model": model, "model_args": model_args, "batch_size": batch_size,
+        "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size),
+        "balance": cfg.balance == "on" or (cfg.balance == "auto" and summary.imbalance > 3),
+    }
+    auto = [k for k, v in (("sample_rate", cfg.sample_rate), ("clip_seconds", cfg.clip_seconds), ("model", cfg.model),
+                           ("batch_size", cfg.batch_size), ("epochs", cfg.epochs)) if v is None]
+    print("settings: " + ", ".join(f"{k}={chosen[k]}" + (" (auto)" if k in auto else "")
+                                   for k in ("sample_rate", "clip_seconds", "model", "batch_size", "epochs"))
+          + f", model_args={model_args}, class-balanced loss={'on' if chosen['balance'] else 'off'}")
+    chosen["auto"] = auto
+    chosen["data_summary"] = vars(summary)
+    return chosen
+
+
+def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    if not cfg.augment:
+        return AugmentConfig.off()
+    base = AugmentConfig(mixup_alpha=cfg.mixup)
+    if not cfg.specaugment:
+        base = AugmentConfig(**{**base.to_dict(), "freq_masks": 0, "time_masks": 0})
+    return base
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases and other 1-D parameters (and position/class tokens)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, smoothing: float,
+            class_weights: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy with soft targets (single-label) or binary cross-entropy (multi-label)."""
+    if multilabel:
+        return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=class_weights)
+    return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=smoothing)
+
+
+def write_skipped(run: Path, skipped: list[tuple[str, str]]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "reason"])
+    writer.writerows(skipped)
+    write_text_atomic(run / "skipped.csv", buf.getvalue())
+
+
+def write_metrics(run: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(run / "metrics.csv", buf.getvalue())
+
+
+def train(data, out, **settings) -> dict:
+    """Train on ``data`` (folder, CSV or folder + ``pattern``) into the run folder ``out``; returns the test report.
+
+    ``settings`` are :class:`TrainConfig` fields.
+    """
+    cfg = TrainConfig(**settings)
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+
+    # --- data: manifest, split, settings, decoded clips
+    manifest = load_manifest(data, cfg.pattern)
+    labels, multilabel = manifest.labels, manifest.multilabel
+    split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label")
+    init = init_from_run(cfg.init_from) if cfg.init_from else None
+    if init:  # a fine-tune keeps the source run's audio settings and architecture
+        settings_from = init.config
+        cfg.sample_rate, cfg.clip_seconds = settings_from["frontend"]["sample_rate"], settings_from["clip_seconds"]
+        cfg.model, cfg.n_mels = settings_from["model"], settings_from["frontend"]["n_mels"]
+    s = resolve_settings(cfg, manifest, len(split.train))
+    if init:
+        s["model_args"] = dict(init.config["model_args"])
+    sr, clip_samples = s["sample_rate"], int(round(s["clip_seconds"] * s["sample_rate"]))
+    cache = AudioCache(cfg.cache_dir, sr)
+    t0 = time.perf_counter()
+    clips, bad = cache.load([it.path for it in manifest.items])
+    print(f"audio: {len(clips)} clips decoded or read from {cache.dir} in {time.perf_counter() - t0:.1f} s")
+    skipped = manifest.skipped + bad
+    write_skipped(run, skipped)
+    if skipped:
+        print(f"skipped {len(skipped)} file(s), listed in {run / 'skipped.csv'}")
+    keep = lambda idx: [i for i in idx if manifest.items[i].path in clips]  # noqa: E731
+    train_idx, val_idx, test_idx = keep(split.train), keep(split.val), keep(split.test)
+    if not train_idx:
+        raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, see {run / 'skipped.csv'})")
+    y = label_matrix(manifest, labels)
+    audio_of = lambda idx: [clips[manifest.items[i].path] for i in idx]  # noqa: E731
+
+    # --- model, optimiser
+    frontend = FrontendConfig(sample_rate=sr, n_mels=cfg.n_mels)
+    model = create_model(s["model"], len(labels), frontend, augment_config(cfg), **s["model_args"])
+    if init:
+        init.apply(model, cfg.freeze_backbone)
+    model.to(device)
+    if cfg.noise_dir:
+        model.frontend.wave_augment.set_noise(load_noise_bank(cfg.noise_dir, sr, clip_samples, cache))
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
+    step_model = torch.compile(model) if cfg.compile else model
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    class_weights = None
+    if s["balance"]:
+        counts = y[train_idx].sum(0)
+        class_weights = torch.tensor(counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32,
+                                     device=device)
+    dataset = ClipDataset(audio_of(train_idx), y[train_idx], clip_samples, train=True, seed=cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(dataset, batch_size=s["batch_size"], shuffle=True, drop_last=len(dataset) > s["batch_size"],
+                        num_workers=cfg.workers, generator=generator, persistent_workers=cfg.workers > 0)
+    epochs, steps_per_epoch = s["epochs"], len(loader)
+    total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    patience = cfg.patience or max(10, epochs // 3)
+    config = {"labels": labels, "task": "multi_label" if multilabel else "single_label",
+              "clip_seconds": s["clip_seconds"], "training": {**cfg.to_dict(), **{k: v for k, v in s.items()}},
+              "data": str(data), "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}}
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {s['model']} {s['model_args']} ({n_params / 1e6:.2f} M parameters) on {device}; "
+          f"{epochs} epochs x {steps_per_epoch} steps")
+
+    # --- epochs
+    eval_model = lambda: ema.module if ema else model  # noqa: E731
+    val_audio, val_y = audio_of(val_idx), y[val_idx]
+    rows, best, best_epoch, step, thresholds = [], None, 0, 0, None
+    t_start = time.perf_counter()
+    from tqdm import tqdm
+    for epoch in range(1, epochs + 1):
+        t_epoch = time.perf_counter()
+        step_model.train()
+        dataset.set_epoch(epoch)
+        total, count = 0.0, 0
+        for wave, target in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
+            wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            if not multilabel and cfg.mixup > 0 and cfg.augment and torch.rand(()) < model.frontend.augment_config.mixup_prob:
+                from ..augment import mixup
+                wave, target = mixup(wave, target, cfg.mixup)
+            lr = warmup_cosine(step, total_steps, warmup_steps, cfg.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+                logits = step_model(wave)
+            loss = loss_fn(logits.float(), target, multilabel, cfg.label_smoothing, class_weights)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            if ema:
+                ema.update(model)
+            total, count, step = total + loss.item() * len(wave), count + len(wave), step + 1
+        row = {"epoch": epoch, "train_loss": total / max(1, count), "lr": lr}
+        if val_idx:
+            logits = clip_logits(eval_model(), val_audio, clip_samples, device=device)
+            val_loss = loss_fn(torch.from_numpy(logits).float(), torch.from_numpy(val_y), multilabel, 0.0, None).item()
+            scores = scores_from_logits(logits, multilabel)
+            report = build_report(scores, val_y, labels, multilabel)
+            metric = report["mAP"] if multilabel else report["accuracy"]
+            row.update(val_loss=val_loss, **({"val_mAP": metric} if multilabel else {"val_accuracy": metric}))
+            score = (metric, -val_loss)
+        else:
+            score = (epoch, 0.0)  # no validation data: keep the last epoch
+        row["seconds"] = time.perf_counter() - t_epoch
+        rows.append(row)
+        improved = best is None or score > best
+        if improved:
+            best, best_epoch = score, epoch
+            if multilabel and val_idx:
+                thresholds = tune_thresholds(val_y, scores).tolist()
+            config.update(best_epoch=epoch, **({"thresholds": thresholds} if thresholds else {}))
+            save_run(run, eval_model(), config)
+        print(f"epoch {epoch:3d}/{epochs}  train_loss {row['train_loss']:.4f}"
+              + (f"  val_loss {row['val_loss']:.4f}  val_{'mAP' if multilabel else 'acc'} {metric:.4f}" if val_idx else "")
+              + f"  lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""), flush=True)
+        write_metrics(run, rows)
+        if epoch - best_epoch >= patience:
+            print(f"early stop: no improvement for {patience} epochs")
+            break
+    train_seconds = time.perf_counter() - t_start
+    plot_curves(rows, run / "curves.png")
+
+    # --- test the best checkpoint
+    from ..checkpoint import load_run
+    best_model, config = load_run(run, device)
+    report = {}
+    if test_idx:
+        logits = clip_logits(best_model, audio_of(test_idx), clip_samples, device=device)
+        report = build_report(scores_from_logits(logits, multilabel), y[test_idx], labels, multilabel,
+                              np.asarray(thresholds) if thresholds else None)
+        write_report(report, run)
+        print(f"test ({len(test_idx)} clips, best epoch {best_epoch}): {summary_line(report)}")
+    report_keys = ("accuracy", "balanced_accuracy", "macro_f1", "mAP", "micro_f1")
+    config["metrics"] = {"train_seconds": train_seconds, "best_epoch": best_epoch,
+                         **{f"test_{k}": report[k] for k in report_keys if k in report}}
+    config["skipped_files"] = len(skipped)
+    write_json_atomic(run / "config.json", config)
+    print(f"trained in {train_seconds:.1f} s; run folder: {run}  (report: {run / 'report.json'})")
+    return report
+
+
+def load_noise_bank(folder, sample_rate: int, clip_samples: int, cache: AudioCache, limit: int = 512) -> torch.Tensor:
+    """Background-noise clips from every audio file under ``folder``: ``(clips, clip_samples)``."""
+    from ..data.manifest import _audio_files
+    paths = [str(p) for p in _audio_files(Path(folder))][:limit]
+    clips, bad = cache.load(paths)
+    if not clips:
+        raise TrainError(f"--noise-dir {folder}: no decodable audio files")
+    from ..data.clips import fit_length
+    rng = np.random.default_rng(0)
+    return torch.from_numpy(np.stack([fit_length(c, clip_samples, rng) for c in clips.values()]))

@@ -1,0 +1,298 @@
+"""Tests for audioclf.audio: decoding across formats, resampling, streaming and bad files."""
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from audioclf.audio import (
+    SUPPORTED_EXTENSIONS, AudioDecodeError, AudioInfo, audio_info, iter_blocks, load_audio,
+    read_audio, resample,
+)
+
+SR = 16000
+
+
+def tone(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
+    t = np.arange(int(round(sr * seconds))) / sr
+    return (amp * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def stereo(sr: int = SR, seconds: float = 0.5) -> np.ndarray:
+    """(samples, 2) test signal with distinct channels, as soundfile writes it."""
+    return np.stack([tone(440, sr, seconds), tone(660, sr, seconds, amp=-0.25)], axis=1)
+
+
+def peak_hz(x: np.ndarray, sr: int) -> float:
+    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+    return spectrum.argmax() * sr / len(x)
+
+
+def write_with_pyav(path: Path, container_format: str, codec: str, sr: int, x: np.ndarray):
+    av = pytest.importorskip("av")
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:
+        pytest.skip(f"FFmpeg build has no {codec} encoder")
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=sr, layout="mono")
+        frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+
+
+# ----------------------------------------------------------------------------- round trips
+
+@pytest.mark.parametrize("fmt,subtype,ext,tol", [
+    ("WAV", "PCM_U8", ".wav", 1 / 128),
+    ("WAV", "PCM_16", ".wav", 1 / 2**15),
+    ("WAV", "PCM_24", ".wav", 1e-6),
+    ("WAV", "PCM_32", ".wav", 1e-6),
+    ("WAV", "FLOAT", ".wav", 1e-7),
+    ("WAV", "DOUBLE", ".wav", 1e-7),
+    ("FLAC", "PCM_16", ".flac", 1 / 2**15),
+    ("FLAC", "PCM_24", ".flac", 1e-6),
+    ("AIFF", "PCM_24", ".aiff", 1e-6),
+])
+def test_lossless_round_trip(tmp_path, fmt, subtype, ext, tol):
+    x = stereo()
+    path = tmp_path / f"x{ext}"
+    sf.write(path, x, SR, format=fmt, subtype=subtype)
+    out = read_audio(path, mono=False)
+    assert out.dtype == np.float32 and out.shape == (2, len(x))
+    np.testing.assert_allclose(out, x.T, rtol=0, atol=tol)
+    mono = read_audio(path)
+    assert mono.shape == (1, len(x))
+    np.testing.assert_allclose(mono[0], out.mean(axis=0), atol=1e-7)
+    assert np.abs(out).max() <= 1.0
+
+
+@pytest.mark.parametrize("fmt,subtype,ext", [
+    ("OGG", "VORBIS", ".ogg"), ("OGG", "OPUS", ".opus"), ("MP3", "MPEG_LAYER_III", ".mp3"),
+])
+def test_lossy_round_trip(tmp_path, fmt, subtype, ext):
+    x = tone(1000, SR, 1.0)
+    path = tmp_path / f"x{ext}"
+    try:
+        sf.write(path, x, SR, format=fmt, subtype=subtype)
+    except (sf.LibsndfileError, TypeError, ValueError) as e:
+        pytest.skip(f"libsndfile cannot write {fmt}/{subtype}: {e}")
+    out = read_audio(path)
+    assert out.shape == (1, len(x))  # gapless: encoder delay and padding are trimmed
+    assert abs(peak_hz(out[0], SR) - 1000) <= 1
+    core = slice(2000, -2000)
+    assert np.corrcoef(out[0, core], x[core])[0, 1] > 0.99
+    assert audio_info(path) == AudioInfo(SR, 1, len(x), 1.0)
+
+
+@pytest.mark.parametrize("container_format,codec,ext,sr", [
+    ("ipod", "aac", ".m4a", 44100), ("webm", "libopus", ".webm", 48000),
+])
+def test_pyav_only_container(tmp_path, container_format, codec, ext, sr):
+    x = tone(1000, sr, 1.0)
+    path = tmp_path / f"x{ext}"
+    write_with_pyav(path, container_format, codec, sr, x)
+    with pytest.raises(sf.LibsndfileError):
+        sf.info(path)  # really needs the fallback
+    out = read_audio(path)
+    assert out.dtype == np.float32 and out.shape[0] == 1
+    assert abs(out.shape[1] / sr - 1.0) < 0.05
+    assert abs(peak_hz(out[0], sr) - 1000) <= 2
+    info = audio_info(path)
+    assert (info.sample_rate, info.channels) == (sr, 1) and abs(info.duration - 1.0) < 0.05
+    resampled = read_audio(path, SR)
+    assert abs(resampled.shape[1] - out.shape[1] * SR / sr) <= 1
+    assert abs(peak_hz(resampled[0], SR) - 1000) <= 2
+    blocks = list(iter_blocks(path, None, 4096))
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), out)
+
+
+def test_multichannel_downmix(tmp_path):
+    x = np.random.default_rng(0).uniform(-0.9, 0.9, size=(3000, 6)).astype(np.float32)
+    path = tmp_path / "six.wav"
+    sf.write(path, x, SR, subtype="FLOAT")
+    mono = read_audio(path)
+    assert mono.shape == (1, 3000)
+    np.testing.assert_allclose(mono[0], x.mean(axis=1), atol=1e-6)
+    full = read_audio(path, mono=False)
+    assert full.shape == (6, 3000)
+    np.testing.assert_array_equal(full, x.T)
+    assert audio_info(path) == AudioInfo(SR, 6, 3000, 3000 / SR)
+
+
+def test_load_audio_is_float_tensor(tmp_path):
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "x.wav"
+    sf.write(path, stereo(), SR)
+    t = load_audio(path, sample_rate=8000, mono=False)
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.shape == (2, 4000)
+    np.testing.assert_array_equal(t.numpy(), read_audio(path, 8000, mono=False))
+
+
+def test_module_does_not_import_torch():
+    code = "import sys, audioclf.audio; sys.exit('torch' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_supported_extensions():
+    assert {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus"} <= SUPPORTED_EXTENSIONS
+    assert all(e.startswith(".") and e == e.lower() for e in SUPPORTED_EXTENSIONS)
+
+
+# ----------------------------------------------------------------------------- resampling
+
+def test_resample_keeps_frequency_and_length():
+    x = tone(1000, 44100, 1.0)
+    y = resample(x[None], 44100, 16000)
+    assert y.dtype == np.float32 and y.shape == (1, 16000)
+    spectrum = np.abs(np.fft.rfft(y[0] * np.hanning(16000)))
+    assert abs(int(spectrum.argmax()) - 1000) <= 1  # 1 Hz bins
+    assert abs(np.sqrt(np.mean(y[0, 500:-500] ** 2)) - 0.5 / np.sqrt(2)) < 0.01
+    np.testing.assert_array_equal(resample(x, 44100, 16000), y[0])  # 1-D works the same
+    two = resample(np.stack([x, -x]), 44100, 16000)
+    assert two.shape == (2, 16000) and two.flags.c_contiguous
+    np.testing.assert_allclose(two[1], -y[0], atol=1e-6)
+    assert resample(x, 44100, 44100) is x
+    with pytest.raises(ValueError):
+        resample(x, 0, 16000)
+
+
+def test_read_audio_resamples_when_rate_differs(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(path, tone(1000, 44100, 1.0), 44100)
+    out = read_audio(path, 16000)
+    assert out.shape == (1, 16000)
+    assert abs(peak_hz(out[0], 16000) - 1000) <= 1
+    np.testing.assert_array_equal(read_audio(path, 44100), read_audio(path))
+
+
+# ----------------------------------------------------------------------------- streaming
+
+@pytest.fixture
+def long_flac(tmp_path):
+    """2 s stereo 44.1 kHz: more frames than one libsndfile read (65536)."""
+    path = tmp_path / "long.flac"
+    sf.write(path, stereo(44100, 2.0), 44100, subtype="PCM_24")
+    return path
+
+
+@pytest.mark.parametrize("mono", [True, False])
+def test_iter_blocks_exact_without_resampling(long_flac, mono):
+    blocks = list(iter_blocks(long_flac, 44100, 4000, mono=mono))
+    assert all(b.shape == (1 if mono else 2, 4000) for b in blocks[:-1])
+    assert blocks[-1].shape[1] == 88200 % 4000
+    assert all(b.dtype == np.float32 for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks, axis=1), read_audio(long_flac, mono=mono))
+
+
+def test_iter_blocks_streams_resampling(long_flac):
+    blocks = list(iter_blocks(long_flac, 16000, 5000, mono=False))
+    assert [b.shape[1] for b in blocks] == [5000] * 6 + [2000]
+    np.testing.assert_allclose(np.concatenate(blocks, axis=1),
+                               read_audio(long_flac, 16000, mono=False), atol=1e-5)
+
+
+def test_iter_blocks_rejects_bad_arguments(long_flac, tmp_path):
+    with pytest.raises(ValueError):
+        iter_blocks(long_flac, 16000, 0)
+    with pytest.raises(AudioDecodeError):  # reported at call time, not at first next()
+        iter_blocks(tmp_path / "missing.wav", 16000, 100)
+
+
+def test_audio_info(tmp_path):
+    path = tmp_path / "x.wav"
+    sf.write(path, np.zeros((12345, 3), np.float32), 22050, subtype="PCM_16")
+    assert audio_info(path) == AudioInfo(22050, 3, 12345, 12345 / 22050)
+    flac = tmp_path / "x.flac"
+    sf.write(flac, np.zeros(8000, np.float32), 8000)
+    assert audio_info(flac) == AudioInfo(8000, 1, 8000, 1.0)
+
+
+# ----------------------------------------------------------------------------- bad files
+
+def _valid_wav(path, subtype="PCM_16", data=None):
+    sf.write(path, tone(440, SR, 0.5) if data is None else data, SR, subtype=subtype)
+    return path
+
+
+def _bad(kind: str, tmp_path: Path) -> Path:
+    if kind == "missing":
+        return tmp_path / "missing.wav"
+    if kind == "directory":
+        path = tmp_path / "x.wav"
+        path.mkdir()
+        return path
+    if kind == "empty":
+        path = tmp_path / "x.wav"
+        path.touch()
+        return path
+    if kind == "random bytes":
+        path = tmp_path / "x.wav"
+        path.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, np.uint8).tobytes())
+        return path
+    if kind == "text as mp3":
+        path = tmp_path / "x.mp3"
+        path.write_text("this is not audio\n" * 100)
+        return path
+    if kind == "no samples":
+        return _valid_wav(tmp_path / "x.wav", data=np.zeros(0, np.float32))
+    if kind in ("NaN", "Inf"):
+        data = tone(440, SR, 0.5)
+        data[100] = np.nan if kind == "NaN" else np.inf
+        return _valid_wav(tmp_path / "x.wav", "FLOAT", data)
+    sources = {"truncated wav header": ("x.wav", 30), "truncated wav data": ("x.wav", 0.5),
+               "truncated flac": ("x.flac", 0.5), "truncated ogg": ("x.ogg", 0.8)}
+    name, cut = sources[kind]
+    path = tmp_path / name
+    sf.write(path, tone(440, SR, 1.0), SR)
+    data = path.read_bytes()
+    path.write_bytes(data[:cut] if isinstance(cut, int) else data[:int(len(data) * cut)])
+    return path
+
+
+BAD = {  # kind -> expected words in the reason (None: any reason)
+    "missing": "does not exist",
+    "directory": "is a directory",
+    "empty": "empty file",
+    "random bytes": "not a recognised audio format",
+    "text as mp3": "not a recognised audio format",
+    "no samples": "no audio samples",
+    "NaN": "NaN/Inf",
+    "Inf": "NaN/Inf",
+    "truncated wav header": None,
+    "truncated wav data": "truncated: header says 16000 frames",
+    "truncated flac": "truncated or corrupt",
+    "truncated ogg": "truncated or corrupt",
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD))
+def test_bad_file_raises_audio_decode_error(tmp_path, kind):
+    path = _bad(kind, tmp_path)
+    with pytest.raises(AudioDecodeError) as info:
+        read_audio(path, 8000)
+    err = info.value
+    assert err.path == str(path) and str(err) == f"{path}: {err.reason}"
+    if BAD[kind]:
+        assert BAD[kind] in err.reason
+    with pytest.raises(AudioDecodeError):
+        list(iter_blocks(path, 8000, 1000))
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "empty", "random bytes", "text as mp3"])
+def test_audio_info_bad_file(tmp_path, kind):
+    with pytest.raises(AudioDecodeError, match=BAD[kind]):
+        audio_info(_bad(kind, tmp_path))
+
+
+def test_audio_decode_error_pickles():
+    err = pickle.loads(pickle.dumps(AudioDecodeError("a.wav", "file does not exist")))
+    assert (err.path, err.reason, str(err)) == ("a.wav", "file does not exist",
+                                                "a.wav: file does not exist")
