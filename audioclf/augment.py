@@ -25,7 +25,7 @@ class AugmentConfig:
     gain_db: float = 6.0         # random gain in [-gain_db, +gain_db]
     shift_seconds: float = 0.1   # circular time shift up to +-shift_seconds
     noise_prob: float = 0.3      # chance an example gets background noise
-    snr_db: tuple[float, float] = (5.0, 30.0)  # noise SNR range
+    snr_db: tuple[float, float] = (10.0, 40.0)  # noise SNR range
     speed: float = 0.1           # speed perturbation factor in [1 - speed, 1 + speed]
     fb_jitter: float = 0.05      # filter-bank edge jitter, fraction of the band (0: off)
     mixup_alpha: float = 0.3     # Beta(alpha, alpha) mixup in the loop (0: off)
@@ -36,7 +36,7 @@ class AugmentConfig:
 
     @classmethod
     def off(cls) -> "AugmentConfig":
-        return cls(0, 0, 0, 0, 0, 0, 0, (5.0, 30.0), 0, 0, 0, 0)
+        return cls(0, 0, 0, 0, 0, 0, 0, (10.0, 40.0), 0, 0, 0, 0)
 
 
 def random_gain(wave: torch.Tensor, max_db: float) -> torch.Tensor:

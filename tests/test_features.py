@@ -78,14 +78,9 @@ def test_logmel_of_a_tone_peaks_at_its_mel_band():
     assert abs(centres[band] - 1000) < 100
 
 
-@pytest.mark.parametrize("samples", [1, 79, 80, 81, 160, 1000, 16000, 16001])
+@pytest.mark.parametrize("samples", [129, 159, 160, 161, 1000, 4000, 16001])
 def test_frames_formula(samples):
-    cfg = FrontendConfig(sample_rate=8000, n_mels=32)
-    # reflect padding needs samples > n_fft // 2; shorter inputs are not supported by torch.stft
-    if samples <= cfg.n_fft // 2:
-        with pytest.raises(RuntimeError):
-            LogMel(cfg)(torch.zeros(2, samples))
-        return
+    cfg = FrontendConfig(sample_rate=8000, n_mels=32)  # hop 80, n_fft 256 (reflect padding needs > 128 samples)
     out = LogMel(cfg)(torch.randn(2, samples))
     assert out.shape == (2, cfg.n_mels, cfg.frames(samples))
 
@@ -106,7 +101,7 @@ def test_buffers_follow_to_and_are_not_saved():
     assert m.mel_fb.shape == (32, 129) and m.window.shape == (200,)
     np.testing.assert_allclose(m.window.numpy(), torch.hann_window(200).numpy())
     assert not list(m.parameters())
-    assert m.state_dict() == {} or len(m.state_dict()) == 0  # non-persistent: recomputed, not stored
+    assert len(m.state_dict()) == 0  # non-persistent: recomputed from the config, not stored
     m64 = m.to(torch.float64)
     assert m64.window.dtype == torch.float64 and m64.mel_fb.dtype == torch.float64
     x = torch.randn(2, 4000, dtype=torch.float64)

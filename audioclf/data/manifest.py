@@ -97,6 +97,7 @@ def from_csv(csv_path) -> Manifest:
     not leave it (``../``); absolute paths are taken as they are."""
     csv_path = Path(csv_path)
     root = csv_path.parent
+    base = Path(os.path.abspath(root))  # lexical: ../ is collapsed, symlinked folders inside the data set stay inside
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         columns = [c.strip() for c in reader.fieldnames or []]
@@ -106,15 +107,15 @@ def from_csv(csv_path) -> Manifest:
                                 f"expected path,label[,group][,fold], found {','.join(columns) or 'no header'}")
         items, skipped, seen = [], [], set()
         for line, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}  # None: extra cells
             rel, labels = row.get("path", ""), _split_labels(row.get("label", ""))
-            path = (root / rel).resolve()
+            path = Path(os.path.abspath(base / rel))
             where = f"{csv_path}:{line}"
             if not rel:
                 skipped.append((where, "empty path"))
             elif not labels:
                 skipped.append((str(path), f"{where}: empty label"))
-            elif not Path(rel).is_absolute() and not path.is_relative_to(root.resolve()):
+            elif not Path(rel).is_absolute() and not path.is_relative_to(base):
                 skipped.append((rel, f"{where}: path escapes the manifest's folder"))
             elif str(path) in seen:
                 skipped.append((str(path), f"{where}: duplicate path (first row kept)"))

@@ -61,9 +61,9 @@ def choose_batch_size(train_files: int) -> int:
 
 
 def choose_epochs(train_files: int, batch_size: int) -> int:
-    """About 2,500 optimiser steps, between 10 and 60 epochs."""
+    """About 1,500 optimiser steps, between 10 and 50 epochs."""
     steps_per_epoch = max(1, math.ceil(train_files / batch_size))
-    return int(min(60, max(10, round(2500 / steps_per_epoch))))
+    return int(min(50, max(10, round(1500 / steps_per_epoch))))
 
 
 def choose_model(train_files: int) -> tuple[str, dict]:

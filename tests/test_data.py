@@ -1,0 +1,630 @@
+"""Tests for audioclf.data: the three manifest descriptions, splits, the decoded-audio cache and clips."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+import audioclf.data.cache as cache_mod
+from audioclf.data.cache import AudioCache, default_cache_dir
+from audioclf.data.clips import ClipDataset, fit_length, windows
+from audioclf.data.manifest import (Item, Manifest, ManifestError, from_csv, from_folders, from_pattern,
+                                    load_manifest)
+from audioclf.data.splits import kfold, label_matrix, make_split, stratified_group_folds
+
+SR = 8000
+FREQS = {"low": 300.0, "mid": 900.0, "high": 2500.0}
+SPEAKERS = ["alice", "bob", "carol", "dave"]
+TAKES = 3
+GROUP_PATTERN = r"(?P<label>[^/]+)/(?P<group>[a-z]+)_\d+\.wav"
+FSDD = Path(__file__).resolve().parents[1] / "datasets" / "fsdd" / "manifest.csv"
+
+
+def tone(freq: float, seconds: float = 0.25, amp: float = 0.3, phase: float = 0.0) -> np.ndarray:
+    t = np.arange(int(SR * seconds)) / SR
+    return (amp * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+
+
+def write_tone_set(root: Path) -> list[tuple[str, str, str]]:
+    """``root/<label>/<speaker>_<n>.wav``; returns [(relative path, label, speaker)]."""
+    rows = []
+    for label, freq in FREQS.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for s, speaker in enumerate(SPEAKERS):
+            for n in range(TAKES):
+                rel = f"{label}/{speaker}_{n}.wav"
+                sf.write(root / rel, tone(freq * (1 + 0.02 * s), phase=n), SR)
+                rows.append((rel, label, speaker))
+    return rows
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def tone_set(tmp_path):
+    root = tmp_path / "tones"
+    rows = write_tone_set(root)
+    return root, rows
+
+
+# ------------------------------------------------------------------------------------ manifests
+
+
+def test_three_descriptions_agree(tone_set, tmp_path):
+    root, rows = tone_set
+    folder = from_folders(root)
+    csv_path = write_csv(root / "manifest.csv", ["path", "label", "group"], [list(r) for r in rows])
+    table = from_csv(csv_path)
+    pattern = from_pattern(root, GROUP_PATTERN)
+    as_pairs = lambda m: {(it.path, it.labels) for it in m.items}  # noqa: E731
+    as_triples = lambda m: {(it.path, it.labels, it.group) for it in m.items}  # noqa: E731
+    expected = {(str(root.absolute() / rel), (label,)) for rel, label, _ in rows}
+    assert as_pairs(folder) == as_pairs(table) == as_pairs(pattern) == expected
+    assert as_triples(table) == as_triples(pattern)
+    assert len(folder.items) == len(table.items) == len(pattern.items) == len(rows)
+    for m in (folder, table, pattern):
+        assert m.labels == ["high", "low", "mid"]
+        assert not m.multilabel and not m.skipped
+        assert m.class_counts() == Counter({"low": 12, "mid": 12, "high": 12})
+    assert not folder.has_groups and table.has_groups and pattern.has_groups
+    assert (folder.source, table.source, pattern.source) == ("folder", "csv", "pattern")
+    # load_manifest dispatch: a folder holding manifest.csv uses it; --pattern wins over it
+    assert load_manifest(root).source == "csv"
+    assert load_manifest(csv_path).source == "csv"
+    assert load_manifest(root, GROUP_PATTERN).source == "pattern"
+    os.remove(csv_path)
+    assert load_manifest(root).source == "folder"
+
+
+def test_descriptions_agree_through_symlinks(tmp_path):
+    """Data sets often live behind symlinks (a linked class folder, a linked root)."""
+    real = tmp_path / "real"
+    rows = write_tone_set(real)
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for label in FREQS:
+        os.symlink(real / label, linked / label, target_is_directory=True)
+    csv_path = write_csv(linked / "manifest.csv", ["path", "label", "group"], [list(r) for r in rows])
+    table = from_csv(csv_path)
+    assert not table.skipped, table.skipped[:3]
+    folder, pattern = from_folders(linked), from_pattern(linked, GROUP_PATTERN)
+    pairs = lambda m: {(it.path, it.labels) for it in m.items}  # noqa: E731
+    assert pairs(table) == pairs(folder) == pairs(pattern)
+    assert len(table.items) == len(rows)
+
+
+def test_pattern_skips_and_reports_non_matching_files(tone_set):
+    root, rows = tone_set
+    sf.write(root / "low" / "Alice-9.wav", tone(300), SR)
+    sf.write(root / "mid" / "notes_x.wav", tone(900), SR)
+    sf.write(root / "stray.wav", tone(900), SR)
+    (root / "low" / "readme.txt").write_text("not audio")
+    m = from_pattern(root, GROUP_PATTERN)
+    assert len(m.items) == len(rows)
+    skipped = dict(m.skipped)
+    assert set(skipped) == {str(root / "low" / "Alice-9.wav"), str(root / "mid" / "notes_x.wav"),
+                            str(root / "stray.wav")}
+    assert all("does not match" in reason for reason in skipped.values())
+    assert {it.group for it in m.items} == set(SPEAKERS)
+    # class folders: the stray file is skipped, the others are items
+    folder = from_folders(root)
+    assert dict(folder.skipped) == {str(root / "stray.wav"): "not inside a class folder"}
+    assert len(folder.items) == len(rows) + 2
+
+
+def test_pattern_errors(tone_set):
+    root, _ = tone_set
+    with pytest.raises(ManifestError, match="label"):
+        from_pattern(root, r"(?P<group>[a-z]+)_\d+")
+    with pytest.raises(ManifestError, match="bad --pattern"):
+        from_pattern(root, r"(?P<label>[")
+    with pytest.raises(ManifestError, match="no usable audio files"):
+        from_pattern(root, r"(?P<label>nothing_matches_this)")
+
+
+def test_fold_pattern(tmp_path):
+    root = tmp_path / "esc"
+    expected = set()
+    for label, freq in FREQS.items():
+        (root / label).mkdir(parents=True)
+        for fold in (1, 2, 3):
+            for n in range(2):
+                name = f"{label}/{fold}-{n}{label[0]}.wav"
+                sf.write(root / name, tone(freq), SR)
+                expected.add((str(root.absolute() / name), label, str(fold)))
+    m = from_pattern(root, r"(?P<label>[^/]+)/(?P<fold>\d+)-")
+    assert {(it.path, it.labels[0], it.fold) for it in m.items} == expected
+    assert m.folds == ["1", "2", "3"]
+    split = make_split(m, test_fold="2")
+    assert {m.items[i].fold for i in split.test} == {"2"}
+    assert len(split.test) == 6
+    assert "2" not in {m.items[i].fold for i in split.train + split.val}
+    folds = kfold(m, k=5)
+    assert len(folds) == 3  # declared folds win over k
+    assert [{m.items[i].fold for i in f} for f in folds] == [{"1"}, {"2"}, {"3"}]
+
+
+def test_multilabel_csv(tone_set):
+    root, rows = tone_set
+    table = [[rows[0][0], "low;noise"], [rows[1][0], " low ; low "], [rows[2][0], "mid"]]
+    m = from_csv(write_csv(root / "ml.csv", ["path", "label"], table))
+    assert [it.labels for it in m.items] == [("low", "noise"), ("low",), ("mid",)]
+    assert m.multilabel and m.labels == ["low", "mid", "noise"]
+    y = label_matrix(m)
+    np.testing.assert_array_equal(y, [[1, 0, 1], [1, 0, 0], [0, 1, 0]])
+
+
+def test_csv_missing_column_names_the_columns(tone_set):
+    root, rows = tone_set
+    path = write_csv(root / "bad.csv", ["file", "label"], [[rows[0][0], "low"]])
+    with pytest.raises(ManifestError) as info:
+        from_csv(path)
+    msg = str(info.value)
+    assert "missing column(s) path" in msg and "path,label" in msg and "file,label" in msg
+    path = write_csv(root / "bad2.csv", ["path", "class"], [[rows[0][0], "low"]])
+    with pytest.raises(ManifestError, match="missing column.*label"):
+        from_csv(path)
+    empty = root / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(ManifestError, match="no header"):
+        from_csv(empty)
+
+
+def test_csv_skips_bad_rows_with_reasons(tone_set, tmp_path):
+    root, rows = tone_set
+    outside = tmp_path / "outside.wav"
+    sf.write(outside, tone(300), SR)
+    table = [
+        [rows[0][0], "low"],
+        ["../outside.wav", "low"],                 # escapes the manifest's folder
+        ["low/../../outside.wav", "low"],          # escapes too, less obviously
+        [rows[0][0], "low"],                       # duplicate
+        ["./" + rows[0][0], "mid"],                # the same file again, spelled differently
+        ["low/missing.wav", "low"],                # not there
+        [rows[1][0], ""],                          # no label
+        ["", "low"],                               # no path
+        [str(outside), "mid"],                     # absolute paths are taken as they are
+        ["low/../" + rows[2][0], "low"],           # ../ that stays inside is fine
+    ]
+    m = from_csv(write_csv(root / "m.csv", ["path", "label"], table))
+    assert [it.path for it in m.items] == [str(root / rows[0][0]), str(outside), str(root / rows[2][0])]
+    reasons = [reason for _, reason in m.skipped]
+    assert len(m.skipped) == 7
+    assert sum("escapes the manifest's folder" in r for r in reasons) == 2
+    assert sum("duplicate path" in r for r in reasons) == 2
+    assert sum("file not found" in r for r in reasons) == 1
+    assert sum("empty label" in r for r in reasons) == 1
+    assert sum("empty path" in r for r in reasons) == 1
+    # reasons say where: file and line
+    assert any(r.startswith(f"{root / 'm.csv'}:3") for r in reasons)
+    skipped = dict(m.skipped)
+    assert skipped["../outside.wav"].endswith("path escapes the manifest's folder")
+
+
+def test_csv_rows_with_extra_or_missing_cells(tone_set):
+    root, rows = tone_set
+    path = root / "ragged.csv"
+    path.write_text(f"path,label,group\n{rows[0][0]},low,alice,unexpected,cells\n{rows[1][0]},low\n")
+    m = from_csv(path)
+    assert [(it.labels, it.group) for it in m.items] == [(("low",), "alice"), (("low",), None)]
+
+
+def test_csv_relative_to_its_folder_and_groups_folds(tone_set, monkeypatch, tmp_path):
+    root, rows = tone_set
+    path = write_csv(root / "m.csv", ["path", "label", "group", "fold"],
+                     [[rel, label, speaker, str(SPEAKERS.index(speaker))] for rel, label, speaker in rows])
+    monkeypatch.chdir(tmp_path)
+    m = from_csv(Path("tones") / "m.csv")
+    assert all(os.path.isabs(it.path) and os.path.isfile(it.path) for it in m.items)
+    assert m.folds == ["0", "1", "2", "3"]
+    assert {it.group for it in m.items} == set(SPEAKERS)
+
+
+def test_all_rows_bad_is_a_manifest_error(tone_set):
+    root, _ = tone_set
+    path = write_csv(root / "m.csv", ["path", "label"], [["nope.wav", "low"], ["nope2.wav", "mid"]])
+    with pytest.raises(ManifestError, match="no usable audio files.*2 x file not found"):
+        from_csv(path)
+    with pytest.raises(ManifestError, match="no such file"):
+        load_manifest(root / "absent")
+    (root / "x.txt").write_text("")
+    with pytest.raises(ManifestError, match="expected a folder or a .csv"):
+        load_manifest(root / "x.txt")
+
+
+# ------------------------------------------------------------------------------------ splits
+
+
+def synthetic_manifest(groups: list[str | None], labels: list[str], folds: list[str | None] | None = None) -> Manifest:
+    folds = folds or [None] * len(groups)
+    items = [Item(f"/data/{i}.wav", (label,), g, f) for i, (g, label, f) in enumerate(zip(groups, labels, folds))]
+    return Manifest(items, Path("/data"), [], "csv")
+
+
+def check_partition(split, n):
+    train, val, test = set(split.train), set(split.val), set(split.test)
+    assert len(train) == len(split.train) and len(val) == len(split.val) and len(test) == len(split.test)
+    assert not (train & val) and not (train & test) and not (val & test)
+    assert train | val | test == set(range(n))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_holdout_split_keeps_groups_whole_on_the_tone_set(tone_set, seed):
+    root, rows = tone_set
+    m = from_pattern(root, GROUP_PATTERN)
+    split = make_split(m, seed=seed, test_fraction=0.25, val_fraction=0.25)
+    check_partition(split, len(m.items))
+    groups = lambda idx: {m.items[i].group for i in idx}  # noqa: E731
+    assert split.test and split.val and split.train
+    assert not groups(split.train) & groups(split.test)
+    assert not groups(split.train) & groups(split.val)
+    assert not groups(split.val) & groups(split.test)
+    # every class is in every group, so stratification keeps every class in train (and test)
+    assert {m.items[i].labels[0] for i in split.train} == set(FREQS)
+    assert {m.items[i].labels[0] for i in split.test} == set(FREQS)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_holdout_split_never_shares_a_group(data):
+    n_groups = data.draw(st.integers(1, 12), label="groups")
+    n_classes = data.draw(st.integers(1, 5), label="classes")
+    n = data.draw(st.integers(1, 120), label="items")
+    groups = data.draw(st.lists(st.integers(0, n_groups - 1), min_size=n, max_size=n), label="group of item")
+    labels = data.draw(st.lists(st.integers(0, n_classes - 1), min_size=n, max_size=n), label="label of item")
+    seed = data.draw(st.integers(0, 2**16), label="seed")
+    test_fraction = data.draw(st.sampled_from([0.1, 0.2, 0.3, 0.5]))
+    val_fraction = data.draw(st.sampled_from([0.0, 0.1, 0.2]))
+    m = synthetic_manifest([f"g{g}" for g in groups], [f"c{c}" for c in labels])
+    split = make_split(m, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    check_partition(split, n)
+    g = lambda idx: {groups[i] for i in idx}  # noqa: E731
+    assert not g(split.train) & g(split.test)
+    assert not g(split.train) & g(split.val)
+    assert not g(split.val) & g(split.test)
+    assert split.train  # never an empty training set
+    if val_fraction == 0:
+        assert not split.val
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data())
+def test_stratification_keeps_every_class_in_train(data):
+    """Ungrouped items, at least 3 per class: every class is in train whatever the seed."""
+    counts = data.draw(st.lists(st.integers(3, 15), min_size=2, max_size=6), label="items per class")
+    labels = [f"c{c}" for c, k in enumerate(counts) for _ in range(k)]
+    order = data.draw(st.permutations(range(len(labels))))
+    labels = [labels[i] for i in order]
+    seed = data.draw(st.integers(0, 1000))
+    m = synthetic_manifest([None] * len(labels), labels)
+    split = make_split(m, seed=seed)
+    check_partition(split, len(labels))
+    assert {labels[i] for i in split.train} == set(labels)
+    # and the test set holds roughly a fifth of every class
+    test_counts = Counter(labels[i] for i in split.test)
+    for c, k in Counter(labels).items():
+        assert test_counts[c] <= -(-k // 5) + 1
+
+
+def test_stratified_group_folds_balances_labels():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 400)
+    y = np.eye(4, dtype=np.float32)[labels]
+    groups = list(rng.integers(0, 40, 400))
+    folds = stratified_group_folds(y, groups, 5, seed=3)
+    assert set(folds) == set(range(5))
+    per_fold = np.array([y[folds == f].sum(0) for f in range(5)])
+    share = per_fold / per_fold.sum(0)
+    assert np.abs(share - 0.2).max() < 0.1
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_kfold_groups_disjoint_and_cover_everything_once(data):
+    n = data.draw(st.integers(5, 100))
+    k = data.draw(st.integers(2, 6))
+    with_groups = data.draw(st.booleans())
+    groups = data.draw(st.lists(st.integers(0, 9), min_size=n, max_size=n)) if with_groups else [None] * n
+    labels = data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n))
+    m = synthetic_manifest([None if g is None else f"g{g}" for g in groups], [f"c{c}" for c in labels])
+    folds = kfold(m, k, seed=data.draw(st.integers(0, 100)))
+    assert len(folds) == k
+    flat = [i for f in folds for i in f]
+    assert sorted(flat) == list(range(n))
+    if with_groups:
+        owners = [{groups[i] for i in f} for f in folds]
+        for a in range(k):
+            for b in range(a + 1, k):
+                assert not owners[a] & owners[b]
+    else:  # every item its own group: folds are near-equal in size
+        sizes = [len(f) for f in folds]
+        assert max(sizes) - min(sizes) <= 4
+
+
+def test_declared_test_fold_is_exactly_that_fold():
+    m = load_manifest(FSDD)
+    assert len(m.items) == 3000 and m.folds == [str(f) for f in range(10)]
+    split = make_split(m, test_fold="0")
+    check_partition(split, len(m.items))
+    assert split.test == [i for i, it in enumerate(m.items) if it.fold == "0"]
+    assert len(split.test) == 300
+    # FSDD's official split shares speakers between train and test; validation may share them too
+    assert {m.items[i].group for i in split.test} == {m.items[i].group for i in split.train}
+    assert 0.05 < len(split.val) / (len(split.train) + len(split.val)) < 0.15
+    assert {m.items[i].labels for i in split.train} == {m.items[i].labels for i in split.test}
+    # an integer fold works like its string, an unknown one is an error naming the declared folds
+    assert make_split(m, test_fold=0).test == split.test
+    with pytest.raises(ValueError, match="declared folds: 0, 1, 2"):
+        make_split(m, test_fold="42")
+
+
+def test_declared_fold_without_shared_groups_keeps_validation_grouped(tone_set):
+    root, rows = tone_set
+    path = write_csv(root / "m.csv", ["path", "label", "group", "fold"],
+                     [[rel, label, speaker, "test" if speaker == "dave" else "train"] for rel, label, speaker in rows])
+    m = from_csv(path)
+    for seed in range(5):
+        split = make_split(m, test_fold="test", val_fraction=0.3, seed=seed)
+        groups = lambda idx: {m.items[i].group for i in idx}  # noqa: E731
+        assert groups(split.test) == {"dave"}
+        assert split.val and not groups(split.val) & groups(split.train)
+
+
+# ------------------------------------------------------------------------------------ cache
+
+
+@pytest.fixture
+def clip_files(tmp_path):
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    paths = []
+    for i, freq in enumerate([200, 400, 800, 1600]):
+        p = folder / f"c{i}.wav"
+        sf.write(p, tone(freq, seconds=0.1 + 0.05 * i), SR)
+        paths.append(str(p))
+    return paths
+
+
+def forbid_decoding(monkeypatch):
+    calls = []
+
+    def fail(path, *a, **k):
+        calls.append(path)
+        raise AssertionError(f"decoded {path} although it is cached")
+
+    monkeypatch.setattr(cache_mod, "read_audio", fail)
+    return calls
+
+
+def count_decoding(monkeypatch):
+    calls = []
+    real = cache_mod.read_audio
+
+    def counting(path, *a, **k):
+        calls.append(str(path))
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(cache_mod, "read_audio", counting)
+    return calls
+
+
+def test_cache_second_load_reads_from_disk(tmp_path, clip_files, monkeypatch):
+    first, bad = AudioCache(tmp_path / "cache", SR).load(clip_files)
+    assert not bad and list(first) == clip_files
+    for p in clip_files:
+        np.testing.assert_allclose(first[p], sf.read(p, dtype="float32")[0], atol=1e-6)
+    assert len(list((tmp_path / "cache" / f"{SR}hz").glob("pack-*.json"))) == 1
+    forbid_decoding(monkeypatch)
+    second, bad = AudioCache(tmp_path / "cache", SR).load(clip_files + clip_files[:1])  # duplicates are fine
+    assert not bad and list(second) == clip_files
+    for p in clip_files:
+        np.testing.assert_array_equal(second[p], first[p])
+        assert second[p].dtype == np.float32 and second[p].ndim == 1
+
+
+def test_cache_resamples_per_rate(tmp_path, clip_files):
+    clips, _ = AudioCache(tmp_path / "cache", 16000).load(clip_files[:1])
+    assert abs(len(clips[clip_files[0]]) - 2 * 800) <= 2
+    assert (tmp_path / "cache" / "16000hz").is_dir()
+
+
+def test_cache_redecodes_a_modified_file(tmp_path, clip_files, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    AudioCache(cache_dir, SR).load(clip_files)
+    target = clip_files[1]
+    new_audio = tone(3000, seconds=0.2)
+    sf.write(target, new_audio, SR)
+    st_ = os.stat(target)
+    os.utime(target, ns=(st_.st_atime_ns, st_.st_mtime_ns + 5_000_000_000))
+    calls = count_decoding(monkeypatch)
+    clips, bad = AudioCache(cache_dir, SR).load(clip_files)
+    assert not bad
+    assert calls == [target]
+    np.testing.assert_allclose(clips[target], new_audio, atol=1e-4)
+    # and the others still come from the cache, now in two packs
+    assert len(list((cache_dir / f"{SR}hz").glob("pack-*.json"))) == 2
+    calls.clear()
+    AudioCache(cache_dir, SR).load(clip_files)
+    assert calls == []
+
+
+def test_cache_same_size_same_content_new_mtime_is_redecoded(tmp_path, clip_files, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    AudioCache(cache_dir, SR).load(clip_files)
+    target = clip_files[0]
+    data, _ = sf.read(target, dtype="float32")
+    sf.write(target, -data, SR)  # same size, other content
+    st_ = os.stat(target)
+    os.utime(target, ns=(st_.st_atime_ns, st_.st_mtime_ns + 1_000_000))
+    calls = count_decoding(monkeypatch)
+    clips, _ = AudioCache(cache_dir, SR).load([target])
+    assert calls == [target]
+    np.testing.assert_allclose(clips[target], -data, atol=1e-6)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "index"])
+def test_cache_rejects_and_rebuilds_a_corrupted_pack(tmp_path, clip_files, monkeypatch, damage):
+    cache_dir = tmp_path / "cache"
+    first, _ = AudioCache(cache_dir, SR).load(clip_files)
+    expected = {p: np.array(a) for p, a in first.items()}
+    del first
+    (data_file,) = (cache_dir / f"{SR}hz").glob("pack-*.f32")
+    index_file = data_file.with_suffix(".json")
+    raw = bytearray(data_file.read_bytes())
+    if damage == "flip":
+        for i in range(100, 140):
+            raw[i] ^= 0xFF
+        data_file.write_bytes(bytes(raw))
+    elif damage == "truncate":
+        data_file.write_bytes(bytes(raw[:-4]))
+    else:
+        index_file.write_text(index_file.read_text()[:-20])
+    calls = count_decoding(monkeypatch)
+    cache = AudioCache(cache_dir, SR)
+    clips, bad = cache.load(clip_files)
+    assert not bad
+    assert cache.rejected_packs == [str(index_file)]
+    assert not index_file.exists() and not data_file.exists()
+    assert sorted(calls) == sorted(clip_files)
+    for p in clip_files:
+        np.testing.assert_array_equal(clips[p], expected[p])
+    # the rebuilt pack is valid: a third load decodes nothing
+    calls.clear()
+    again = AudioCache(cache_dir, SR)
+    again.load(clip_files)
+    assert calls == [] and again.rejected_packs == []
+    meta = json.loads(next((cache_dir / f"{SR}hz").glob("pack-*.json")).read_text())
+    assert meta["samples"] == sum(len(v) for v in expected.values())
+
+
+def test_cache_reports_bad_files_and_does_not_cache_them(tmp_path, clip_files, monkeypatch):
+    folder = Path(clip_files[0]).parent
+    empty = folder / "empty.wav"
+    empty.write_bytes(b"")
+    junk = folder / "junk.wav"
+    junk.write_bytes(np.random.default_rng(0).bytes(3000))
+    missing = str(folder / "missing.wav")
+    paths = clip_files + [str(empty), str(junk), missing]
+    clips, bad = AudioCache(tmp_path / "cache", SR).load(paths)
+    assert set(clips) == set(clip_files)
+    reasons = dict(bad)
+    assert set(reasons) == {str(empty), str(junk), missing}
+    assert "empty" in reasons[str(empty)]
+    assert "cannot read" in reasons[missing]
+    assert reasons[str(junk)]
+    calls = count_decoding(monkeypatch)
+    _, bad2 = AudioCache(tmp_path / "cache", SR).load(paths)
+    assert sorted(calls) == sorted([str(empty), str(junk)])  # bad files are retried, good ones are cached
+    assert dict(bad2).keys() == reasons.keys()
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("AUDIOCLF_CACHE", str(tmp_path / "a"))
+    assert default_cache_dir() == tmp_path / "a"
+    monkeypatch.delenv("AUDIOCLF_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert default_cache_dir() == tmp_path / "x" / "audioclf"
+
+
+# ------------------------------------------------------------------------------------ clips
+
+
+def test_fit_length_centres_in_eval():
+    a = np.arange(10, dtype=np.float32)
+    np.testing.assert_array_equal(fit_length(a, 4), [3, 4, 5, 6])
+    np.testing.assert_array_equal(fit_length(a, 10), a)
+    np.testing.assert_array_equal(fit_length(np.arange(1, 4, dtype=np.float32), 7), [0, 0, 1, 2, 3, 0, 0])
+    np.testing.assert_array_equal(fit_length(np.arange(1, 3, dtype=np.float32), 5), [0, 1, 2, 0, 0])
+    out = fit_length(np.zeros(0, np.float32), 3)
+    np.testing.assert_array_equal(out, [0, 0, 0])
+
+
+def test_fit_length_returns_a_writable_copy():
+    src = np.arange(10, dtype=np.float32)
+    src.setflags(write=False)  # like a memory-mapped cache view
+    out = fit_length(src, 10)
+    out[0] = 99
+    assert src[0] == 0 and out.flags.writeable and out.dtype == np.float32
+
+
+@given(n=st.integers(1, 300), length=st.integers(1, 300), seed=st.integers(0, 10**6))
+@settings(max_examples=150, deadline=None)
+def test_fit_length_random_placement(n, length, seed):
+    a = np.arange(1, n + 1, dtype=np.float32)
+    out = fit_length(a, length, np.random.default_rng(seed))
+    assert out.shape == (length,)
+    np.testing.assert_array_equal(out, fit_length(a, length, np.random.default_rng(seed)))
+    nz = out[out != 0]
+    if n >= length:  # a contiguous crop
+        assert nz[0] >= 1 and nz[-1] <= n
+        np.testing.assert_array_equal(nz, np.arange(nz[0], nz[0] + length))
+    else:  # the whole clip, contiguous, somewhere inside the zeros
+        np.testing.assert_array_equal(nz, a)
+        start = int(np.flatnonzero(out)[0])
+        np.testing.assert_array_equal(out[start:start + n], a)
+
+
+@given(n=st.integers(1, 400), length=st.integers(1, 100), hop=st.one_of(st.none(), st.integers(1, 120)))
+@settings(max_examples=200, deadline=None)
+def test_windows_cover_the_whole_clip(n, length, hop):
+    assume(hop is None or hop <= length)  # a hop longer than the window leaves gaps by construction
+    a = np.arange(1, n + 1, dtype=np.float32)
+    w = windows(a, length, hop)
+    assert w.ndim == 2 and w.shape[1] == length and w.dtype == np.float32
+    if n <= length:
+        assert w.shape[0] == 1
+        np.testing.assert_array_equal(w[0], fit_length(a, length))
+        return
+    step = hop or max(1, length // 2)
+    starts = [int(row[0]) - 1 for row in w]
+    for s, row in zip(starts, w):
+        np.testing.assert_array_equal(row, a[s:s + length])
+    assert starts[0] == 0
+    assert starts[-1] == n - length  # last window aligned to the end
+    assert starts == sorted(set(starts))
+    assert all(b - a_ == step for a_, b in zip(starts[:-2], starts[1:-1]))
+    assert 0 < starts[-1] - starts[-2] <= step if len(starts) > 1 else True
+    covered = np.zeros(n, bool)
+    for s in starts:
+        covered[s:s + length] = True
+    assert covered.all()
+
+
+def test_windows_default_hop_is_half_a_window():
+    w = windows(np.arange(10, dtype=np.float32), 4)
+    np.testing.assert_array_equal(w[:, 0], [0, 2, 4, 6])
+    w = windows(np.arange(11, dtype=np.float32), 4)
+    np.testing.assert_array_equal(w[:, 0], [0, 2, 4, 6, 7])
+
+
+def test_clip_dataset_train_vs_eval():
+    clips = [np.arange(1, 101, dtype=np.float32), np.arange(1, 11, dtype=np.float32)]
+    targets = np.eye(2, dtype=np.float32)
+    eval_ds = ClipDataset(clips, targets, 40, train=False)
+    assert len(eval_ds) == 2
+    x, y = eval_ds[0]
+    np.testing.assert_array_equal(x.numpy(), np.arange(31, 71))
+    np.testing.assert_array_equal(y.numpy(), [1, 0])
+    np.testing.assert_array_equal(eval_ds[1][0].numpy(), fit_length(clips[1], 40))
+    train_ds = ClipDataset(clips, targets, 40, train=True, seed=3)
+    starts = set()
+    for epoch in range(20):
+        train_ds.set_epoch(epoch)
+        a, b = train_ds[0][0], train_ds[0][0]
+        assert np.array_equal(a.numpy(), b.numpy())  # same epoch and item: same crop
+        starts.add(int(a[0]))
+    assert len(starts) > 5  # different crops across epochs
