@@ -28,7 +28,8 @@ TARGET_SR = 16000  # resample 8 kHz -> 16 kHz so the resampler is exercised
 
 
 def timed(fn, repeats: int = 3) -> tuple[float, float]:
-    """Median and spread (max - min) of ``repeats`` wall-clock runs, seconds."""
+    """Median and spread (max - min) of ``repeats`` wall-clock runs after one warm-up run, seconds."""
+    fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -102,11 +103,14 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
         torch.manual_seed(0)
         return create_model(name, 10, cfg, **args).train()
 
-    def run_steps(model, batches):
+    def run_steps(model, batches, warmup: int = 2):
+        """Training clips/s over ``steps`` steps, loading included, after ``warmup`` untimed steps."""
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         n, t = 0, time.perf_counter()
         for i, (x, y) in enumerate(batches):
-            if i == steps:
+            if i == warmup:
+                n, t = 0, time.perf_counter()
+            if i == warmup + steps:
                 break
             loss = torch.nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()

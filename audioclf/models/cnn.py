@@ -32,7 +32,7 @@ def conv_stack(channels: tuple[int, ...], convs: int, kernel: int) -> nn.Sequent
 class ConvNet(AudioClassifier):
     """Stacked conv blocks with PANNs pooling. ``channels``: width per block; ``convs``: convs per block."""
 
-    def __init__(self, num_classes, frontend, augment, channels=(32, 64, 128, 256), convs=2, kernel=3,
+    def __init__(self, num_classes, frontend, augment, channels=(16, 32, 64, 128), convs=2, kernel=3,
                  dropout=0.2):
         super().__init__(num_classes, frontend, augment, dropout)
         self.body = conv_stack(tuple(channels), convs, kernel)
@@ -48,7 +48,7 @@ class ConvNet(AudioClassifier):
 class ConvRNN(AudioClassifier):
     """Conv blocks, then a bidirectional GRU over time; features ``(batch, frames', 2 * hidden)``."""
 
-    def __init__(self, num_classes, frontend, augment, channels=(32, 64, 128), convs=2, hidden=128,
+    def __init__(self, num_classes, frontend, augment, channels=(16, 32, 64), convs=2, hidden=96,
                  layers=1, dropout=0.2):
         super().__init__(num_classes, frontend, augment, dropout)
         self.body = conv_stack(tuple(channels), convs, 3)
@@ -69,8 +69,8 @@ def _scaled(channels, width):
 
 @register_model
 def cnn(num_classes, frontend, augment, width: float = 1.0, **kw):
-    """The classic recipe done properly: 4 double-conv blocks (32-256 channels at width 1)."""
-    return ConvNet(num_classes, frontend, augment, channels=_scaled((32, 64, 128, 256), width), **kw)
+    """The classic recipe done properly: 4 double-conv blocks (16-128 channels at width 1)."""
+    return ConvNet(num_classes, frontend, augment, channels=_scaled((16, 32, 64, 128), width), **kw)
 
 
 @register_model
@@ -93,5 +93,5 @@ def cnn14(num_classes, frontend, augment, width: float = 1.0, **kw):
 
 @register_model
 def crnn(num_classes, frontend, augment, width: float = 1.0, **kw):
-    """The recipe's RNN: 3 double-conv blocks, then a bidirectional GRU."""
-    return ConvRNN(num_classes, frontend, augment, channels=_scaled((32, 64, 128), width), **kw)
+    """The recipe's RNN: 3 double-conv blocks (16-64 channels), then a bidirectional GRU (96 per direction)."""
+    return ConvRNN(num_classes, frontend, augment, channels=_scaled((16, 32, 64), width), **kw)

@@ -61,11 +61,12 @@ def choose_batch_size(train_files: int) -> int:
 
 
 def choose_epochs(train_files: int, batch_size: int) -> int:
-    """About 1,500 optimiser steps, between 10 and 50 epochs."""
+    """About 1,000 optimiser steps, between 10 and 50 epochs."""
     steps_per_epoch = max(1, math.ceil(train_files / batch_size))
-    return int(min(50, max(10, round(1500 / steps_per_epoch))))
+    return int(min(50, max(10, round(1000 / steps_per_epoch))))
 
 
 def choose_model(train_files: int) -> tuple[str, dict]:
-    """The MobileNetV3-style model; wider when there is data to feed it."""
-    return ("mobilenet", {"width": 0.5 if train_files < 20000 else 1.0})
+    """The compact CNN: on a CPU it trains faster to a better accuracy than the MobileNetV3-style model
+    (dense 3x3 convs use the cores well, depthwise ones do not); wider when there is data to feed it."""
+    return ("cnn", {"width": 1.0 if train_files < 20000 else 1.5})

@@ -192,6 +192,10 @@ def train(data, out, **settings) -> dict:
     for epoch in range(1, epochs + 1):
         t_epoch = time.perf_counter()
         step_model.train()
+        if init and cfg.freeze_backbone:  # a frozen backbone keeps its batch-norm statistics too
+            for m in model.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
         dataset.set_epoch(epoch)
         total, count = 0.0, 0
         for wave, target in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
