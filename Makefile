@@ -23,7 +23,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python -m audioclf.bench
+	$(BIN)/python bench/pipeline.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

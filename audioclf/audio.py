@@ -56,7 +56,14 @@ def read_audio(path, sample_rate: int | None = None, mono: bool = True) -> np.nd
     _check_rate(sample_rate)
     rate, blocks = _decode(path, mono)
     audio = np.concatenate(list(blocks), axis=1)
-    return resample(audio, rate, sample_rate) if sample_rate else audio
+    return _finite(path, resample(audio, rate, sample_rate)) if sample_rate else audio
+
+
+def _finite(path, audio: np.ndarray) -> np.ndarray:
+    """Resampling huge (finite) float samples can overflow; report it instead of returning Inf/NaN."""
+    if not np.isfinite(audio).all():
+        raise AudioDecodeError(path, "sample values too large: resampling overflows to Inf/NaN")
+    return audio
 
 
 def load_audio(path, sample_rate: int | None = None, mono: bool = True):
@@ -116,7 +123,7 @@ def iter_blocks(path, sample_rate: int | None, block_samples: int, mono: bool = 
         raise ValueError(f"block_samples must be positive, got {block_samples}")
     rate, blocks = _decode(path, mono)
     if sample_rate and sample_rate != rate:
-        blocks = _stream_resample(blocks, rate, sample_rate)
+        blocks = (_finite(path, b) for b in _stream_resample(blocks, rate, sample_rate))
     return _reblock(blocks, block_samples)
 
 

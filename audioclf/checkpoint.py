@@ -30,6 +30,7 @@ __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "CheckpointError", "
 
 _MAX_CLASSES = 100_000
 _MAX_ARG = 1e6
+_MAX_PARAMS = 2_000_000_000  # a run whose config describes a bigger model is refused before allocation
 _TASKS = ("single_label", "multi_label")
 _RESERVED_ARGS = {"name", "num_classes", "frontend", "augment"}
 
@@ -308,9 +309,15 @@ def load_run(run_dir, device="cpu"):
     weights = run / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(run, f"no {WEIGHTS_NAME} in {run}")
+    build = lambda: create_model(config["model"], config["num_classes"], frontend=config["frontend"],  # noqa: E731
+                                 augment=config["augment"], **config["model_args"])
     try:
-        model = create_model(config["model"], config["num_classes"], frontend=config["frontend"],
-                             augment=config["augment"], **config["model_args"])
+        with torch.device("meta"):  # size the model first, without allocating anything
+            n_params = sum(t.numel() for t in build().state_dict().values())
+        if n_params > _MAX_PARAMS:
+            raise CheckpointError(run, f"{CONFIG_NAME} describes a model with {n_params:.3g} parameters "
+                                       f"(limit {_MAX_PARAMS:.0e}); model_args {config['model_args']} refused")
+        model = build()
     except (TypeError, ValueError) as e:
         raise CheckpointError(run, f"cannot build model {config['model']!r} from {CONFIG_NAME}: {e}") from e
     try:

@@ -1,8 +1,9 @@
-"""The ``audioclf`` command: train, evaluate, predict, cv, models."""
+"""The ``audioclf`` command: train, pack, evaluate, predict, cv, models."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -36,8 +37,41 @@ def _audio_paths(paths: list[str]) -> list[Path]:
 def cmd_train(args) -> int:
     from .training.config import TrainConfig
     from .training.trainer import train
+    if args.nproc > 1 and "RANK" not in os.environ:
+        return _relaunch(args.nproc)
     settings = {name: getattr(args, name) for name in TrainConfig.field_names()}
     train(args.data, args.out, **settings)
+    return 0
+
+
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            out.append(a)
+    return out
+
+
+def _relaunch(nproc: int) -> int:
+    """``audioclf train --nproc N ...`` = ``python -m torch.distributed.run --standalone --nproc_per_node N -m audioclf
+    train ...`` (the same arguments minus ``--nproc``); returns its exit status."""
+    import subprocess
+    argv = _without_nproc(sys.argv[1:] if _ARGV is None else _ARGV)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "audioclf", *argv]
+    return subprocess.call(cmd)
+
+
+def cmd_pack(args) -> int:
+    from .data.shards import pack
+    info = pack(args.data, args.out, shard_size=args.shard_size, sample_rate=args.sample_rate, pattern=args.pattern,
+                cache_dir=args.cache_dir)
+    print(f"packed {info['samples']} clips at {info['sample_rate']} Hz into {len(info['shards'])} shard(s) in {args.out}"
+          + (f"; {info['skipped']} file(s) skipped" if info["skipped"] else ""))
     return 0
 
 
@@ -93,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model on a data set")
-    p.add_argument("data", help="class folders, a CSV manifest, or a folder with --pattern")
+    p.add_argument("data", help="class folders, a CSV manifest, a folder with --pattern, or tar shards (folder, "
+                                  "shard-{000000..000009}.tar, http(s) URL)")
     p.add_argument("--out", required=True, help="run folder to write")
     add_dataclass_flags(p, TrainConfig)
     p.set_defaults(func=cmd_train)
@@ -104,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=5, help="K when the data declares no folds")
     add_dataclass_flags(p, TrainConfig, skip=("test_fold",))
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("pack", help="decode a data set into tar shards (WebDataset layout) for streaming")
+    p.add_argument("data", help="class folders, a CSV manifest, or a folder with --pattern")
+    p.add_argument("--out", required=True, help="folder for shard-NNNNNN.tar and dataset.json")
+    p.add_argument("--shard-size", type=int, default=1000, help="clips per shard")
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--pattern", default=None)
+    p.add_argument("--cache-dir", default=None)
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("evaluate", help="evaluate a run on labelled data")
     p.add_argument("run")
@@ -129,7 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_ARGV: list[str] | None = None  # main()'s argv when given (else sys.argv), for --nproc re-launches
+
+
 def main(argv=None) -> int:
+    global _ARGV
+    _ARGV = list(argv) if argv is not None else None
     args = build_parser().parse_args(argv)
     from .audio import AudioDecodeError
     from .checkpoint import CheckpointError
@@ -137,6 +186,8 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except (AudioDecodeError, CheckpointError, ManifestError, ValueError, RuntimeError, OSError) as e:
+        if isinstance(e, OSError) and e.strerror and (not e.filename or str(e.filename) in e.strerror):
+            e = e.strerror  # io_utils' messages already say "cannot write PATH: reason"; drop "[Errno N]"
         print(f"audioclf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -97,12 +97,41 @@ class LogMel(nn.Module):
         fb = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
+        self.register_buffer("dft_basis", torch.from_numpy(dft_basis(config.n_fft, config.win_length)),
+                             persistent=False)
+        self.export_friendly = False  # True: STFT as a conv1d (also used automatically during ONNX export)
 
     def forward(self, waveform: torch.Tensor, mel_fb: torch.Tensor | None = None) -> torch.Tensor:
         """``mel_fb`` overrides the filter bank (training-time jitter)."""
         c = self.config
-        spec = torch.stft(waveform.float(), n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
-                          window=self.window, center=True, pad_mode="reflect", return_complex=True)
-        power = spec.real.square() + spec.imag.square()  # (batch, freqs, frames)
+        if self.export_friendly or torch.onnx.is_in_onnx_export():
+            power = self._conv_power(waveform.float())
+        else:
+            spec = torch.stft(waveform.float(), n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
+                              window=self.window, center=True, pad_mode="reflect", return_complex=True)
+            power = spec.real.square() + spec.imag.square()  # (batch, freqs, frames)
         mel = torch.matmul(self.mel_fb if mel_fb is None else mel_fb, power)
         return torch.log(mel + 1e-6)
+
+    def _conv_power(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Export-friendly power spectrogram: the centred, reflect-padded STFT as one strided conv1d with the
+        windowed-DFT basis (real rows, then imaginary rows). Matches the ``torch.stft`` path to float32 rounding."""
+        c = self.config
+        pad = c.n_fft // 2
+        x = nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect")
+        out = nn.functional.conv1d(x, self.dft_basis, stride=c.hop_length)  # (batch, 2 * freqs, frames)
+        freqs = c.n_fft // 2 + 1
+        return out[:, :freqs].square() + out[:, freqs:].square()
+
+
+def dft_basis(n_fft: int, win_length: int) -> np.ndarray:
+    """conv1d weights ``(2 * (n_fft // 2 + 1), 1, n_fft)`` float32: the periodic Hann window (``torch.hann_window``,
+    centred in ``n_fft`` like ``torch.stft`` does) times cos / -sin of each one-sided DFT bin, computed in float64."""
+    n = np.arange(win_length)
+    window = np.zeros(n_fft)
+    left = (n_fft - win_length) // 2
+    window[left:left + win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / win_length)
+    k = np.arange(n_fft // 2 + 1)[:, None]
+    phase = 2 * np.pi * ((k * np.arange(n_fft)[None, :]) % n_fft) / n_fft
+    basis = np.concatenate([np.cos(phase), -np.sin(phase)]) * window[None, :]
+    return basis[:, None, :].astype(np.float32)

@@ -5,32 +5,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-
-def fit_length(audio: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
-    """Crop or zero-pad ``(samples,)`` to ``length``: at a random offset when ``rng`` is given, centred otherwise."""
-    n = len(audio)
-    if n >= length:
-        start = rng.integers(0, n - length + 1) if rng is not None else (n - length) // 2
-        return np.array(audio[start:start + length], dtype=np.float32)  # a writable copy
-    out = np.zeros(length, dtype=np.float32)
-    start = rng.integers(0, length - n + 1) if rng is not None else (length - n) // 2
-    out[start:start + n] = audio
-    return out
-
-
-def windows(audio: np.ndarray, length: int, hop: int | None = None) -> np.ndarray:
-    """Cover a whole clip with windows ``(n_windows, length)``; a short clip gives one centred window.
-
-    ``hop`` defaults to half a window; the last window is aligned to the clip's end so nothing is left out.
-    """
-    n = len(audio)
-    if n <= length:
-        return fit_length(audio, length)[None]
-    hop = hop or max(1, length // 2)
-    starts = list(range(0, n - length + 1, hop))
-    if starts[-1] != n - length:
-        starts.append(n - length)
-    return np.stack([np.asarray(audio[s:s + length], dtype=np.float32) for s in starts])
+from .windows import fit_length, windows  # noqa: F401  (re-exported; numpy-only module)
 
 
 class ClipDataset(Dataset):

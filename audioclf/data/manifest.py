@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +90,11 @@ def from_folders(root) -> Manifest:
             skipped.append((str(path), "not inside a class folder"))
             continue
         items.append(Item(str(path.absolute()), (rel.parts[0],)))
+    used = {Path(it.path).relative_to(root.absolute()).parts[0] for it in items}
+    for d in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if d not in used:  # never a silent class with no examples
+            print(f"warning: class folder {root / d} contains no audio files; it is not used as a class",
+                  file=sys.stderr)
     return _checked(Manifest(items, root, skipped, "folder"))
 
 

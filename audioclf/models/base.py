@@ -32,6 +32,8 @@ class Frontend(nn.Module):
             self.register_buffer("jittered_fb", _jittered_filterbanks(config, augment.fb_jitter), persistent=False)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        if waveform.dim() == 4:  # already this front end's output (AudioClassifier.forward_spectrogram)
+            return waveform
         waveform = self.wave_augment(waveform)
         fb = None
         if self.training and hasattr(self, "jittered_fb"):
@@ -62,6 +64,7 @@ class AudioClassifier(nn.Module):
     """
 
     num_features: int
+    supports_onnx: bool = True  # False: audioclf.export refuses the model with a clear ExportError
 
     def __init__(self, num_classes: int, frontend: FrontendConfig, augment: AugmentConfig, dropout: float = 0.2):
         super().__init__()
@@ -86,6 +89,13 @@ class AudioClassifier(nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(waveform))
+
+    def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
+        """Logits from a precomputed front-end output ``(batch, 1, n_mels, frames)`` (``self.frontend(waveform)``),
+        skipping the front end: long-recording inference computes the spectrogram once per block and slices it.
+        Relies on ``forward_features`` passing its input through ``self.frontend`` first (every model here does;
+        ``Frontend`` passes a 4-D input through unchanged); a model that does not must override this."""
+        return self.forward_head(self.forward_features(spec))
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a freshly initialised one for ``num_classes`` classes."""

@@ -39,6 +39,10 @@ class TrainConfig:
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     cache_dir: str | None = field(default=None, metadata={"help": "decoded-audio cache (default ~/.cache/audioclf)"})
+    checkpoint_every: int = field(default=100, metadata={"help": "also save the training state (RUN/state) every N steps; 0: epoch ends only"})
+    resume: bool = field(default=False, metadata={"help": "continue an interrupted run from RUN/state"})
+    nproc: int = field(default=1, metadata={"help": "data-parallel processes on this machine (re-launches through torch.distributed.run)"})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "shuffle buffer size when training from tar shards"})
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -26,10 +26,11 @@ from ..features import FrontendConfig
 from ..inference import clip_logits, scores_from_logits
 from ..io_utils import write_json_atomic, write_text_atomic
 from ..models import create_model
-from . import autoconfig
+from . import autoconfig, distributed
 from .config import TrainConfig
 from .ema import ModelEma
 from .finetune import init_from_run
+from .resume import EpochSampler, load_state, restore_state, save_state, seed_step
 from .schedule import warmup_cosine
 
 
@@ -123,9 +124,16 @@ def train(data, out, **settings) -> dict:
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
+    dist_info, dist_device = distributed.setup_from_env(cfg.device)  # torchrun: one process per device
+    device, main, world = dist_device or device, dist_info.main, dist_info.world_size
+    cfg.nproc = world  # recorded in config.json: the processes that actually trained
 
     # --- data: manifest, split, settings, decoded clips
-    manifest = load_manifest(data, cfg.pattern)
+    from ..data import shards as shard_data
+    source = shard_data.ShardSource(data) if shard_data.is_shard_source(data) else None  # tar shards: streamed
+    manifest = source.manifest() if source else load_manifest(data, cfg.pattern)
+    if source:  # the shards' audio is already decoded at one rate
+        cfg.sample_rate, cfg.clip_seconds = source.sample_rate, cfg.clip_seconds or source.clip_seconds
     labels, multilabel = manifest.labels, manifest.multilabel
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label")
@@ -140,13 +148,18 @@ def train(data, out, **settings) -> dict:
     sr, clip_samples = s["sample_rate"], int(round(s["clip_seconds"] * s["sample_rate"]))
     cache = AudioCache(cfg.cache_dir, sr)
     t0 = time.perf_counter()
-    clips, bad = cache.load([it.path for it in manifest.items])
+    with distributed.main_first():  # rank 0 decodes into the cache; the others wait, then read it
+        if source:  # validation and test in memory; training streamed below
+            clips, bad = source.load(manifest.items[i].path for i in split.val + split.test), []
+        else:
+            clips, bad = cache.load([it.path for it in manifest.items])
     print(f"audio: {len(clips)} clips decoded or read from {cache.dir} in {time.perf_counter() - t0:.1f} s")
     skipped = manifest.skipped + bad
-    write_skipped(run, skipped)
+    if main:
+        write_skipped(run, skipped)
     if skipped:
         print(f"skipped {len(skipped)} file(s), listed in {run / 'skipped.csv'}")
-    keep = lambda idx: [i for i in idx if manifest.items[i].path in clips]  # noqa: E731
+    keep = lambda idx: [i for i in idx if source or manifest.items[i].path in clips]  # noqa: E731
     train_idx, val_idx, test_idx = keep(split.train), keep(split.val), keep(split.test)
     if not train_idx:
         raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, see {run / 'skipped.csv'})")
@@ -163,16 +176,26 @@ def train(data, out, **settings) -> dict:
         model.frontend.wave_augment.set_noise(load_noise_bank(cfg.noise_dir, sr, clip_samples, cache))
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step_model = torch.compile(model) if cfg.compile else model
+    if world > 1:  # gradients averaged across ranks; EMA, evaluation and checkpoints use the unwrapped `model`
+        step_model = torch.nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     class_weights = None
     if s["balance"]:
         counts = y[train_idx].sum(0)
         class_weights = torch.tensor(counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32,
                                      device=device)
-    dataset = ClipDataset(audio_of(train_idx), y[train_idx], clip_samples, train=True, seed=cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(dataset, batch_size=s["batch_size"], shuffle=True, drop_last=len(dataset) > s["batch_size"],
-                        num_workers=cfg.workers, generator=generator, persistent_workers=cfg.workers > 0)
+    rank_batch = max(1, s["batch_size"] // world)  # batch_size stays the global batch: each rank takes its share
+    if source:
+        dataset, sampler, loader = source.training_loader(
+            [manifest.items[i].path for i in train_idx], y[train_idx], clip_samples, s["batch_size"], dist_info.rank,
+            world, cfg.workers, cfg.shuffle_buffer, cfg.seed)
+    else:
+        dataset = ClipDataset(audio_of(train_idx), y[train_idx], clip_samples, train=True, seed=cfg.seed)
+        sampler = EpochSampler(len(dataset), cfg.seed)  # order depends on (seed, epoch) only: resumable
+        if world > 1:
+            sampler = distributed.DistributedEpochSampler(dataset, cfg.seed, drop_last=len(dataset) > s["batch_size"])
+        loader = DataLoader(dataset, batch_size=rank_batch, sampler=sampler, drop_last=len(dataset) // world > rank_batch,
+                            num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
     epochs, steps_per_epoch = s["epochs"], len(loader)
     total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
     patience = cfg.patience or max(10, epochs // 3)
@@ -187,9 +210,31 @@ def train(data, out, **settings) -> dict:
     eval_model = lambda: ema.module if ema else model  # noqa: E731
     val_audio, val_y = audio_of(val_idx), y[val_idx]
     rows, best, best_epoch, step, thresholds = [], None, 0, 0, None
+    start_epoch, start_batch, running = 1, 0, (0.0, 0)
+    saved_state = load_state(run) if cfg.resume else None
+    if cfg.resume and saved_state is None:
+        print(f"--resume: no saved state in {run / 'state'}; starting from the beginning")
+    if saved_state:
+        p = restore_state(saved_state, model, optimizer, ema, cfg)
+        rows, best, best_epoch, step, thresholds = p["rows"], p["best"], p["best_epoch"], p["step"], p["thresholds"]
+        start_epoch, start_batch, running = p["epoch"], p["batches_done"], tuple(p["running"])
+        if p["epoch_done"]:
+            start_epoch, start_batch, running = p["epoch"] + 1, 0, (0.0, 0)
+            if p["epoch"] - best_epoch >= patience:  # it had stopped early
+                start_epoch = epochs + 1
+        config.update(best_epoch=best_epoch, **({"thresholds": thresholds} if thresholds else {}))
+        print(f"resumed from {run / 'state'}: epoch {start_epoch}, batch {start_batch}, step {step}")
+
+    def checkpoint(epoch, batches_done, epoch_done, running):
+        if not main:  # rank 0 writes every file
+            return
+        save_state(run, model, optimizer, ema, cfg, {
+            "epoch": epoch, "batches_done": batches_done, "epoch_done": epoch_done, "step": step,
+            "best": list(best) if best is not None else None, "best_epoch": best_epoch,
+            "thresholds": thresholds, "rows": rows, "running": list(running)})
     t_start = time.perf_counter()
     from tqdm import tqdm
-    for epoch in range(1, epochs + 1):
+    for epoch in range(start_epoch, epochs + 1):
         t_epoch = time.perf_counter()
         step_model.train()
         if init and cfg.freeze_backbone:  # a frozen backbone keeps its batch-norm statistics too
@@ -197,8 +242,12 @@ def train(data, out, **settings) -> dict:
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
         dataset.set_epoch(epoch)
-        total, count = 0.0, 0
-        for wave, target in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None):
+        first_batch = start_batch if epoch == start_epoch else 0
+        sampler.set_epoch(epoch, first_batch * s["batch_size"])  # skip the batches done before an interruption
+        total, count = running if epoch == start_epoch else (0.0, 0)
+        for batch, (wave, target) in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None),
+                                               start=first_batch):
+            seed_step(cfg.seed + 7919 * dist_info.rank, step)  # mixup/augmentation randomness from (seed, step): resumes identically
             wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
             if not multilabel and cfg.mixup > 0 and cfg.augment and torch.rand(()) < model.frontend.augment_config.mixup_prob:
                 from ..augment import mixup
@@ -217,7 +266,9 @@ def train(data, out, **settings) -> dict:
             if ema:
                 ema.update(model)
             total, count, step = total + loss.item() * len(wave), count + len(wave), step + 1
-        row = {"epoch": epoch, "train_loss": total / max(1, count), "lr": lr}
+            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
+                checkpoint(epoch, batch + 1, False, (total, count))
+        row = {"epoch": epoch, "train_loss": distributed.all_reduce_mean(total / max(1, count)), "lr": lr}
         if val_idx:
             logits = clip_logits(eval_model(), val_audio, clip_samples, device=device)
             val_loss = loss_fn(torch.from_numpy(logits).float(), torch.from_numpy(val_y), multilabel, 0.0, None).item()
@@ -228,6 +279,7 @@ def train(data, out, **settings) -> dict:
             score = (metric, -val_loss)
         else:
             score = (epoch, 0.0)  # no validation data: keep the last epoch
+        score = distributed.broadcast_object(score)  # every rank validates the same model; rank 0's score decides
         row["seconds"] = time.perf_counter() - t_epoch
         rows.append(row)
         improved = best is None or score > best
@@ -236,15 +288,22 @@ def train(data, out, **settings) -> dict:
             if multilabel and val_idx:
                 thresholds = tune_thresholds(val_y, scores).tolist()
             config.update(best_epoch=epoch, **({"thresholds": thresholds} if thresholds else {}))
-            save_run(run, eval_model(), config)
+            if main:
+                save_run(run, eval_model(), config)
         print(f"epoch {epoch:3d}/{epochs}  train_loss {row['train_loss']:.4f}"
               + (f"  val_loss {row['val_loss']:.4f}  val_{'mAP' if multilabel else 'acc'} {metric:.4f}" if val_idx else "")
               + f"  lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""), flush=True)
-        write_metrics(run, rows)
+        if main:
+            write_metrics(run, rows)
+        checkpoint(epoch, steps_per_epoch, True, (0.0, 0))
         if epoch - best_epoch >= patience:
             print(f"early stop: no improvement for {patience} epochs")
             break
     train_seconds = time.perf_counter() - t_start
+    if not main:  # rank 0 tests the best checkpoint and writes the report; the others wait for it, then leave
+        distributed.barrier()
+        distributed.cleanup()
+        return {}
     plot_curves(rows, run / "curves.png")
 
     # --- test the best checkpoint
@@ -263,6 +322,8 @@ def train(data, out, **settings) -> dict:
     config["skipped_files"] = len(skipped)
     write_json_atomic(run / "config.json", config)
     print(f"trained in {train_seconds:.1f} s; run folder: {run}  (report: {run / 'report.json'})")
+    distributed.barrier()
+    distributed.cleanup()
     return report
 
 

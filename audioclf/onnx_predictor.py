@@ -1,0 +1,140 @@
+"""Torch-free inference on an exported ``model.onnx``: onnxruntime + numpy + :mod:`audioclf.audio` only.
+
+``OnnxClassifier(path)`` mirrors :class:`audioclf.inference.Classifier` (``labels``, ``sample_rate``, ``scores``,
+``predict``) with the same whole-clip window averaging, so a deployment needs neither torch nor the run folder.
+This module must never import torch, directly or through another module (``tests/test_export.py`` checks it).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from .audio import read_audio
+from .data.windows import windows
+
+__all__ = ["OnnxClassifier", "scores_from_logits", "read_onnx_metadata"]
+
+ONNX_NAME = "model.onnx"  # as audioclf.export.ONNX_NAME (not imported from there: that module imports torch)
+METADATA_KEY = "audioclf"
+
+
+def scores_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """Softmax for single-label models, sigmoid for multi-label ones, ``(n, classes)`` (as in audioclf.inference)."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if multilabel:
+        return 1 / (1 + np.exp(-logits))
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def read_onnx_metadata(path, session=None) -> dict:
+    """The ``audioclf`` JSON metadata of an exported model: from the ONNX file, else its ``.json`` sidecar."""
+    path = Path(path)
+    text = None
+    if session is not None:
+        text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if text is None:
+        sidecar = path.with_name(path.name + ".json")
+        if not sidecar.is_file():
+            raise ValueError(f"{path}: no audioclf metadata in the ONNX file and no {sidecar.name} next to it "
+                             "(export it with `audioclf export RUN --format onnx`)")
+        text = sidecar.read_text(encoding="utf-8")
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"{path}: unreadable audioclf metadata: {e}") from e
+    missing = [k for k in ("labels", "sample_rate", "clip_seconds") if k not in meta]
+    if missing:
+        raise ValueError(f"{path}: audioclf metadata lacks {', '.join(missing)}")
+    return meta
+
+
+class OnnxClassifier:
+    """An exported classifier. ``path``: a ``.onnx`` file or a run folder holding ``model.onnx``.
+
+    ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice).
+    """
+
+    def __init__(self, path, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / ONNX_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"no ONNX model at {path}")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        self.path = path
+        self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        meta = read_onnx_metadata(path, self.session)
+        self.metadata = meta
+        self.labels: list[str] = list(meta["labels"])
+        self.sample_rate: int = int(meta["sample_rate"])
+        self.clip_seconds: float = float(meta["clip_seconds"])
+        self.clip_samples = int(round(self.clip_seconds * self.sample_rate))
+        self.multilabel = meta.get("task") == "multi_label"
+        self.thresholds = np.asarray(meta.get("thresholds") or [0.5] * len(self.labels), dtype=np.float64)
+        self._input = meta.get("input") or self.session.get_inputs()[0].name
+        self._output = meta.get("output") or self.session.get_outputs()[0].name
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw logits ``(n, classes)`` for a waveform batch ``(n, samples)`` at ``self.sample_rate``."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        if batch.ndim != 2:
+            raise ValueError(f"expected a waveform batch (n, samples), got shape {batch.shape}")
+        return self.session.run([self._output], {self._input: batch})[0]
+
+    def clip_logits(self, clips: Iterable[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Whole-clip logits ``(clips, classes)``: half-overlapping windows, logits averaged (as ``clip_logits``)."""
+        clips = list(clips)
+        sums = np.zeros((len(clips), len(self.labels)))
+        counts = np.zeros(len(clips))
+        pending, owner = [], []
+
+        def flush():
+            logits = self.logits(np.stack(pending))
+            np.add.at(sums, owner, logits)
+            np.add.at(counts, owner, 1)
+            pending.clear()
+            owner.clear()
+
+        for i, clip in enumerate(clips):
+            for w in windows(np.asarray(clip, np.float32), self.clip_samples):
+                pending.append(w)
+                owner.append(i)
+                if len(pending) == batch_size:
+                    flush()
+        if pending:
+            flush()
+        return sums / np.maximum(counts, 1)[:, None]
+
+    def scores(self, audio: Iterable) -> np.ndarray:
+        """Probabilities ``(n, classes)`` for file paths or mono float arrays at ``self.sample_rate``."""
+        clips = [read_audio(a, self.sample_rate)[0] if isinstance(a, (str, Path)) else np.asarray(a, np.float32)
+                 for a in audio]
+        return scores_from_logits(self.clip_logits(clips), self.multilabel)
+
+    def predict(self, audio, top_k: int = 5) -> list[list[dict]]:
+        """For each input, ``[{"label", "score"}]``: top-k (single-label) or every label above its threshold
+        (multi-label), best first. ``audio``: a path, an array, or a list of them."""
+        single = isinstance(audio, (str, Path)) or (isinstance(audio, np.ndarray) and audio.ndim == 1)
+        scores = self.scores([audio] if single else audio)
+        results = []
+        for row in scores:
+            order = np.argsort(-row)
+            if self.multilabel:
+                order = [i for i in order if row[i] >= self.thresholds[i]]
+            else:
+                order = order[:top_k]
+            results.append([{"label": self.labels[i], "score": float(row[i])} for i in order])
+        return results[0] if single else results
+
+    def __repr__(self) -> str:
+        return f"OnnxClassifier({str(self.path)!r}, {len(self.labels)} labels, {self.sample_rate} Hz)"
