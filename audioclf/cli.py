@@ -1,4 +1,4 @@
-"""The ``audioclf`` command: train, pack, evaluate, predict, cv, models."""
+"""The ``audioclf`` command: train, pack, evaluate, predict, cv, serve, models."""
 from __future__ import annotations
 
 import argparse
@@ -82,10 +82,71 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def _predictor(args):
+    """The classifier for ``predict``: PyTorch from a run folder, or ONNX (``--backend onnx`` or a .onnx path)."""
+    run = Path(args.run)
+    backend = getattr(args, "backend", None) or ("onnx" if run.suffix.lower() == ".onnx" else "torch")
+    if backend == "torch":
+        if run.suffix.lower() == ".onnx":
+            raise ValueError(f"{run} is an ONNX file: use --backend onnx (the PyTorch back end needs a run folder)")
+        from .inference import load
+        return load(run, args.device)
+    from .onnx_predictor import OnnxClassifier
+    if run.is_dir():
+        from .export import ONNX_NAME, export_onnx
+        if not (run / ONNX_NAME).is_file():
+            print(f"no {ONNX_NAME} in {run}: exporting it first", file=sys.stderr)
+            print(f"exported {export_onnx(run)}", file=sys.stderr)
+    return OnnxClassifier(run)
+
+
+def _predict_windows(args, clf, paths) -> int:
+    """``predict --window``: per-window scores and merged events for each (long) recording."""
+    from .audio import AudioDecodeError
+    from .longform import events, scan
+    if args.median < 1 or args.median % 2 == 0:
+        raise ValueError(f"--median must be a positive odd number of windows, got {args.median}")
+    labels = list(clf.labels)
+    threshold = args.threshold
+    if threshold is None:
+        threshold = list(clf.thresholds) if clf.multilabel else 0.5
+    results, failures = [], 0
+    for path in paths:
+        try:
+            times, scores = scan(clf, path, args.window, args.hop, block_s=args.block)
+        except AudioDecodeError as e:
+            failures += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        found = events(times, scores, labels, threshold=threshold, min_duration=args.min_duration,
+                       median_filter=args.median)
+        results.append((str(path), times, scores, found))
+    if args.format == "json":
+        print(json.dumps([{"path": p,
+                           "windows": [{"start": round(float(t[0]), 4), "end": round(float(t[1]), 4),
+                                        "scores": {lab: round(float(v), 6) for lab, v in zip(labels, row)}}
+                                       for t, row in zip(times, scores)],
+                           "events": [{**e, "start": round(e["start"], 4), "end": round(e["end"], 4),
+                                       "peak": round(e["peak"], 6)} for e in found]}
+                          for p, times, scores, found in results], indent=2))
+    elif args.format == "csv":
+        print(",".join(["path", "start", "end"] + [json.dumps(lab) for lab in labels]))
+        for p, times, scores, _ in results:
+            for t, row in zip(times, scores):
+                print(",".join([json.dumps(p), f"{t[0]:.4f}", f"{t[1]:.4f}"] + [f"{v:.6f}" for v in row]))
+    else:
+        for p, times, scores, found in results:
+            print(f"{p}: {len(times)} windows, {len(found)} events")
+            for e in found:
+                print(f"  {e['start']:10.2f} - {e['end']:10.2f} s  {e['label']}  (peak {e['peak']:.3f})")
+    return 1 if failures and not results else 0
+
+
 def cmd_predict(args) -> int:
     from .audio import AudioDecodeError
-    from .inference import load
-    clf = load(args.run, args.device)
+    clf = _predictor(args)
+    if getattr(args, "window", None) is not None:
+        return _predict_windows(args, clf, _audio_paths(args.paths))
     rows, failures = [], 0
     for path in _audio_paths(args.paths):
         try:
@@ -107,6 +168,16 @@ def cmd_predict(args) -> int:
     return 1 if failures and not rows else 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx
+    out = export_onnx(args.run, args.out, opset=args.opset)
+    meta = json.loads(out.with_name(out.name + ".json").read_text(encoding="utf-8"))
+    diff = meta.get("verified_max_abs_diff")
+    print(f"wrote {out} (+ {out.name}.json; {meta.get('exporter')} exporter, opset {meta.get('opset')}"
+          + (f", max abs logit difference vs PyTorch {diff:.2e}" if diff is not None else "") + ")")
+    return 0
+
+
 def cmd_cv(args) -> int:
     from .training.config import TrainConfig
     from .training.crossval import cross_validate
@@ -118,6 +189,20 @@ def cmd_cv(args) -> int:
 def cmd_models(args) -> int:
     from .models.summary import model_table
     print(model_table(sample_rate=args.sample_rate))
+    return 0
+
+
+def cmd_serve(args) -> int:
+    try:
+        import uvicorn
+
+        from .serving import create_app
+    except ImportError as e:
+        raise RuntimeError(f"serving needs the 'serve' extra (pip install 'audioclf[serve]'): {e}") from None
+    app = create_app(args.run, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                     max_body_mb=args.max_body_mb, max_seconds=args.max_seconds,
+                     micro_batching=args.micro_batching, top_k=args.top_k, device=args.device)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 
@@ -165,7 +250,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--backend", choices=("torch", "onnx"), default=None,
+                   help="torch (run folder) or onnx (RUN/model.onnx, exported if missing, or a .onnx file); "
+                        "default: onnx for a .onnx path, torch otherwise")
+    p.add_argument("--window", type=float, default=None, metavar="S",
+                   help="long recordings: score S-second windows and merge them into events")
+    p.add_argument("--hop", type=float, default=None, metavar="S", help="window hop (default: half a window)")
+    p.add_argument("--threshold", type=float, default=None, metavar="T",
+                   help="event threshold (default: the run's thresholds for multi-label runs, else 0.5)")
+    p.add_argument("--min-duration", type=float, default=0.0, metavar="S", help="drop shorter events")
+    p.add_argument("--median", type=int, default=1, metavar="N", help="median filter over N windows (odd)")
+    p.add_argument("--block", type=float, default=60.0, metavar="S", help="streaming block length in seconds")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a run to ONNX (waveform in, logits out; front end in the graph)")
+    p.add_argument("run")
+    p.add_argument("--format", choices=("onnx",), default="onnx")
+    p.add_argument("--out", default=None, help="output file (default RUN/model.onnx)")
+    p.add_argument("--opset", type=int, default=17)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="HTTP service with a web page: POST audio to /v1/classify, docs at /docs")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="requests per forward pass at most")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="how long a batch waits for requests still arriving")
+    p.add_argument("--micro-batching", action=argparse.BooleanOptionalAction, default=True,
+                   help="batch concurrent requests (--no-micro-batching: one forward pass per request)")
+    p.add_argument("--queue-size", type=int, default=256, help="requests waiting at most; more get 503")
+    p.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (413 above)")
+    p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio (413 above)")
+    p.add_argument("--top-k", type=int, default=5, help="labels per answer unless the request sets top_k")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("models", help="list registered models with parameters and GFLOPs")
     p.add_argument("--sample-rate", type=int, default=16000)

@@ -36,7 +36,7 @@ INPUT_NAME, OUTPUT_NAME = "waveform", "logits"
 VERIFY_TOLERANCE = 1e-3  # max abs logit difference accepted by the post-export check
 
 
-class ExportError(Exception):
+class ExportError(RuntimeError):
     """A model that cannot be exported (or whose exported graph fails its check); the message says why."""
 
     @property

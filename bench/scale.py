@@ -36,7 +36,7 @@ def subset_csv(folder: Path, speakers: int) -> Path:
 
 
 def train_rate(data, out: Path, cache: Path, nproc: int, args) -> float:
-    threads = max(1, (os.cpu_count() or 1) // nproc)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     cmd = [sys.executable, "-m", "audioclf", "train", str(data), "--out", str(out), "--test-fold", "test",
            "--val-fraction", "0", "--epochs", str(args.epochs), "--model", "cnn", "--width", "0.5",
@@ -61,6 +61,7 @@ def main() -> None:
     p.add_argument("--speakers", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0, help="OMP threads per process (default: cores / processes)")
     args = p.parse_args()
     sys.path.insert(0, str(ROOT))
     from audioclf.data.cache import AudioCache
@@ -89,11 +90,12 @@ def main() -> None:
     stream = StreamingClipDataset(source.urls, targets, 8000, shuffle_buffer=1000)
     rows += [("iterate training data, in-memory cache", iterate_rate(data, args.batch_size)),
              ("iterate training data, tar shards", iterate_rate(stream, args.batch_size))]
-    rows += [("train, 1 process (tar shards)", train_rate(shards / "shard-{000000..%06d}.tar" % (len(source.urls) - 1),
+    rows += [("train, 1 process (tar shards)", train_rate(shards / ("shard-{000000..%06d}.tar" % (len(source.urls) - 1)),
                                                           tmp / "s1", cache, 1, args))]
 
     print(f"\nFSDD {args.speakers} speakers ({len(manifest.items)} clips), cnn width 0.5, 1 s at 8 kHz, global batch "
-          f"{args.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores")
+          f"{args.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores, "
+          f"{args.threads or 'cores / processes'} thread(s) per process")
     print(f"{'what':<42} {'clips/s':>10}")
     for name, rate in rows:
         print(f"{name:<42} {rate:>10.0f}")

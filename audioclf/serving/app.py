@@ -1,0 +1,573 @@
+"""The HTTP service: a FastAPI app around a trained run, with micro-batching.
+
+Endpoints
+---------
+``GET /``               the web page (``static/index.html``: upload, drag-and-drop or record, bars, event timeline)
+``GET /health``         ``{"status": "ok", "model": "cnn", "labels": 10}``
+``GET /v1/labels``      ``{"labels": [...], "task", "sample_rate", "clip_seconds"}``
+``GET /v1/stats``       requests served, forward batches run and a histogram of batch sizes
+``POST /v1/classify``   audio in, labels out; ``/docs`` has the OpenAPI page
+
+``POST /v1/classify`` takes either a multipart form with the audio in the field ``file`` (``curl -F file=@x.wav``)
+or the raw file as the request body, whatever its content type (``curl --data-binary @x.wav -H 'Content-Type:
+audio/wav'``). Any format :func:`audioclf.audio.read_audio` decodes is accepted. The answer:
+
+* audio no longer than the model's window (``clip_seconds``): a JSON **list** ``[{"label", "score"}, ...]``, best
+  first, like the Hugging Face ``audio-classification`` pipeline: the top ``top_k`` labels for single-label runs,
+  every label at or above its threshold for multi-label runs (as ``Classifier.predict``);
+* longer audio: a JSON **object** ``{"predictions": [...], "events": [...], "duration": s, "window": s}``:
+  ``predictions`` as above for the whole recording (the windows' logits averaged, as ``Classifier.predict``),
+  ``events`` ``[{"label", "start", "end", "peak"}]`` from :func:`audioclf.longform.events` over the half-overlapping
+  windows (query ``threshold``, ``median_filter``, ``min_duration``).
+
+So a client that only sends short clips can treat the answer as the pipeline's list; one that may send long
+recordings checks whether it got a list or an object.
+
+Errors are JSON ``{"error": slug, "detail": text}``: 400 (malformed multipart, no ``file`` field, empty body, bad
+query), 413 (body over ``max_body_mb`` -- checked on ``Content-Length`` up front and counted while the body
+streams in, so a client that sends more than it announced, or no length at all, is cut off -- or audio longer
+than ``max_seconds``), 415 (not decodable audio), 503 (request queue full; ``Retry-After: 1``).
+
+Uploads are written only to a private folder (``tempfile.mkdtemp``, mode 0700; ``app.state.upload_dir``), under a
+random name (the client's file name is never used), and deleted as soon as the request is done.
+
+Micro-batching: decoded clips go into a bounded ``asyncio.Queue``; one worker task takes what is queued, waits up
+to ``max_wait_ms`` for requests still being received or decoded to join (up to ``max_batch``), runs one forward
+pass over all their windows in a dedicated thread, and resolves each request's future. It does not wait when no
+other request is in flight, so a lone request pays no batching delay. ``micro_batching=False`` sends every
+request through the same worker alone (batch size 1), for comparison. ``app.state.batch_sizes`` counts batches
+by size.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import weakref
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from ..audio import AudioDecodeError, audio_info, iter_blocks
+from ..data.windows import windows
+
+log = logging.getLogger("audioclf.serving")
+
+STATIC = Path(__file__).resolve().parent / "static"
+FORWARD_BATCH = 64  # windows per model call, as audioclf.inference.clip_logits
+_SUFFIXES = {  # content type -> temp-file suffix (a hint for the decoders; content is probed anyway)
+    "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/vnd.wave": ".wav",
+    "audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg", "audio/opus": ".opus",
+    "audio/mpeg": ".mp3", "audio/mp3": ".mp3", "audio/webm": ".webm", "video/webm": ".webm",
+    "audio/mp4": ".m4a", "audio/x-m4a": ".m4a", "audio/aac": ".aac", "audio/aiff": ".aiff",
+    "audio/x-aiff": ".aiff",
+}
+
+
+class ApiError(Exception):
+    """An error answer: ``status`` with JSON ``{"error": error, "detail": detail}``."""
+
+    def __init__(self, status: int, error: str, detail: str, headers: dict | None = None):
+        super().__init__(detail)
+        self.status, self.error, self.detail, self.headers = status, error, detail, headers
+
+
+def _error(status: int, error: str, detail, headers=None) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+_SLUGS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
+          415: "unsupported_media", 503: "overloaded"}
+
+
+# --------------------------------------------------------------------------------------------- batching
+
+@dataclass
+class _Item:
+    clip: np.ndarray
+    future: asyncio.Future
+    windows: bool  # also return per-window scores (long audio)
+
+
+@dataclass
+class _Result:
+    scores: np.ndarray  # (classes,) whole clip
+    times: np.ndarray | None = None  # (windows, 2) seconds
+    window_scores: np.ndarray | None = None  # (windows, classes)
+
+
+@dataclass
+class Batcher:
+    """The request queue and its worker task (bound to the running event loop, restarted if the loop changes)."""
+
+    classifier: object
+    max_batch: int = 32
+    max_wait_ms: float = 10.0
+    queue_size: int = 256
+    micro_batching: bool = True
+    batch_sizes: Counter = field(default_factory=Counter)
+    incoming: int = 0  # requests received but not yet queued (body upload, decoding)
+    served: int = 0
+
+    def __post_init__(self):
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="audioclf-model")
+        weakref.finalize(self, self._executor.shutdown, wait=False)
+        self._loop = self._queue = self._task = None
+        self._arrived: asyncio.Event | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._task is not None and not self._task.done():
+            return
+        self._loop, self._queue, self._arrived = loop, asyncio.Queue(self.queue_size), asyncio.Event()
+        self._task = loop.create_task(self._run(), name="audioclf-batcher")
+
+    async def stop(self) -> None:
+        task, queue = self._task, self._queue
+        if self._loop is not asyncio.get_running_loop():
+            return  # started in another (finished) event loop: nothing to stop here
+        self._task = self._loop = None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        while queue is not None and not queue.empty():
+            item = queue.get_nowait()
+            if not item.future.done():
+                item.future.set_exception(ApiError(503, "overloaded", "the server is shutting down"))
+
+    def announce(self) -> None:
+        """A request has started arriving: the worker may wait (up to max_wait_ms) for it to join a batch."""
+        self.incoming += 1
+
+    def withdraw(self) -> None:
+        self.incoming -= 1
+        if self._arrived is not None:
+            self._arrived.set()
+
+    async def submit(self, clip: np.ndarray, with_windows: bool) -> _Result:
+        """Queue one decoded clip (the caller has called :meth:`announce`); raises ApiError 503 when full."""
+        self.start()
+        item = _Item(clip, asyncio.get_running_loop().create_future(), with_windows)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise ApiError(503, "overloaded", f"the request queue is full ({self.queue_size} waiting); retry "
+                                              "later", {"Retry-After": "1"}) from None
+        finally:
+            self.withdraw()
+        return await item.future
+
+    async def _run(self) -> None:
+        loop, queue = asyncio.get_running_loop(), self._queue
+        while True:
+            batch = [await queue.get()]
+            if self.micro_batching:
+                deadline = loop.time() + self.max_wait_ms / 1000
+                while len(batch) < self.max_batch:
+                    if not queue.empty():
+                        batch.append(queue.get_nowait())
+                        continue
+                    remaining = deadline - loop.time()
+                    if self.incoming <= 0 or remaining <= 0:
+                        break
+                    self._arrived.clear()
+                    try:  # woken by a new item or by a request that gave up before queueing
+                        await asyncio.wait_for(self._arrived.wait(), remaining)
+                    except asyncio.TimeoutError:
+                        pass
+            batch = [item for item in batch if not item.future.done()]  # clients gone
+            if not batch:
+                continue
+            self.batch_sizes[len(batch)] += 1
+            try:
+                results = await loop.run_in_executor(self._executor, self._forward, batch)
+            except Exception as e:  # noqa: BLE001 -- every waiting request gets the error
+                log.exception("forward pass failed")
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(e)
+                continue
+            self.served += len(batch)
+            for item, result in zip(batch, results):
+                if not item.future.done():
+                    item.future.set_result(result)
+
+    def _forward(self, batch: list[_Item]) -> list[_Result]:
+        """One forward pass over every window of every clip; scores as ``Classifier.scores`` computes them."""
+        import torch
+
+        from ..inference import scores_from_logits
+
+        clf = self.classifier
+        length = clf.clip_samples
+        per_clip = [windows(item.clip, length) for item in batch]
+        owner = np.repeat(np.arange(len(batch)), [len(w) for w in per_clip])
+        stacked = np.concatenate(per_clip)
+        parts = []
+        clf.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(stacked), FORWARD_BATCH):
+                x = torch.from_numpy(stacked[start:start + FORWARD_BATCH]).to(clf.device)
+                parts.append(clf.model(x).float().cpu().numpy())
+        logits = np.concatenate(parts)
+        sums = np.zeros((len(batch), logits.shape[1]))
+        np.add.at(sums, owner, logits)
+        counts = np.bincount(owner, minlength=len(batch))
+        clip_scores = scores_from_logits(sums / counts[:, None], clf.multilabel)
+        out = []
+        for i, item in enumerate(batch):
+            result = _Result(clip_scores[i])
+            if item.windows:
+                n, sr = len(item.clip), clf.sample_rate
+                starts = _window_starts(n, length)
+                result.times = np.stack([starts, starts + min(n, length)], axis=1) / sr
+                result.window_scores = scores_from_logits(logits[owner == i].astype(np.float64), clf.multilabel)
+            out.append(result)
+        return out
+
+
+def _window_starts(n: int, length: int) -> np.ndarray:
+    """Start samples of :func:`audioclf.data.windows.windows`' windows (hop half a window, last end-aligned)."""
+    if n <= length:
+        return np.zeros(1)
+    hop = max(1, length // 2)
+    starts = list(range(0, n - length + 1, hop))
+    if starts[-1] != n - length:
+        starts.append(n - length)
+    return np.asarray(starts, dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------- request bodies
+
+class _Upload:
+    """Stream a request body into a private temp file, counting bytes; multipart or raw."""
+
+    def __init__(self, request: Request, upload_dir: str, max_bytes: int):
+        self.request, self.upload_dir, self.max_bytes = request, upload_dir, max_bytes
+        self.path: str | None = None
+        self.size = 0  # audio bytes written
+
+    def _check_length(self) -> None:
+        header = self.request.headers.get("content-length")
+        if header is None:
+            return
+        try:
+            length = int(header)
+        except ValueError:
+            raise ApiError(400, "bad_request", f"invalid Content-Length {header[:40]!r}") from None
+        if length > self.max_bytes:
+            raise ApiError(413, "too_large", f"request body of {length} bytes exceeds the limit of "
+                                             f"{self.max_bytes} bytes")
+
+    async def _chunks(self):
+        received = 0
+        try:
+            async for chunk in self.request.stream():
+                received += len(chunk)
+                if received > self.max_bytes:
+                    raise ApiError(413, "too_large", f"request body exceeds the limit of {self.max_bytes} bytes")
+                if chunk:
+                    yield chunk
+        except ClientDisconnect:
+            raise ApiError(400, "bad_request", "the client disconnected before sending the whole body") from None
+
+    def _open(self, content_type: str):
+        os.makedirs(self.upload_dir, mode=0o700, exist_ok=True)
+        suffix = _SUFFIXES.get(content_type, "")
+        f = tempfile.NamedTemporaryFile(dir=self.upload_dir, prefix="upload-", suffix=suffix, delete=False)
+        self.path = f.name
+        return f
+
+    async def receive(self) -> str:
+        """Write the audio to a temp file; returns its path (also kept in ``self.path`` for cleanup)."""
+        from python_multipart.multipart import parse_options_header
+
+        self._check_length()
+        ctype, params = parse_options_header(self.request.headers.get("content-type", ""))
+        ctype = ctype.decode("latin-1").lower()
+        if ctype == "multipart/form-data":
+            await self._multipart(params.get(b"boundary"))
+        else:
+            with self._open(ctype) as f:
+                async for chunk in self._chunks():
+                    f.write(chunk)
+                    self.size += len(chunk)
+            if self.size == 0:
+                raise ApiError(400, "empty_body", "the request body is empty: send audio as the body or as the "
+                                                  "multipart field 'file'")
+        return self.path
+
+    async def _multipart(self, boundary: bytes | None) -> None:
+        from python_multipart.exceptions import MultipartParseError
+        from python_multipart.multipart import MultipartParser, parse_options_header
+
+        if not boundary:
+            raise ApiError(400, "bad_multipart", "multipart/form-data without a boundary")
+        state = {"field": b"", "value": b"", "headers": {}, "writing": False, "found": False, "ended": False,
+                 "file": None}
+
+        def on_part_begin():
+            state["headers"] = {}
+
+        def on_header_field(data, start, end):
+            state["field"] += data[start:end]
+
+        def on_header_value(data, start, end):
+            state["value"] += data[start:end]
+
+        def on_header_end():
+            state["headers"][state["field"].lower()] = state["value"]
+            state["field"] = state["value"] = b""
+
+        def on_headers_finished():
+            _, opts = parse_options_header(state["headers"].get(b"content-disposition", b""))
+            if opts.get(b"name") == b"file" and not state["found"]:
+                ctype, _ = parse_options_header(state["headers"].get(b"content-type", b""))
+                state["found"] = state["writing"] = True
+                state["file"] = self._open(ctype.decode("latin-1").lower())
+
+        def on_part_data(data, start, end):
+            if state["writing"]:
+                state["file"].write(data[start:end])
+                self.size += end - start
+
+        def on_part_end():
+            if state["writing"]:
+                state["writing"] = False
+                state["file"].close()
+
+        def on_end():
+            state["ended"] = True
+
+        parser = MultipartParser(boundary, {
+            "on_part_begin": on_part_begin, "on_header_field": on_header_field, "on_header_value": on_header_value,
+            "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data, "on_part_end": on_part_end, "on_end": on_end})
+        try:
+            async for chunk in self._chunks():
+                parser.write(chunk)
+            parser.finalize()
+        except MultipartParseError as e:
+            raise ApiError(400, "bad_multipart", f"malformed multipart body: {e}") from None
+        finally:
+            if state["file"] is not None:
+                state["file"].close()
+        if not state["ended"]:
+            raise ApiError(400, "bad_multipart", "malformed multipart body: it ends before the closing boundary")
+        if not state["found"]:
+            raise ApiError(400, "missing_file", "the multipart form has no field named 'file'")
+        if self.size == 0:
+            raise ApiError(400, "empty_body", "the uploaded file is empty")
+
+    def remove(self) -> None:
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.path = None
+
+
+def _decode(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """Mono float32 at ``sample_rate``, streamed so a long file is refused before it is all in memory."""
+    limit = int(max_seconds * sample_rate)
+    try:
+        declared = audio_info(path).duration
+    except AudioDecodeError:
+        declared = None  # read_audio / iter_blocks gives the real reason below
+    if declared is not None and declared > max_seconds + 1e-6:
+        raise ApiError(413, "too_long", f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
+    blocks, total = [], 0
+    for block in iter_blocks(path, sample_rate, max(1, sample_rate * 10)):
+        blocks.append(block[0])
+        total += block.shape[1]
+        if total > limit:
+            raise ApiError(413, "too_long", f"audio exceeds the limit of {max_seconds:g} s")
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def _format(scores: np.ndarray, labels: list[str], multilabel: bool, thresholds: np.ndarray, top_k: int) -> list:
+    """``[{"label", "score"}]`` best first, as ``Classifier.predict``."""
+    order = np.argsort(-scores, kind="stable")
+    if multilabel:
+        order = [i for i in order if scores[i] >= thresholds[i]]
+    else:
+        order = order[:top_k]
+    return [{"label": labels[i], "score": float(scores[i])} for i in order]
+
+
+# --------------------------------------------------------------------------------------------- the app
+
+_CLASSIFY_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                           "properties": {"file": {"type": "string", "format": "binary"}}}},
+        "audio/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+_CLASSIFY_RESPONSES = {
+    200: {"description": "A list `[{label, score}]` for audio up to the model window; an object "
+                         "`{predictions, events, duration, window}` for longer audio.",
+          "content": {"application/json": {"example": [{"label": "3", "score": 0.91}, {"label": "8", "score": 0.04}]}}},
+    400: {"description": "Malformed multipart, no `file` field, empty body or bad query"},
+    413: {"description": "Body over the size limit or audio over the duration limit"},
+    415: {"description": "Not decodable audio"},
+    503: {"description": "Request queue full"},
+}
+
+
+def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size: int = 256,
+               max_body_mb: float = 20, max_seconds: float = 600, micro_batching: bool = True,
+               top_k: int = 5, device: str = "cpu") -> FastAPI:
+    """The service for the run in ``run_dir``; see the module docstring. The model is loaded here."""
+    from contextlib import asynccontextmanager
+
+    from ..inference import load
+
+    if max_batch < 1 or queue_size < 1 or max_wait_ms < 0 or max_body_mb <= 0 or max_seconds <= 0 or top_k < 1:
+        raise ValueError("max_batch, queue_size, max_body_mb, max_seconds and top_k must be positive, "
+                         "max_wait_ms >= 0")
+    clf = load(run_dir, device)
+    model_name = clf.config.get("model", "model")
+    batcher = Batcher(clf, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
+                      micro_batching=micro_batching)
+    upload_dir = tempfile.mkdtemp(prefix="audioclf-serve-")
+    max_bytes = int(max_body_mb * 1024 * 1024)
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+    app_top_k = top_k  # the endpoint's query parameter shadows the name
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            shutil.rmtree(upload_dir, ignore_errors=True)
+
+    app = FastAPI(title="audioclf", version=_version(),
+                  description=f"Audio classification with the `{model_name}` model of `{Path(run_dir).name}` "
+                              f"({len(clf.labels)} labels). POST audio to `/v1/classify`.",
+                  lifespan=lifespan)
+    app.state.classifier, app.state.batcher, app.state.upload_dir = clf, batcher, upload_dir
+    app.state.batch_sizes = batcher.batch_sizes
+    app.state.limits = {"max_body_bytes": max_bytes, "max_seconds": max_seconds}
+    weakref.finalize(app, shutil.rmtree, upload_dir, ignore_errors=True)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return _error(exc.status, exc.error, exc.detail, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        return _error(exc.status_code, _SLUGS.get(exc.status_code, "error"), exc.detail,
+                      getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):
+        detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return _error(400, "bad_request", detail)
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, exc: Exception):
+        log.exception("unhandled error")
+        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page)
+
+    @app.get("/health", summary="Liveness and the model served")
+    async def health():
+        return {"status": "ok", "model": model_name, "labels": len(clf.labels)}
+
+    @app.get("/v1/labels", summary="The labels the model predicts")
+    async def labels():
+        return {"labels": clf.labels, "task": "multi_label" if clf.multilabel else "single_label",
+                "sample_rate": clf.sample_rate, "clip_seconds": clf.clip_samples / clf.sample_rate}
+
+    @app.get("/v1/stats", summary="Requests served and forward-pass batch sizes")
+    async def stats():
+        batches = sum(batcher.batch_sizes.values())
+        return {"served": batcher.served, "batches": batches,
+                "mean_batch": batcher.served / batches if batches else 0.0,
+                "batch_sizes": {str(k): v for k, v in sorted(batcher.batch_sizes.items())},
+                "micro_batching": batcher.micro_batching, "max_batch": batcher.max_batch,
+                "max_wait_ms": batcher.max_wait_ms}
+
+    @app.post("/v1/classify", summary="Classify an audio file", openapi_extra={"requestBody": _CLASSIFY_BODY},
+              responses=_CLASSIFY_RESPONSES)
+    async def classify(request: Request,
+                       top_k: int | None = Query(None, ge=1, description="labels to return (single-label runs); "
+                                                                         f"default {top_k}"),
+                       threshold: float | None = Query(None, ge=0, le=1, description="event threshold (long "
+                                                       "audio); default 0.5, or the run's per-label thresholds"),
+                       median_filter: int = Query(1, ge=1, le=99, description="odd median-filter size over windows "
+                                                  "(long audio)"),
+                       min_duration: float = Query(0.0, ge=0, description="drop shorter events, seconds")):
+        """Audio as the multipart field `file`, or as the raw request body (any content type).
+
+        Returns a list `[{"label", "score"}]` (best first) when the audio is no longer than the model window,
+        otherwise `{"predictions": [...], "events": [{"label", "start", "end", "peak"}], "duration", "window"}`.
+        """
+        if median_filter % 2 == 0:
+            raise ApiError(400, "bad_request", "median_filter must be odd")
+        k = min(top_k or app_top_k, len(clf.labels))
+        upload = _Upload(request, upload_dir, max_bytes)
+        batcher.announce()
+        queued = False
+        try:
+            path = await upload.receive()
+            loop = asyncio.get_running_loop()
+            try:
+                clip = await loop.run_in_executor(None, _decode, path, clf.sample_rate, max_seconds)
+            except AudioDecodeError as e:
+                raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
+            except ApiError:
+                raise
+            except Exception as e:  # noqa: BLE001 -- untrusted bytes: any decoder failure is a bad upload
+                log.warning("decoder failed: %s: %s", type(e).__name__, e)
+                raise ApiError(415, "unsupported_media", f"cannot decode the audio ({type(e).__name__})") from None
+            finally:
+                upload.remove()
+            long = len(clip) > clf.clip_samples
+            queued = True
+            result = await batcher.submit(clip, long)
+        finally:
+            upload.remove()
+            if not queued:
+                batcher.withdraw()
+        preds = _format(result.scores, clf.labels, clf.multilabel, clf.thresholds, k)
+        if not long:
+            return JSONResponse(preds)
+        from ..longform import events as find_events
+        thr = threshold if threshold is not None else (clf.thresholds if clf.multilabel else 0.5)
+        found = find_events(result.times, result.window_scores, clf.labels, threshold=thr,
+                            min_duration=min_duration, median_filter=median_filter)
+        return JSONResponse({"predictions": preds, "events": found, "duration": len(clip) / clf.sample_rate,
+                             "window": clf.clip_samples / clf.sample_rate})
+
+    return app
+
+
+def _version() -> str:
+    try:
+        from .. import __version__
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "0"

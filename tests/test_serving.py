@@ -1,0 +1,357 @@
+"""The HTTP service (audioclf.serving): endpoints, answers equal to ``Classifier.predict``, limits and error
+answers, micro-batching, temp-file hygiene, and staying up after bad requests."""
+from __future__ import annotations
+
+import asyncio
+import glob
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+pytest.importorskip("fastapi")
+pytest.importorskip("python_multipart")
+httpx = pytest.importorskip("httpx")
+
+import warnings  # noqa: E402
+
+with warnings.catch_warnings():  # starlette's "use httpx2" notice: httpx is what the project installs
+    warnings.simplefilter("ignore", UserWarning)  # StarletteDeprecationWarning is a UserWarning
+    from fastapi.testclient import TestClient  # noqa: E402
+
+from audioclf.audio import read_audio  # noqa: E402
+from audioclf.augment import AugmentConfig  # noqa: E402
+from audioclf.checkpoint import save_run  # noqa: E402
+from audioclf.features import FrontendConfig  # noqa: E402
+from audioclf.inference import load  # noqa: E402
+from audioclf.models import create_model  # noqa: E402
+from audioclf.serving import create_app  # noqa: E402
+from audioclf.serving import app as serving_app  # noqa: E402
+
+
+REPO = Path(__file__).resolve().parents[1]
+CLIPS = sorted(glob.glob(str(REPO / "datasets" / "fsdd" / "recordings" / "*.flac")))[::150][:12]
+SR = 8000
+LABELS = [str(d) for d in range(10)]
+
+
+def make_run(path: Path) -> Path:
+    """An untrained small CNN over the FSDD labels, with batch-norm statistics from real clips."""
+    torch.manual_seed(0)
+    model = create_model("cnn", len(LABELS), frontend=FrontendConfig(sample_rate=SR, n_mels=32),
+                         augment=AugmentConfig.off(), width=0.25)
+    batch = np.stack([np.resize(read_audio(p, SR)[0], 6000) for p in CLIPS])
+    model.train()
+    with torch.no_grad():
+        model(torch.from_numpy(batch))
+    model.eval()
+    save_run(path, model, {"labels": LABELS, "clip_seconds": 0.75, "task": "single_label"})
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    if len(CLIPS) < 8:
+        pytest.skip("the bundled FSDD recordings are missing")
+    return make_run(tmp_path_factory.mktemp("serve_run"))
+
+
+@pytest.fixture(scope="module")
+def clf(run):
+    return load(run)
+
+
+@pytest.fixture
+def client(run):
+    with TestClient(create_app(run, top_k=3)) as c:
+        yield c
+
+
+def clip_bytes(i: int) -> bytes:
+    return Path(CLIPS[i]).read_bytes()
+
+
+def wav_bytes(audio: np.ndarray, sr: int = SR) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, sr, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def long_audio(seconds: float = 3.0) -> np.ndarray:
+    parts, n = [], 0
+    for p in CLIPS:
+        a = read_audio(p, SR)[0]
+        parts += [a, np.zeros(SR // 4, np.float32)]
+        n += len(a) + SR // 4
+        if n >= seconds * SR:
+            break
+    return np.concatenate(parts)[:int(seconds * SR)]
+
+
+def asgi_post(app, headers: dict, chunks: list[bytes]) -> tuple[int, dict, int]:
+    """POST through the raw ASGI interface with the body in ``chunks`` (what a client that lies about its
+    Content-Length, or streams without one, sends). Returns (status, JSON answer, chunks the app read)."""
+    read = 0
+    out = {"status": None, "body": b""}
+
+    async def receive():
+        nonlocal read
+        if read < len(chunks):
+            read += 1
+            return {"type": "http.request", "body": chunks[read - 1], "more_body": read < len(chunks)}
+        await asyncio.sleep(3600)  # a client that never closes: the app must not wait for this
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            out["status"] = message["status"]
+        elif message["type"] == "http.response.body":
+            out["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/classify", "raw_path": b"/v1/classify", "query_string": b"", "root_path": "",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 1234), "server": ("testserver", 80)}
+
+    async def main():
+        await asyncio.wait_for(app(scope, receive, send), 30)
+
+    asyncio.run(main())
+    return out["status"], json.loads(out["body"]), read
+
+
+def assert_error(r, status: int, error: str | None = None):
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail"}, body
+    if error:
+        assert body["error"] == error, body
+
+
+# --- endpoints ------------------------------------------------------------------------------------------------
+
+
+def test_health_labels_page_and_docs(client):
+    assert client.get("/health").json() == {"status": "ok", "model": "cnn", "labels": 10}
+    labels = client.get("/v1/labels").json()
+    assert labels["labels"] == LABELS and labels["sample_rate"] == SR and labels["clip_seconds"] == 0.75
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert 'id="file"' in page.text and "/v1/classify" in page.text
+    assert "src=\"http" not in page.text and "href=\"http" not in page.text  # no CDN: works offline
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert "multipart/form-data" in body and "audio/*" in body
+
+
+def test_classify_multipart_and_raw_match_the_python_api(client, clf):
+    for i in range(0, len(CLIPS), 2):
+        expected = clf.predict(CLIPS[i], top_k=3)
+        data = clip_bytes(i)
+        multipart = client.post("/v1/classify", files={"file": ("clip.flac", data, "audio/flac")})
+        raw = client.post("/v1/classify", content=data, headers={"Content-Type": "audio/flac"})
+        octet = client.post("/v1/classify?top_k=1", content=data,
+                            headers={"Content-Type": "application/octet-stream"})
+        for r in (multipart, raw):
+            assert r.status_code == 200, r.text
+            got = r.json()
+            assert isinstance(got, list) and len(got) == 3
+            assert [p["label"] for p in got] == [p["label"] for p in expected]
+            np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected], rtol=1e-6)
+        assert [p["label"] for p in octet.json()] == [expected[0]["label"]]
+
+
+def test_long_audio_gets_predictions_and_events(client, clf):
+    audio = long_audio(3.0)
+    r = client.post("/v1/classify?threshold=0.0", content=wav_bytes(audio), headers={"Content-Type": "audio/wav"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"predictions", "events", "duration", "window"}
+    assert body["duration"] == pytest.approx(3.0, abs=1e-3) and body["window"] == 0.75
+    decoded = sf.read(io.BytesIO(wav_bytes(audio)), dtype="float32")[0]  # the 16-bit PCM the server decodes
+    expected = clf.predict(decoded, top_k=3)
+    assert [p["label"] for p in body["predictions"]] == [p["label"] for p in expected]
+    # threshold 0: every label is active in every window, so each label spans the whole recording
+    assert {e["label"] for e in body["events"]} == set(LABELS)
+    for e in body["events"]:
+        assert e["start"] == pytest.approx(0.0) and e["end"] == pytest.approx(3.0, abs=1e-3)
+        assert 0.0 <= e["peak"] <= 1.0
+
+
+# --- limits and errors ----------------------------------------------------------------------------------------
+
+
+def test_oversized_body_is_413_from_content_length(run):
+    with TestClient(create_app(run, max_body_mb=1 / 1024)) as c:  # 1 KiB
+        big = clip_bytes(0)
+        assert len(big) > 1024
+        assert_error(c.post("/v1/classify", content=big, headers={"Content-Type": "audio/flac"}), 413, "too_large")
+        assert_error(c.post("/v1/classify", files={"file": ("a.flac", big, "audio/flac")}), 413, "too_large")
+        assert c.get("/health").status_code == 200
+
+
+@pytest.mark.parametrize("declared", [None, "100"])
+def test_lying_or_unannounced_body_is_cut_off(run, declared):
+    app = create_app(run, max_body_mb=1 / 1024)
+    headers = {"content-type": "application/octet-stream"}
+    if declared:
+        headers["content-length"] = declared  # claims 100 bytes, sends 50 KiB
+    chunks = [b"\0" * 512] * 100
+    status, body, read = asgi_post(app, headers, chunks)
+    assert status == 413 and body["error"] == "too_large"
+    assert read <= 4, f"the app kept reading ({read} chunks) after the limit"
+    assert os.listdir(app.state.upload_dir) == []
+
+
+def test_audio_over_max_seconds_is_413(run):
+    with TestClient(create_app(run, max_seconds=1.0)) as c:
+        r = c.post("/v1/classify", content=wav_bytes(long_audio(2.0)))
+        assert_error(r, 413, "too_long")
+        assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
+
+
+@pytest.mark.parametrize("body", [b"this is not audio" * 50, b"RIFF\x10\x00\x00\x00WAVEfmt garbage", os.urandom(4096)])
+def test_garbage_is_415(client, body):
+    assert_error(client.post("/v1/classify", content=body, headers={"Content-Type": "audio/wav"}), 415,
+                 "unsupported_media")
+    assert_error(client.post("/v1/classify", files={"file": ("x.wav", body, "audio/wav")}), 415)
+
+
+def test_bad_multipart_and_empty_bodies_are_400(client):
+    mp = "multipart/form-data; boundary=XyZ"
+    cases = [
+        (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\nabc", mp),  # never closed
+        (b"not multipart at all", mp),
+        (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n", "multipart/form-data"),  # no boundary
+        (b"--XyZ\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nabc\r\n--XyZ--\r\n", mp),  # no 'file'
+        (b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"\r\n\r\n\r\n--XyZ--\r\n", mp),  # empty file
+        (b"", "audio/wav"),  # empty body
+    ]
+    for body, ctype in cases:
+        r = client.post("/v1/classify", content=body, headers={"Content-Type": ctype})
+        assert_error(r, 400)
+    assert_error(client.post("/v1/classify?top_k=0", content=clip_bytes(0)), 400, "bad_request")
+    assert_error(client.post("/v1/classify?median_filter=2", content=clip_bytes(0)), 400)
+    assert_error(client.get("/v1/nothing"), 404, "not_found")
+    assert_error(client.get("/v1/classify"), 405)
+
+
+def test_server_keeps_serving_after_a_burst_of_bad_requests(client, clf):
+    bad = [dict(content=b"junk" * 100), dict(content=b""),
+           dict(content=b"--b\r\n", headers={"Content-Type": "multipart/form-data; boundary=b"}),
+           dict(files={"nope": ("a", b"abc")}), dict(content=os.urandom(2000), headers={"Content-Length": "x"})]
+    for _ in range(6):
+        for kwargs in bad:
+            assert 400 <= client.post("/v1/classify", **kwargs).status_code < 500
+    assert client.get("/health").json()["status"] == "ok"
+    r = client.post("/v1/classify", content=clip_bytes(1))
+    assert r.status_code == 200 and r.json()[0]["label"] == clf.predict(CLIPS[1])[0]["label"]
+
+
+def test_queue_full_is_503_and_recovers(run, monkeypatch):
+    app = create_app(run, queue_size=1, micro_batching=False)
+    batcher = app.state.batcher
+    slow = batcher._forward
+
+    def forward(batch):
+        import time
+        time.sleep(0.3)
+        return slow(batch)
+
+    monkeypatch.setattr(batcher, "_forward", forward)
+    statuses = [r.status_code for r in burst(app, [clip_bytes(i % 4) for i in range(8)])]
+    assert statuses.count(503) >= 1 and statuses.count(200) >= 1 and set(statuses) <= {200, 503}, statuses
+    rejected = next(r for r in burst(app, [clip_bytes(0)] * 8) if r.status_code == 503)
+    assert rejected.json()["error"] == "overloaded" and rejected.headers["retry-after"] == "1"
+    assert [r.status_code for r in burst(app, [clip_bytes(0)])] == [200]  # recovers once the queue drains
+
+
+# --- micro-batching -------------------------------------------------------------------------------------------
+
+
+def burst(app, bodies: list[bytes], **headers) -> list:
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as c:
+            return await asyncio.gather(*[c.post("/v1/classify", content=b, headers=headers) for b in bodies])
+    return asyncio.run(main())
+
+
+def test_concurrent_requests_are_batched(run, clf):
+    app = create_app(run, max_batch=16, max_wait_ms=200, top_k=3)
+    order = [i % len(CLIPS) for i in range(24)]
+    responses = burst(app, [clip_bytes(i) for i in order])
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses if r.status_code != 200]
+    sizes = app.state.batch_sizes
+    assert sum(size * n for size, n in sizes.items()) == len(order)
+    assert max(sizes) > 1, f"no request was batched: {dict(sizes)}"
+    assert max(sizes) <= 16
+    expected = clf.predict([CLIPS[i] for i in order], top_k=3)
+    for r, exp in zip(responses, expected):
+        got = r.json()
+        np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in exp], atol=1e-5)
+
+
+def test_without_micro_batching_every_batch_is_one_request(run):
+    app = create_app(run, micro_batching=False)
+    responses = burst(app, [clip_bytes(i % 4) for i in range(10)])
+    assert all(r.status_code == 200 for r in responses)
+    assert dict(app.state.batch_sizes) == {1: 10}
+
+
+# --- temp files -----------------------------------------------------------------------------------------------
+
+
+def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, monkeypatch):
+    global_tmp = tmp_path / "tmp"
+    global_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(global_tmp))
+    app = create_app(run)
+    upload_dir = Path(app.state.upload_dir)
+    assert upload_dir.parent == global_tmp and (upload_dir.stat().st_mode & 0o777) == 0o700
+    seen = []
+    decode = serving_app._decode
+
+    def spy(path, *args):
+        seen.append(Path(path))
+        assert Path(path).exists()
+        return decode(path, *args)
+
+    monkeypatch.setattr(serving_app, "_decode", spy)
+    burst(app, [clip_bytes(i % 3) for i in range(6)] + [b"junk"] * 3)  # concurrent, in their own event loop
+    assert os.listdir(upload_dir) == []
+    with TestClient(app) as c:
+        assert c.post("/v1/classify", files={"file": ("../../evil name.flac", clip_bytes(0), "audio/flac")}
+                      ).status_code == 200
+        assert c.post("/v1/classify", content=clip_bytes(1)).status_code == 200
+        assert c.post("/v1/classify", content=b"garbage" * 99).status_code == 415
+        assert c.post("/v1/classify", content=wav_bytes(long_audio(2.0))).status_code == 200
+        assert len(seen) == 13
+        for p in seen:
+            assert p.parent == upload_dir and "evil" not in p.name
+            assert not p.exists()
+        assert os.listdir(upload_dir) == []
+        assert os.listdir(global_tmp) == [upload_dir.name]  # nothing written next to it
+    assert not upload_dir.exists()  # removed at shutdown
+
+
+# --- CLI ------------------------------------------------------------------------------------------------------
+
+
+def test_serve_command_flags(run, monkeypatch):
+    from audioclf import cli
+
+    calls = {}
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: calls.update(app=app, **kw))
+    rc = cli.main(["serve", str(run), "--port", "8123", "--max-batch", "4", "--max-wait-ms", "3",
+                   "--no-micro-batching", "--max-body-mb", "2", "--max-seconds", "30"])
+    assert rc == 0 and calls["port"] == 8123 and calls["host"] == "127.0.0.1"
+    batcher = calls["app"].state.batcher
+    assert (batcher.max_batch, batcher.max_wait_ms, batcher.micro_batching) == (4, 3.0, False)
+    assert calls["app"].state.limits == {"max_body_bytes": 2 * 1024 * 1024, "max_seconds": 30.0}
