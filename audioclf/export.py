@@ -78,14 +78,24 @@ def export_onnx(run_dir, out_path=None, opset: int = 17, verify: bool = True) ->
 
 
 def export_model(model, config: dict, out_path, opset: int = 17, verify: bool = True) -> Path:
-    """Export an in-memory model with its run config (``labels``, ``frontend``, ``clip_seconds``, ``task``)."""
+    """Export an in-memory model with its run config (``labels``, ``frontend``, ``clip_seconds``, ``task``).
+
+    The model is exported from the CPU in eval mode; its device and train/eval mode are restored afterwards."""
     name = getattr(model, "model_name", type(model).__name__)
     if not getattr(model, "supports_onnx", True):
         raise ExportError(f"model {name} cannot be exported to ONNX: "
                           f"{type(model).__name__} declares supports_onnx = False")
     out = Path(out_path)
     meta = onnx_metadata(model, config, opset)
-    model = model.cpu().eval()
+    device = next(iter(model.parameters()), torch.empty(0)).device
+    training = model.training
+    try:
+        return _export(model.cpu().eval(), name, meta, out, opset, verify)
+    finally:
+        model.to(device).train(training)
+
+
+def _export(model, name: str, meta: dict, out: Path, opset: int, verify: bool) -> Path:
     sample_rate = meta["sample_rate"]
     clip_samples = max(int(round(meta["clip_seconds"] * sample_rate)), 1)
     dummy = torch.from_numpy(_probe_signal(2, clip_samples, sample_rate, seed=0))

@@ -97,8 +97,6 @@ class LogMel(nn.Module):
         fb = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
         self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
         self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
-        self.register_buffer("dft_basis", torch.from_numpy(dft_basis(config.n_fft, config.win_length)),
-                             persistent=False)
         self.export_friendly = False  # True: STFT as a conv1d (also used automatically during ONNX export)
 
     def forward(self, waveform: torch.Tensor, mel_fb: torch.Tensor | None = None) -> torch.Tensor:
@@ -119,14 +117,17 @@ class LogMel(nn.Module):
         c = self.config
         pad = c.n_fft // 2
         x = nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect")
-        out = nn.functional.conv1d(x, self.dft_basis, stride=c.hop_length)  # (batch, 2 * freqs, frames)
+        basis = _dft_basis_tensor(c.n_fft, c.win_length).to(x.device)  # a constant in an exported graph
+        out = nn.functional.conv1d(x, basis, stride=c.hop_length)  # (batch, 2 * freqs, frames)
         freqs = c.n_fft // 2 + 1
         return out[:, :freqs].square() + out[:, freqs:].square()
 
 
+@lru_cache(maxsize=8)
 def dft_basis(n_fft: int, win_length: int) -> np.ndarray:
     """conv1d weights ``(2 * (n_fft // 2 + 1), 1, n_fft)`` float32: the periodic Hann window (``torch.hann_window``,
-    centred in ``n_fft`` like ``torch.stft`` does) times cos / -sin of each one-sided DFT bin, computed in float64."""
+    centred in ``n_fft`` like ``torch.stft`` does) times cos / -sin of each one-sided DFT bin, computed in float64.
+    Cached; read-only."""
     n = np.arange(win_length)
     window = np.zeros(n_fft)
     left = (n_fft - win_length) // 2
@@ -134,4 +135,11 @@ def dft_basis(n_fft: int, win_length: int) -> np.ndarray:
     k = np.arange(n_fft // 2 + 1)[:, None]
     phase = 2 * np.pi * ((k * np.arange(n_fft)[None, :]) % n_fft) / n_fft
     basis = np.concatenate([np.cos(phase), -np.sin(phase)]) * window[None, :]
-    return basis[:, None, :].astype(np.float32)
+    basis = basis[:, None, :].astype(np.float32)
+    basis.setflags(write=False)
+    return basis
+
+
+@lru_cache(maxsize=8)
+def _dft_basis_tensor(n_fft: int, win_length: int) -> torch.Tensor:
+    return torch.from_numpy(dft_basis(n_fft, win_length).copy())

@@ -178,6 +178,7 @@ def _spectrogram_windows(frontend, blocks, win: int, hop: int):
     spec, spec_start = np.zeros((cfg.n_mels, 0), np.float32), 0
     k = 0
     frontend.eval()
+    device = frontend.logmel.mel_fb.device
     for last, block in blocks:
         buf = np.concatenate([buf, block])
         total += len(block)
@@ -186,7 +187,8 @@ def _spectrogram_windows(frontend, blocks, win: int, hop: int):
         a = max(0, g_next * hl - ctx)
         if g_last >= g_next and total - a > half:
             with torch.inference_mode():
-                frames = frontend(torch.from_numpy(buf[a - buf_start:])[None])[0, 0].float().cpu().numpy()
+                segment = torch.from_numpy(buf[a - buf_start:])[None].to(device)
+                frames = frontend(segment)[0, 0].float().cpu().numpy()
             j0 = g_next - a // hl
             spec = np.concatenate([spec, frames[:, j0:j0 + g_last - g_next + 1]], axis=1)
         g_done = spec_start + spec.shape[1]

@@ -111,7 +111,8 @@ def browser(tmp_path_factory):
     opts.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+                "--no-first-run", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
         opts.add_argument(arg)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(30)
@@ -166,3 +167,18 @@ def test_page_reports_errors(server, browser, tmp_path):
         lambda d: d.find_element(By.CSS_SELECTOR, "#status.error"))
     assert "415" in status.text
     assert httpx.get(server + "/health").json()["status"] == "ok"
+
+
+def test_microphone_recording_is_classified(server, browser):
+    """MediaRecorder (Chromium's fake microphone: a beep) -> WebM/Opus upload, decoded by FFmpeg (PyAV)."""
+    pytest.importorskip("av", reason="WebM/Opus recordings need PyAV (the formats extra)")
+    browser.get(server + "/")
+    button = browser.find_element(By.ID, "record")
+    button.click()
+    WebDriverWait(browser, 10).until(lambda d: "Stop" in button.text)
+    time.sleep(1.2)
+    button.click()
+    top = WebDriverWait(browser, 30).until(
+        lambda d: d.find_elements(By.ID, "top-label") or d.find_elements(By.CSS_SELECTOR, "#status.error"))[0]
+    assert top.get_attribute("id") == "top-label", browser.find_element(By.ID, "status").text
+    assert top.text in LABELS

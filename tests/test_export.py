@@ -3,6 +3,7 @@ metadata, clear errors, the conv1d STFT, the torch-free ONNX predictor and the C
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import subprocess
@@ -103,18 +104,25 @@ def test_onnx_matches_pytorch_for_every_model(name, tmp_path, clips):
     assert path == run / "model.onnx" and path.is_file()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["waveform"]
+    exact = copy.deepcopy(model).double()  # PyTorch's own float32 rounding error, for scale
     # two batch sizes x two lengths: the dynamic axes really are dynamic
-    worst = 0.0
+    worst = fp32_error = 0.0
     for indices, seconds in [((0,), CLIP_SECONDS), ((1, 2, 3), 0.8), ((4, 5, 6, 7, 8), CLIP_SECONDS),
                              ((9, 0), 1.13)]:
         x = _batch(clips, indices, int(seconds * SR))
         got = session.run(["logits"], {"waveform": x})[0]
         with torch.no_grad():
             want = model(torch.from_numpy(x)).numpy()
+            want64 = exact(torch.from_numpy(x).double()).numpy()
         assert got.shape == want.shape == (len(indices), len(LABELS))
         worst = max(worst, float(np.abs(got - want).max()))
-    print(f"\n{name}: max abs logit difference ONNX vs PyTorch {worst:.2e}")
-    assert worst < PARITY_TOL, f"{name}: ONNX logits differ from PyTorch by {worst:.2e}"
+        fp32_error = max(fp32_error, float(np.abs(want - want64).max()))
+    print(f"\n{name}: max abs logit difference ONNX vs PyTorch {worst:.2e} "
+          f"(PyTorch float32 vs float64: {fp32_error:.2e})")
+    # Within 1e-4, unless PyTorch's own float32 result is not that accurate (the random-weight mobilenet's
+    # deep stack of depthwise convs and squeeze-excitation amplifies rounding ~30x): then within 3x of that.
+    tol = max(PARITY_TOL, 3 * fp32_error)
+    assert worst < tol, f"{name}: ONNX logits differ from PyTorch by {worst:.2e} (tolerance {tol:.2e})"
 
 
 def test_metadata_and_sidecar(cnn_run):

@@ -217,3 +217,44 @@ def test_events_with_overlapping_windows_use_each_windows_share():
     assert tone_events(times, scores) == [(3.25, 4.75)]
     assert tone_events(starts, scores) == [(3.0, 4.5)]  # 1-D times: window starts, each lasting one hop
     assert events(times[:0], scores[:0], LABELS) == []
+
+
+def test_cli_predict_windows(tmp_path, recording):
+    """``audioclf predict RUN FILE --window``: json (windows + events) and csv, PyTorch and ONNX back ends."""
+    import contextlib
+    import csv
+    import io
+    import json
+
+    from audioclf.checkpoint import save_run
+    from audioclf.cli import main
+    from audioclf.models import create_model
+
+    def cli(*argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = main([str(a) for a in argv])
+        return rc, out.getvalue(), err.getvalue()
+
+    torch.manual_seed(0)
+    model = create_model("cnn", 2, frontend=FrontendConfig(sample_rate=SR, n_mels=32), width=0.25).eval()
+    run = tmp_path / "run"
+    save_run(run, model, {"labels": LABELS, "clip_seconds": 1.0, "task": "single_label"})
+    path = tmp_path / "part.wav"
+    sf.write(path, recording[1][: int(6.3 * SR)], SR)
+    rc, out, err = cli("predict", run, path, "--window", 1, "--hop", 0.5, "--threshold", 0.0, "--format", "json")
+    assert rc == 0, err
+    (result,) = json.loads(out)
+    assert result["path"] == str(path) and len(result["windows"]) == 12  # 0, 0.5, ..., 5.0 and 5.3 (end-aligned)
+    first = result["windows"][0]
+    assert first["start"] == 0.0 and first["end"] == 1.0 and set(first["scores"]) == set(LABELS)
+    assert sum(first["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert {e["label"] for e in result["events"]} <= set(LABELS) and result["events"]  # threshold 0: everything
+    assert all(set(e) == {"label", "start", "end", "peak"} for e in result["events"])
+    rc, out, err = cli("predict", run, path, "--window", 1, "--backend", "onnx", "--format", "csv", "--median", 3)
+    assert rc == 0, err
+    rows = list(csv.reader(io.StringIO(out)))
+    assert rows[0] == ["path", "start", "end", *LABELS] and len(rows) == 1 + 12
+    assert [float(r[1]) for r in rows[1:3]] == [0.0, 0.5]
+    rc, out, err = cli("predict", run, path, "--window", 1, "--median", 2)
+    assert rc == 2 and "--median" in err

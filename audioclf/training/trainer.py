@@ -198,7 +198,7 @@ def train(data, out, **settings) -> dict:
                             num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
     epochs, steps_per_epoch = s["epochs"], len(loader)
     total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    patience = cfg.patience or max(10, epochs // 3)
+    patience = cfg.patience or max(10, epochs // 2)  # never cut the cosine decay short on a noisy validation set
     config = {"labels": labels, "task": "multi_label" if multilabel else "single_label",
               "clip_seconds": s["clip_seconds"], "training": {**cfg.to_dict(), **{k: v for k, v in s.items()}},
               "data": str(data), "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}}

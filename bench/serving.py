@@ -1,0 +1,164 @@
+"""HTTP serving benchmark: requests/s and latency of ``audioclf serve``, micro-batching on vs off.
+
+    python bench/serving.py RUN [--requests 200] [--rounds 3] [--max-seconds 20] [--concurrency 1,8,32] [--threads N]
+
+Starts two servers on loopback (``--micro-batching`` and ``--no-micro-batching``, otherwise identical), then for
+each concurrency level drives both in turn with asyncio httpx clients: ``concurrency`` clients each POST a real
+FSDD clip (raw body), wait for the answer and send the next, until ``--requests`` answers or ``--max-seconds``
+(after an unmeasured warm-up of 2 requests per client, which opens the connections). ``--rounds`` repeats every
+case, interleaving on/off, so slow drift in the machine's load affects both alike. Prints one table (median
+req/s over the rounds and its range, pooled p50/p99 latency, mean forward batch from ``/v1/stats``) and the
+on/off throughput ratio at the highest concurrency. The client shares the machine with the server, as a local
+client would, so on a small machine its CPU use is part of what is measured.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import glob
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+FSDD = sorted(glob.glob(str(ROOT / "datasets/fsdd/recordings/*.flac")))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run: str, micro_batching: bool, args) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "audioclf", "serve", run, "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+           "--micro-batching" if micro_batching else "--no-micro-batching"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if args.threads:  # torch reads OMP_NUM_THREADS at start-up
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}: {' '.join(cmd)}")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise SystemExit("server did not start in 120 s")
+        time.sleep(0.2)
+
+
+async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, max_seconds: float,
+                warmup: int | None = None) -> dict:
+    """``concurrency`` closed-loop clients, each its own ``httpx.AsyncClient`` on one keep-alive connection (one
+    client with a shared pool of 32 connections spends more time in its pool than the server takes to answer and
+    adds second-long tails); the first ``warmup`` answers (default 2 per client) are not measured."""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=60) for _ in range(concurrency)]
+    try:
+        async def phase(n: int, seconds: float) -> tuple[list[float], int, float]:
+            latencies, errors, sent = [], 0, 0
+            start = time.perf_counter()
+            stop_at = start + seconds
+
+            async def worker(client):
+                nonlocal sent, errors
+                while sent < n and time.perf_counter() < stop_at:
+                    body = bodies[sent % len(bodies)]
+                    sent += 1
+                    t = time.perf_counter()
+                    r = await client.post("/v1/classify", content=body, headers={"Content-Type": "audio/flac"})
+                    latencies.append(time.perf_counter() - t)
+                    errors += r.status_code != 200
+
+            await asyncio.gather(*(worker(c) for c in clients))
+            return latencies, errors, time.perf_counter() - start
+
+        await phase(2 * concurrency if warmup is None else warmup, max_seconds)
+        before = (await clients[0].get("/v1/stats")).json()
+        latencies, errors, wall = await phase(requests, max_seconds)
+        after = (await clients[0].get("/v1/stats")).json()
+    finally:
+        for c in clients:
+            await c.aclose()
+    return {"latencies": latencies, "errors": errors, "wall": wall, "served": after["served"] - before["served"],
+            "batches": after["batches"] - before["batches"]}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Pool the rounds of one case: median and range of req/s, pooled latency percentiles, mean batch."""
+    rps = [len(r["latencies"]) / r["wall"] for r in runs]
+    lat = np.concatenate([r["latencies"] for r in runs]) * 1000
+    batches = sum(r["batches"] for r in runs)
+    return {"n": len(lat), "rps": float(np.median(rps)), "rps_min": min(rps), "rps_max": max(rps),
+            "p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),
+            "errors": sum(r["errors"] for r in runs),
+            "batch": sum(r["served"] for r in runs) / batches if batches else 0.0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="a trained run folder (e.g. from `make demo`)")
+    ap.add_argument("--requests", type=int, default=200, help="answers per case and round at most")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds over all cases; req/s is their median")
+    ap.add_argument("--max-seconds", type=float, default=20.0, help="seconds per case and round at most")
+    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--max-batch", type=int, default=32)
+    ap.add_argument("--max-wait-ms", type=float, default=10.0)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads in the servers (default: torch's own choice). On a shared, busy "
+                         "machine 1 avoids thread-pool stalls that swamp everything else")
+    ap.add_argument("--clips", type=int, default=64, help="distinct FSDD clips sent in turn")
+    args = ap.parse_args()
+    if not FSDD:
+        raise SystemExit("no FSDD recordings under datasets/fsdd/recordings")
+    bodies = [Path(p).read_bytes() for p in FSDD[::max(1, len(FSDD) // args.clips)][:args.clips]]
+    levels = [int(c) for c in args.concurrency.split(",")]
+    servers = {}
+    try:
+        for mode, on in (("on", True), ("off", False)):
+            servers[mode] = start_server(args.run, on, args)
+        for _, url in servers.values():  # warm-up: first calls allocate, fill caches
+            asyncio.run(drive(url, bodies, 8, 40, 10, warmup=0))
+        results = {(mode, c): [] for c in levels for mode in ("on", "off")}
+        for rnd in range(args.rounds):  # interleaved, alternating order: drifting machine load hits both alike
+            for c in levels:
+                for mode in (("on", "off") if rnd % 2 == 0 else ("off", "on")):
+                    results[mode, c].append(asyncio.run(drive(servers[mode][1], bodies, c, args.requests,
+                                                              args.max_seconds)))
+        rows = [(mode, c, summarise(results[mode, c])) for c in levels for mode in ("on", "off")]
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(10)
+
+    print(f"\naudioclf serve, {Path(args.run).name}: FSDD clips ({np.mean([len(b) for b in bodies]) / 1024:.1f} KiB "
+          f"FLAC each), {os.cpu_count()} CPUs, torch threads {args.threads or 'default'}, max_batch {args.max_batch}, "
+          f"max_wait_ms {args.max_wait_ms:g}")
+    print(f"{'micro-batching':>14} {'concurrency':>11} {'requests':>8} {'req/s':>8} {'(range)':>13} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'mean batch':>10} {'errors':>6}")
+    for mode, c, r in rows:
+        spread = f"{r['rps_min']:.0f}-{r['rps_max']:.0f}"
+        print(f"{mode:>14} {c:>11} {r['n']:>8} {r['rps']:>8.1f} {spread:>13} {r['p50']:>8.1f} {r['p99']:>8.1f} "
+              f"{r['batch']:>10.1f} {r['errors']:>6}")
+    top = max(levels)
+    rps = {mode: r["rps"] for mode, c, r in rows if c == top}
+    print(f"\nthroughput at concurrency {top}: micro-batching on / off = {rps['on'] / rps['off']:.2f}x "
+          f"({rps['on']:.1f} vs {rps['off']:.1f} req/s)")
+
+
+if __name__ == "__main__":
+    main()
