@@ -22,7 +22,7 @@ class AugmentConfig:
     freq_mask_width: float = 0.15  # max width, fraction of mel bins
     time_masks: int = 2          # SpecAugment time masks per example
     time_mask_width: float = 0.1   # max width, fraction of frames
-    gain_db: float = 6.0         # random gain in [-gain_db, +gain_db]
+    gain_db: float = 20.0        # random gain in [-gain_db, +gain_db]: recordings differ in level by tens of dB
     shift_seconds: float = 0.1   # circular time shift up to +-shift_seconds
     noise_prob: float = 0.3      # chance an example gets background noise
     snr_db: tuple[float, float] = (10.0, 40.0)  # noise SNR range

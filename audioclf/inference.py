@@ -20,7 +20,7 @@ def clip_logits(model: torch.nn.Module, clips: Sequence[np.ndarray], clip_sample
                 device: str | torch.device = "cpu") -> np.ndarray:
     """Logits ``(clips, classes)``: each clip is covered by half-overlapping windows whose logits are averaged."""
     model.eval()
-    owner, pending, out = [], [], None
+    owner, pending = [], []
     sums, counts = None, np.zeros(len(clips))
 
     def flush():

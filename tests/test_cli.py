@@ -36,14 +36,6 @@ SR = 8000
 TONES = {"low": 300.0, "mid": 900.0, "high": 2500.0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine is shared: intra-op threads fighting over busy cores make training many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def run_cli(*argv) -> tuple[int, str, str]:
     out, err = io.StringIO(), io.StringIO()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
 import pytest
 import torch
 
@@ -21,14 +20,6 @@ SAMPLES = SR // 2  # 0.5 s
 FRONTEND = FrontendConfig(sample_rate=SR, n_mels=32)
 EXPECTED_MODELS = {"ast_tiny", "cnn", "cnn6", "cnn10", "cnn14", "crnn", "mobilenet", "resnet"}
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine is shared: intra-op threads fighting over 2 busy cores make these tests 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small_kwargs(name: str) -> dict:

@@ -4,22 +4,13 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import soundfile as sf
-import torch
 
 import audioclf
 
 SR = 8000
 TONES = {"low": 300.0, "mid": 900.0, "high": 2500.0}
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_mixtures(root, n=120, seed=0):

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from audioclf.checkpoint import load_run
 from audioclf.cli import main
@@ -20,13 +19,6 @@ SR = 8000
 TINY = ["--model", "cnn", "--width", "0.25", "--n-mels", "32", "--sample-rate", str(SR), "--clip-seconds", "0.25",
         "--batch-size", "8", "--epochs", "1", "--device", "cpu", "--checkpoint-every", "2"]
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,6 @@ pooling, PANNs time pooling, a linear head.
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .base import AudioClassifier, time_pool

@@ -2,7 +2,6 @@
 hard-swish, and a width multiplier. The natural default on a CPU: few FLOPs per second of audio."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 import torch.nn.functional as F
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.manifest import Manifest, load_manifest
+from ..data.manifest import load_manifest
 from ..data.splits import kfold
 from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import time
 from pathlib import Path
 
@@ -12,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .. import __version__
 from ..augment import AugmentConfig
 from ..checkpoint import save_run
 from ..data.cache import AudioCache
