@@ -117,7 +117,9 @@ class LogMel(nn.Module):
         c = self.config
         pad = c.n_fft // 2
         x = nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect")
-        basis = _dft_basis_tensor(c.n_fft, c.win_length).to(x.device)  # a constant in an exported graph
+        # a fresh tensor per call (a constant in an exported graph): a cached one would keep whatever tensor mode
+        # (e.g. torch.export's fake tensors) it happened to be created under
+        basis = torch.from_numpy(dft_basis(c.n_fft, c.win_length).copy()).to(x.device)
         out = nn.functional.conv1d(x, basis, stride=c.hop_length)  # (batch, 2 * freqs, frames)
         freqs = c.n_fft // 2 + 1
         return out[:, :freqs].square() + out[:, freqs:].square()
@@ -138,8 +140,3 @@ def dft_basis(n_fft: int, win_length: int) -> np.ndarray:
     basis = basis[:, None, :].astype(np.float32)
     basis.setflags(write=False)
     return basis
-
-
-@lru_cache(maxsize=8)
-def _dft_basis_tensor(n_fft: int, win_length: int) -> torch.Tensor:
-    return torch.from_numpy(dft_basis(n_fft, win_length).copy())

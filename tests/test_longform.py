@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from torch import nn
 
 from audioclf.augment import AugmentConfig
 from audioclf.data.windows import windows

@@ -7,6 +7,8 @@ from torch.utils.data import Dataset
 
 from .windows import fit_length, windows  # noqa: F401  (re-exported; numpy-only module)
 
+__all__ = ["ClipDataset", "fit_length", "windows"]
+
 
 class ClipDataset(Dataset):
     """``(waveform (clip_samples,), target)`` pairs; random crop/pad placement when ``train``, centred otherwise.

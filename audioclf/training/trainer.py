@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
-from ..augment import AugmentConfig
-from ..checkpoint import save_run
+from ..augment import AugmentConfig, mixup
+from ..checkpoint import load_run, save_run
 from ..data.cache import AudioCache
 from ..data.clips import ClipDataset
 from ..data.manifest import load_manifest
@@ -94,6 +95,35 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, smoot
     if multilabel:
         return F.binary_cross_entropy_with_logits(logits, targets, pos_weight=class_weights)
     return F.cross_entropy(logits, targets, weight=class_weights, label_smoothing=smoothing)
+
+
+def train_step(step_model, model, optimizer, ema, wave, target, lr: float, cfg: TrainConfig, multilabel: bool,
+               class_weights) -> float:
+    """One optimiser step on a batch (mixup, autocast, clipping, EMA update); returns the batch loss."""
+    if not multilabel and cfg.mixup > 0 and cfg.augment and torch.rand(()) < model.frontend.augment_config.mixup_prob:
+        wave, target = mixup(wave, target, cfg.mixup)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with torch.autocast(wave.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
+        logits = step_model(wave)
+    loss = loss_fn(logits.float(), target, multilabel, cfg.label_smoothing, class_weights)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    if ema:
+        ema.update(model)
+    return loss.item()
+
+
+def validate(model, audio, targets: np.ndarray, labels, clip_samples: int, multilabel: bool, device):
+    """Whole-clip validation: ``(loss, accuracy or mAP, scores (clips, classes))``."""
+    logits = clip_logits(model, audio, clip_samples, device=device)
+    val_loss = loss_fn(torch.from_numpy(logits).float(), torch.from_numpy(targets), multilabel, 0.0, None).item()
+    scores = scores_from_logits(logits, multilabel)
+    report = build_report(scores, targets, labels, multilabel)
+    return val_loss, report["mAP"] if multilabel else report["accuracy"], scores
 
 
 def write_skipped(run: Path, skipped: list[tuple[str, str]]) -> None:
@@ -231,7 +261,6 @@ def train(data, out, **settings) -> dict:
             "best": list(best) if best is not None else None, "best_epoch": best_epoch,
             "thresholds": thresholds, "rows": rows, "running": list(running)})
     t_start = time.perf_counter()
-    from tqdm import tqdm
     for epoch in range(start_epoch, epochs + 1):
         t_epoch = time.perf_counter()
         step_model.train()
@@ -247,32 +276,14 @@ def train(data, out, **settings) -> dict:
                                                start=first_batch):
             seed_step(cfg.seed + 7919 * dist_info.rank, step)  # mixup/augmentation randomness from (seed, step): resumes identically
             wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            if not multilabel and cfg.mixup > 0 and cfg.augment and torch.rand(()) < model.frontend.augment_config.mixup_prob:
-                from ..augment import mixup
-                wave, target = mixup(wave, target, cfg.mixup)
             lr = warmup_cosine(step, total_steps, warmup_steps, cfg.lr)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp):
-                logits = step_model(wave)
-            loss = loss_fn(logits.float(), target, multilabel, cfg.label_smoothing, class_weights)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            if ema:
-                ema.update(model)
-            total, count, step = total + loss.item() * len(wave), count + len(wave), step + 1
+            loss = train_step(step_model, model, optimizer, ema, wave, target, lr, cfg, multilabel, class_weights)
+            total, count, step = total + loss * len(wave), count + len(wave), step + 1
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
                 checkpoint(epoch, batch + 1, False, (total, count))
         row = {"epoch": epoch, "train_loss": distributed.all_reduce_mean(total / max(1, count)), "lr": lr}
         if val_idx:
-            logits = clip_logits(eval_model(), val_audio, clip_samples, device=device)
-            val_loss = loss_fn(torch.from_numpy(logits).float(), torch.from_numpy(val_y), multilabel, 0.0, None).item()
-            scores = scores_from_logits(logits, multilabel)
-            report = build_report(scores, val_y, labels, multilabel)
-            metric = report["mAP"] if multilabel else report["accuracy"]
+            val_loss, metric, scores = validate(eval_model(), val_audio, val_y, labels, clip_samples, multilabel, device)
             row.update(val_loss=val_loss, **({"val_mAP": metric} if multilabel else {"val_accuracy": metric}))
             score = (metric, -val_loss)
         else:
@@ -305,7 +316,6 @@ def train(data, out, **settings) -> dict:
     plot_curves(rows, run / "curves.png")
 
     # --- test the best checkpoint
-    from ..checkpoint import load_run
     best_model, config = load_run(run, device)
     report = {}
     if test_idx:
