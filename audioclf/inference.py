@@ -4,15 +4,14 @@
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from .audio import read_audio
 from .checkpoint import load_run
 from .data.clips import windows
+from .predictions import Predictor, scores_from_logits  # noqa: F401  (re-exported)
 
 
 @torch.no_grad()
@@ -45,16 +44,7 @@ def clip_logits(model: torch.nn.Module, clips: Sequence[np.ndarray], clip_sample
     return sums / counts[:, None]
 
 
-def scores_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Softmax for single-label runs, sigmoid for multi-label ones. ``(n, classes)``."""
-    if multilabel:
-        return 1 / (1 + np.exp(-logits))
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-class Classifier:
+class Classifier(Predictor):
     """A trained model with its labels and audio settings. Build with :func:`load`."""
 
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu"):
@@ -65,26 +55,8 @@ class Classifier:
         self.multilabel = config.get("task") == "multi_label"
         self.thresholds = np.asarray(config.get("thresholds") or [0.5] * len(self.labels))
 
-    def scores(self, audio: Iterable) -> np.ndarray:
-        """Probabilities ``(n, classes)`` for file paths or mono float arrays at ``self.sample_rate``."""
-        clips = [read_audio(a, self.sample_rate)[0] if isinstance(a, (str, Path)) else np.asarray(a, np.float32)
-                 for a in audio]
-        return scores_from_logits(clip_logits(self.model, clips, self.clip_samples, device=self.device), self.multilabel)
-
-    def predict(self, audio, top_k: int = 5) -> list[list[dict]]:
-        """For each input, ``[{"label", "score"}]``: top-k (single-label) or every label above its threshold
-        (multi-label), best first. ``audio``: a path, an array, or a list of them."""
-        single = isinstance(audio, (str, Path)) or (isinstance(audio, np.ndarray) and audio.ndim == 1)
-        scores = self.scores([audio] if single else audio)
-        results = []
-        for row in scores:
-            order = np.argsort(-row)
-            if self.multilabel:
-                order = [i for i in order if row[i] >= self.thresholds[i]]
-            else:
-                order = order[:top_k]
-            results.append([{"label": self.labels[i], "score": float(row[i])} for i in order])
-        return results[0] if single else results
+    def clip_logits(self, clips) -> np.ndarray:
+        return clip_logits(self.model, clips, self.clip_samples, device=self.device)
 
 
 def load(run_dir, device: str = "cpu") -> Classifier:

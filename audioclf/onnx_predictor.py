@@ -13,23 +13,13 @@ from typing import Iterable
 
 import numpy as np
 
-from .audio import read_audio
+from .predictions import Predictor, scores_from_logits
 from .data.windows import windows
 
 __all__ = ["OnnxClassifier", "scores_from_logits", "read_onnx_metadata"]
 
 ONNX_NAME = "model.onnx"  # as audioclf.export.ONNX_NAME (not imported from there: that module imports torch)
 METADATA_KEY = "audioclf"
-
-
-def scores_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    """Softmax for single-label models, sigmoid for multi-label ones, ``(n, classes)`` (as in audioclf.inference)."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if multilabel:
-        return 1 / (1 + np.exp(-logits))
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def read_onnx_metadata(path, session=None) -> dict:
@@ -54,7 +44,7 @@ def read_onnx_metadata(path, session=None) -> dict:
     return meta
 
 
-class OnnxClassifier:
+class OnnxClassifier(Predictor):
     """An exported classifier. ``path``: a ``.onnx`` file or a run folder holding ``model.onnx``.
 
     ``threads``: onnxruntime intra-op threads (default: onnxruntime's choice).
@@ -114,27 +104,6 @@ class OnnxClassifier:
         if pending:
             flush()
         return sums / np.maximum(counts, 1)[:, None]
-
-    def scores(self, audio: Iterable) -> np.ndarray:
-        """Probabilities ``(n, classes)`` for file paths or mono float arrays at ``self.sample_rate``."""
-        clips = [read_audio(a, self.sample_rate)[0] if isinstance(a, (str, Path)) else np.asarray(a, np.float32)
-                 for a in audio]
-        return scores_from_logits(self.clip_logits(clips), self.multilabel)
-
-    def predict(self, audio, top_k: int = 5) -> list[list[dict]]:
-        """For each input, ``[{"label", "score"}]``: top-k (single-label) or every label above its threshold
-        (multi-label), best first. ``audio``: a path, an array, or a list of them."""
-        single = isinstance(audio, (str, Path)) or (isinstance(audio, np.ndarray) and audio.ndim == 1)
-        scores = self.scores([audio] if single else audio)
-        results = []
-        for row in scores:
-            order = np.argsort(-row)
-            if self.multilabel:
-                order = [i for i in order if row[i] >= self.thresholds[i]]
-            else:
-                order = order[:top_k]
-            results.append([{"label": self.labels[i], "score": float(row[i])} for i in order])
-        return results[0] if single else results
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({str(self.path)!r}, {len(self.labels)} labels, {self.sample_rate} Hz)"
