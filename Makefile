@@ -24,6 +24,7 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

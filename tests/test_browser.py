@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import glob
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import live_server
 import soundfile as sf
 import torch
 
@@ -59,12 +57,6 @@ def make_run(path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     if len(CLIPS) < 3:
@@ -74,35 +66,8 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run, tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "audioclf", "serve", str(run), "--host", "127.0.0.1",
-                                 "--port", str(port), "--log-level", "warning"], stdout=out, stderr=subprocess.STDOUT,
-                                env=env, cwd=REPO)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /health in 60 s:\n{log.read_text()}")
-            time.sleep(0.2)
+    with live_server(run, tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

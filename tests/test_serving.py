@@ -355,3 +355,28 @@ def test_serve_command_flags(run, monkeypatch):
     batcher = calls["app"].state.batcher
     assert (batcher.max_batch, batcher.max_wait_ms, batcher.micro_batching) == (4, 3.0, False)
     assert calls["app"].state.limits == {"max_body_bytes": 2 * 1024 * 1024, "max_seconds": 30.0}
+
+
+def test_slow_clients_do_not_block_the_server(run, tmp_path):
+    """Clients that announce a body and trickle it (or stall) hold only their own connection: others are served."""
+    import socket
+    from conftest import live_server
+    clip = clip_bytes(0)
+    with live_server(run, tmp_path / "server.log") as url:
+        port = int(url.rsplit(":", 1)[1])
+        stalled = []
+        for _ in range(20):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: audio/flac\r\n"
+                      b"Content-Length: 100000\r\n\r\n" + clip[:100])
+            stalled.append(s)
+        try:
+            import httpx
+            for _ in range(3):
+                r = httpx.post(url + "/v1/classify", content=clip, timeout=10)
+                assert r.status_code == 200 and r.json()[0]["label"]
+            assert httpx.get(url + "/health", timeout=5).status_code == 200
+        finally:
+            for s in stalled:
+                s.close()
+        assert httpx.get(url + "/health", timeout=5).status_code == 200  # and after they hang up
