@@ -1,4 +1,4 @@
-"""Edge cases with known answers (docs/edge_cases.md lists them): each input decodes to the right array, or
+"""Edge cases with known answers (the README's edge-case table lists them): each input decodes to the right array, or
 fails with a clear ``AudioDecodeError`` / ``ManifestError`` / ``CheckpointError``, or is skipped with a warning
 -- never a silent wrong result."""
 from __future__ import annotations
