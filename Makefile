@@ -24,7 +24,6 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/pipeline.py
-	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(RUNS) .pytest_cache

@@ -7,6 +7,8 @@
 3. training clips/s: our pipeline (decoded-audio cache, front end inside the model, batched on the
    device) vs the naive recipe (a Dataset that decodes, resamples and computes the spectrogram per item)
 4. the default model's training GFLOP/s as a fraction of a float32 matmul's GFLOP/s (the practical limit)
+5. training with 2 DDP processes vs 1 on the CPU (gloo), and tar-shard streaming vs the in-memory cache
+   (``bench/scale.py``; skip with ``--no-scale``)
 """
 from __future__ import annotations
 
@@ -95,6 +97,7 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
     from audioclf.models import create_model
     from audioclf.training.autoconfig import choose_model
     name, args = choose_model(len(files))
+    batch_size = min(batch_size, len(files) // 2)  # at least two batches per pass over the files
     cfg = FrontendConfig(sample_rate=TARGET_SR)
     clip_samples = TARGET_SR  # 1 s windows
     labels = np.eye(10, dtype=np.float32)[[int(Path(f).name[0]) for f in files]]
@@ -171,6 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--no-scale", action="store_true", help="skip the DDP and shard rows")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     files = [FSDD[i] for i in rng.choice(len(FSDD), args.files, replace=False)]
@@ -183,6 +187,13 @@ def main() -> None:
     print(bench_logmel(clips))
     for line in bench_training(files, args.steps):
         print(line)
+    if not args.no_scale:
+        import scale  # bench/scale.py
+        r = scale.measure()
+        for name, ours, ref in (("training, 2 DDP processes vs 1 (gloo)", r["train_2proc"], r["train_1proc"]),
+                                ("reading training data, tar shards vs cache", r["read_shards"], r["read_cache"]),
+                                ("training from tar shards vs cache", r["train_shards"], r["train_1proc"])):
+            print(f"{name:<44}{ours:>12.1f}{ref:>12.1f}  {'clips/s':<10}{ours / ref:>7.2f}x")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import DataLoader
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,13 +55,9 @@ def iterate_rate(dataset, batch_size: int, repeats: int = 2) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--speakers", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, default=0, help="OMP threads per process (default: cores / processes)")
-    args = p.parse_args()
+def measure(speakers: int = 3, epochs: int = 2, batch_size: int = 32, threads: int = 0) -> dict:
+    """Clips/s of: training with 1 and 2 DDP processes (cache), iterating the training data from the cache and
+    from tar shards, and training from tar shards (1 process)."""
     sys.path.insert(0, str(ROOT))
     from audioclf.data.cache import AudioCache
     from audioclf.data.clips import ClipDataset
@@ -70,36 +65,45 @@ def main() -> None:
     from audioclf.data.shards import ShardSource, StreamingClipDataset, pack
     from audioclf.data.splits import label_matrix
 
+    args = argparse.Namespace(speakers=speakers, epochs=epochs, batch_size=batch_size, threads=threads)
     tmp = Path(tempfile.mkdtemp(prefix="audioclf-scale-"))
-    csv, cache = subset_csv(tmp, args.speakers), tmp / "cache"
+    csv, cache = subset_csv(tmp, speakers), tmp / "cache"
     manifest = load_manifest(csv)
     clips, _ = AudioCache(cache, 8000).load([it.path for it in manifest.items])  # decode once, outside the timings
     shards = tmp / "shards"
     pack(csv, shards, shard_size=250, sample_rate=8000, cache_dir=str(cache))
-
-    rows = []
-    r1 = train_rate(csv, tmp / "p1", cache, 1, args)
-    r2 = train_rate(csv, tmp / "p2", cache, 2, args)
-    rows += [("train, 1 process (cache)", r1), ("train, 2 DDP processes (cache)", r2)]
-
-    y = label_matrix(manifest)
-    data = ClipDataset([clips[it.path] for it in manifest.items], y, 8000, train=True)
+    rates = {"train_1proc": train_rate(csv, tmp / "p1", cache, 1, args),
+             "train_2proc": train_rate(csv, tmp / "p2", cache, 2, args)}
+    data = ClipDataset([clips[it.path] for it in manifest.items], label_matrix(manifest), 8000, train=True)
     source = ShardSource(shards)
     keys = [it.path for it in source.manifest().items]
     targets = dict(zip(keys, label_matrix(source.manifest())))
     stream = StreamingClipDataset(source.urls, targets, 8000, shuffle_buffer=1000)
-    rows += [("iterate training data, in-memory cache", iterate_rate(data, args.batch_size)),
-             ("iterate training data, tar shards", iterate_rate(stream, args.batch_size))]
-    rows += [("train, 1 process (tar shards)", train_rate(shards / ("shard-{000000..%06d}.tar" % (len(source.urls) - 1)),
-                                                          tmp / "s1", cache, 1, args))]
+    rates["read_cache"] = iterate_rate(data, batch_size)
+    rates["read_shards"] = iterate_rate(stream, batch_size)
+    pattern = shards / ("shard-{000000..%06d}.tar" % (len(source.urls) - 1))
+    rates["train_shards"] = train_rate(pattern, tmp / "s1", cache, 1, args)
+    rates["clips"] = len(manifest.items)
+    return rates
 
-    print(f"\nFSDD {args.speakers} speakers ({len(manifest.items)} clips), cnn width 0.5, 1 s at 8 kHz, global batch "
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--speakers", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--threads", type=int, default=0, help="OMP threads per process (default: cores / processes)")
+    args = p.parse_args()
+    r = measure(args.speakers, args.epochs, args.batch_size, args.threads)
+    print(f"\nFSDD {args.speakers} speakers ({r['clips']} clips), cnn width 0.5, 1 s at 8 kHz, global batch "
           f"{args.batch_size}, {args.epochs} epochs, {os.cpu_count()} cores, "
           f"{args.threads or 'cores / processes'} thread(s) per process")
     print(f"{'what':<42} {'clips/s':>10}")
-    for name, rate in rows:
-        print(f"{name:<42} {rate:>10.0f}")
-    print(f"2 vs 1 process speed-up: {r2 / r1:.2f}x")
+    for name, key in (("train, 1 process (cache)", "train_1proc"), ("train, 2 DDP processes (cache)", "train_2proc"),
+                      ("iterate training data, in-memory cache", "read_cache"),
+                      ("iterate training data, tar shards", "read_shards"), ("train, 1 process (tar shards)", "train_shards")):
+        print(f"{name:<42} {r[key]:>10.0f}")
+    print(f"2 vs 1 process speed-up: {r['train_2proc'] / r['train_1proc']:.2f}x")
 
 
 if __name__ == "__main__":
