@@ -35,14 +35,6 @@ SMALL_ARGS = {"ast_tiny": {"dim": 64, "depth": 1, "heads": 2}}
 PARITY_TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The machine is shared: intra-op threads fighting over busy cores make everything slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def clips() -> list[np.ndarray]:

@@ -23,13 +23,6 @@ DURATION = 41.3  # not a whole number of hops: the last window is end-aligned
 LABELS = ["background", "tone"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 class ToneDetector(AudioClassifier):
     """Hand-built 2-class model: 'tone' logit grows with the share of frames in which the mel bins around

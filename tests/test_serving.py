@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import make_tiny_run
 import soundfile as sf
-import torch
 
 pytest.importorskip("fastapi")
 pytest.importorskip("python_multipart")
@@ -26,11 +26,7 @@ with warnings.catch_warnings():  # starlette's "use httpx2" notice: httpx is wha
     from fastapi.testclient import TestClient  # noqa: E402
 
 from audioclf.audio import read_audio  # noqa: E402
-from audioclf.augment import AugmentConfig  # noqa: E402
-from audioclf.checkpoint import save_run  # noqa: E402
-from audioclf.features import FrontendConfig  # noqa: E402
 from audioclf.inference import load  # noqa: E402
-from audioclf.models import create_model  # noqa: E402
 from audioclf.serving import create_app  # noqa: E402
 from audioclf.serving import app as serving_app  # noqa: E402
 
@@ -42,17 +38,7 @@ LABELS = [str(d) for d in range(10)]
 
 
 def make_run(path: Path) -> Path:
-    """An untrained small CNN over the FSDD labels, with batch-norm statistics from real clips."""
-    torch.manual_seed(0)
-    model = create_model("cnn", len(LABELS), frontend=FrontendConfig(sample_rate=SR, n_mels=32),
-                         augment=AugmentConfig.off(), width=0.25)
-    batch = np.stack([np.resize(read_audio(p, SR)[0], 6000) for p in CLIPS])
-    model.train()
-    with torch.no_grad():
-        model(torch.from_numpy(batch))
-    model.eval()
-    save_run(path, model, {"labels": LABELS, "clip_seconds": 0.75, "task": "single_label"})
-    return path
+    return make_tiny_run(path, CLIPS, SR)
 
 
 @pytest.fixture(scope="module")
