@@ -91,6 +91,6 @@ def cnn14(num_classes, frontend, augment, width: float = 1.0, **kw):
 
 
 @register_model
-def crnn(num_classes, frontend, augment, width: float = 1.0, **kw):
-    """The recipe's RNN: 3 double-conv blocks (16-64 channels), then a bidirectional GRU (96 per direction)."""
+def crnn(num_classes, frontend, augment, width: float = 2.0, **kw):
+    """The recipe's RNN: 3 double-conv blocks (32-128 channels at width 2), then a bidirectional GRU (96 per direction)."""
     return ConvRNN(num_classes, frontend, augment, channels=_scaled((16, 32, 64), width), **kw)
