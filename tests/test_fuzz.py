@@ -135,3 +135,4 @@ def test_read_audio_never_crashes_or_hangs(case, resample, mono):
 
 def test_report_counts():
     print(f"fuzz: {counter['cases']} cases, {counter['decoded']} decoded, {counter['errors']} AudioDecodeError")
+    assert counter["cases"] > 0 and counter["decoded"] + counter["errors"] == counter["cases"]
