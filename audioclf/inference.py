@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_run
-from .data.clips import windows
+from .data.windows import window_average
 from .predictions import Predictor, scores_from_logits  # noqa: F401  (re-exported)
 
 
@@ -19,29 +19,8 @@ def clip_logits(model: torch.nn.Module, clips: Sequence[np.ndarray], clip_sample
                 device: str | torch.device = "cpu") -> np.ndarray:
     """Logits ``(clips, classes)``: each clip is covered by half-overlapping windows whose logits are averaged."""
     model.eval()
-    owner, pending = [], []
-    sums, counts = None, np.zeros(len(clips))
-
-    def flush():
-        nonlocal sums, pending, owner
-        logits = model(torch.from_numpy(np.stack(pending)).to(device)).float().cpu().numpy()
-        if sums is None:
-            sums = np.zeros((len(clips), logits.shape[1]))
-        np.add.at(sums, owner, logits)
-        np.add.at(counts, owner, 1)
-        pending, owner = [], []
-
-    for i, clip in enumerate(clips):
-        for w in windows(clip, clip_samples):
-            pending.append(w)
-            owner.append(i)
-            if len(pending) == batch_size:
-                flush()
-    if pending:
-        flush()
-    if sums is None:
-        return np.zeros((0, getattr(model, "num_classes", 0)))
-    return sums / counts[:, None]
+    forward = lambda batch: model(torch.from_numpy(batch).to(device)).float().cpu().numpy()  # noqa: E731
+    return window_average(clips, clip_samples, forward, model.num_classes, batch_size)
 
 
 class Classifier(Predictor):

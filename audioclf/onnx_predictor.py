@@ -14,7 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from .predictions import Predictor, scores_from_logits
-from .data.windows import windows
+from .data.windows import window_average
 
 __all__ = ["OnnxClassifier", "scores_from_logits", "read_onnx_metadata"]
 
@@ -83,27 +83,7 @@ class OnnxClassifier(Predictor):
 
     def clip_logits(self, clips: Iterable[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """Whole-clip logits ``(clips, classes)``: half-overlapping windows, logits averaged (as ``clip_logits``)."""
-        clips = list(clips)
-        sums = np.zeros((len(clips), len(self.labels)))
-        counts = np.zeros(len(clips))
-        pending, owner = [], []
-
-        def flush():
-            logits = self.logits(np.stack(pending))
-            np.add.at(sums, owner, logits)
-            np.add.at(counts, owner, 1)
-            pending.clear()
-            owner.clear()
-
-        for i, clip in enumerate(clips):
-            for w in windows(np.asarray(clip, np.float32), self.clip_samples):
-                pending.append(w)
-                owner.append(i)
-                if len(pending) == batch_size:
-                    flush()
-        if pending:
-            flush()
-        return sums / np.maximum(counts, 1)[:, None]
+        return window_average(clips, self.clip_samples, self.logits, len(self.labels), batch_size)
 
     def __repr__(self) -> str:
         return f"OnnxClassifier({str(self.path)!r}, {len(self.labels)} labels, {self.sample_rate} Hz)"

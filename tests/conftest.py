@@ -10,6 +10,8 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+FSDD_CLIPS = sorted(str(p) for p in (REPO / "datasets" / "fsdd" / "recordings").glob("*.flac"))[::150][:12]
+FSDD_LABELS = [str(d) for d in range(10)]
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -80,3 +82,11 @@ def make_tiny_run(path: Path, clips, sample_rate: int = 8000) -> Path:
     model.eval()
     save_run(path, model, {"labels": labels, "clip_seconds": 0.75, "task": "single_label"})
     return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A module's run folder from :func:`make_tiny_run` over a dozen bundled FSDD clips (8 kHz)."""
+    if len(FSDD_CLIPS) < 8:
+        pytest.skip("the bundled FSDD recordings are missing")
+    return make_tiny_run(tmp_path_factory.mktemp("tiny_run"), FSDD_CLIPS)

@@ -4,14 +4,13 @@ FSDD clips through the file input; the page must show the label the Python API p
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/install-browser.sh``); skipped without them."""
 from __future__ import annotations
 
-import glob
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import live_server, make_tiny_run
+from conftest import live_server, FSDD_CLIPS, FSDD_LABELS
 import soundfile as sf
 
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -32,21 +31,12 @@ from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 from audioclf.audio import read_audio  # noqa: E402
 from audioclf.inference import load  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-CLIPS = sorted(glob.glob(str(REPO / "datasets" / "fsdd" / "recordings" / "*.flac")))[::300][:10]
-SR = 8000
-LABELS = [str(d) for d in range(10)]
-
-
-def make_run(path: Path) -> Path:
-    return make_tiny_run(path, CLIPS, SR)
+CLIPS, LABELS, SR = FSDD_CLIPS, FSDD_LABELS, 8000
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    if len(CLIPS) < 3:
-        pytest.skip("the bundled FSDD recordings are missing")
-    return make_run(tmp_path_factory.mktemp("browser_run"))
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ answers, micro-batching, temp-file hygiene, and staying up after bad requests.""
 from __future__ import annotations
 
 import asyncio
-import glob
 import io
 import json
 import os
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_tiny_run
+from conftest import FSDD_CLIPS, FSDD_LABELS
 import soundfile as sf
 
 pytest.importorskip("fastapi")
@@ -31,21 +30,12 @@ from audioclf.serving import create_app  # noqa: E402
 from audioclf.serving import app as serving_app  # noqa: E402
 
 
-REPO = Path(__file__).resolve().parents[1]
-CLIPS = sorted(glob.glob(str(REPO / "datasets" / "fsdd" / "recordings" / "*.flac")))[::150][:12]
-SR = 8000
-LABELS = [str(d) for d in range(10)]
-
-
-def make_run(path: Path) -> Path:
-    return make_tiny_run(path, CLIPS, SR)
+CLIPS, LABELS, SR = FSDD_CLIPS, FSDD_LABELS, 8000
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    if len(CLIPS) < 8:
-        pytest.skip("the bundled FSDD recordings are missing")
-    return make_run(tmp_path_factory.mktemp("serve_run"))
+def run(tiny_run):
+    return tiny_run
 
 
 @pytest.fixture(scope="module")

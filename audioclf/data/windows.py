@@ -31,3 +31,27 @@ def windows(audio: np.ndarray, length: int, hop: int | None = None) -> np.ndarra
     if starts[-1] != n - length:
         starts.append(n - length)
     return np.stack([np.asarray(audio[s:s + length], dtype=np.float32) for s in starts])
+
+
+def window_average(clips, clip_samples: int, forward, num_classes: int, batch_size: int = 64) -> np.ndarray:
+    """Whole-clip logits ``(clips, classes)``: each clip's half-overlapping :func:`windows` go through
+    ``forward(batch (n, clip_samples)) -> (n, classes)`` in batches of ``batch_size``; their logits are averaged."""
+    clips = list(clips)
+    sums, counts = np.zeros((len(clips), num_classes)), np.zeros(len(clips))
+    pending, owner = [], []
+
+    def flush():
+        np.add.at(sums, owner, forward(np.stack(pending)))
+        np.add.at(counts, owner, 1)
+        pending.clear()
+        owner.clear()
+
+    for i, clip in enumerate(clips):
+        for w in windows(np.asarray(clip, np.float32), clip_samples):
+            pending.append(w)
+            owner.append(i)
+            if len(pending) == batch_size:
+                flush()
+    if pending:
+        flush()
+    return sums / np.maximum(counts, 1)[:, None]
