@@ -3,10 +3,12 @@
 Arrays are float32 ``(channels, samples)``; sample rates in Hz. libsndfile (``soundfile``) decodes
 WAV/FLAC/OGG/MP3/AIFF/...; anything it cannot open goes to FFmpeg through PyAV when installed.
 Every problem with a file is raised as :class:`AudioDecodeError`; resampling uses soxr ('HQ').
+Every function that takes a ``path`` also takes the encoded file's bytes (e.g. an HTTP upload held in memory).
 """
 from __future__ import annotations
 
 import importlib.util
+import io
 import os
 import stat
 import struct
@@ -32,10 +34,12 @@ _SIZE_PLACEHOLDERS = (0, 0x7FFFFFFF, 0xFFFFFFFF)  # data sizes written by stream
 
 
 class AudioDecodeError(Exception):
-    """A file could not be decoded; ``str(err) == f"{path}: {reason}"``."""
+    """A file could not be decoded; ``str(err) == f"{path}: {reason}"`` (``<N bytes>`` for audio in memory)."""
 
     def __init__(self, path, reason):
         super().__init__(path, reason)  # args kept so the error pickles across worker processes
+        if _in_memory(path):
+            path = f"<{len(path)} bytes>"
         self.path = os.fspath(path) if isinstance(path, os.PathLike) else path
         self.reason = reason
 
@@ -91,12 +95,12 @@ def audio_info(path) -> AudioInfo:
     MP3 frame counts without a Xing/LAME header are estimates."""
     _check_path(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(_source(path))
         rate, channels, frames = info.samplerate, info.channels, info.frames
     except Exception as sf_error:
         av = _import_av(path, sf_error)
         try:
-            with av.open(str(path)) as container:
+            with av.open(_source(path)) as container:
                 stream = _audio_stream(path, container)
                 rate, channels = stream.rate, stream.channels
                 if stream.duration and stream.time_base:
@@ -157,6 +161,17 @@ def _reblock(blocks, block_samples):
 
 
 # --------------------------------------------------------------------------- decoding internals
+# ``path`` below is a file path or the encoded file's bytes (``bytes``/``bytearray``/``memoryview``): every
+# function that takes a path also decodes audio held in memory, e.g. an HTTP upload.
+
+def _in_memory(path) -> bool:
+    return isinstance(path, (bytes, bytearray, memoryview))
+
+
+def _source(path):
+    """What libsndfile and PyAV open: a fresh file-like object over bytes, else the path as a string."""
+    return io.BytesIO(path) if _in_memory(path) else str(path)
+
 
 def _check_rate(rate):
     if rate is not None and rate <= 0:
@@ -164,7 +179,11 @@ def _check_rate(rate):
 
 
 def _check_path(path):
-    """Raise AudioDecodeError unless ``path`` is a readable, non-empty regular file."""
+    """Raise AudioDecodeError unless ``path`` is a readable, non-empty regular file (or non-empty bytes)."""
+    if _in_memory(path):
+        if len(path) == 0:
+            raise AudioDecodeError(path, "empty file (0 bytes)")
+        return
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -219,7 +238,7 @@ def _decode(path, mono) -> tuple[int, Iterator[np.ndarray]]:
     raises AudioDecodeError for corrupt/truncated data, NaN/Inf samples or an empty stream."""
     _check_path(path)
     try:
-        info = sf.info(str(path))
+        info = sf.info(_source(path))
         sf_error = None if info.frames > 0 else "no frames"
     except Exception as e:
         sf_error = e
@@ -265,7 +284,7 @@ def _to_layout(block: np.ndarray, mono: bool) -> np.ndarray:
 
 def _sf_blocks(path, mono):
     """Yield the rate, then blocks; raise if fewer frames than the header announces."""
-    with sf.SoundFile(str(path)) as f:
+    with sf.SoundFile(_source(path)) as f:
         yield f.samplerate
         expected = _declared_frames(path, f.subtype, f.channels)
         if expected is None:  # libsndfile's MP3 frame count is only an estimate without Xing
@@ -286,7 +305,7 @@ def _av_blocks(path, mono, sf_error):
     """PyAV fallback: yield the rate, then blocks of the first audio stream at its native rate."""
     av = _import_av(path, sf_error)
     try:
-        container = av.open(str(path))
+        container = av.open(_source(path))
     except Exception as e:
         if isinstance(sf_error, str):  # libsndfile knew the format but found no frames
             raise AudioDecodeError(path, f"truncated or corrupt data (libsndfile found no frames; "
@@ -309,7 +328,7 @@ def _declared_frames(path, subtype, channels) -> int | None:
     width = _PCM_WIDTH.get(subtype)
     if width is None or channels <= 0:
         return None
-    with open(path, "rb") as fh:
+    with (io.BytesIO(path) if _in_memory(path) else open(path, "rb")) as fh:
         head = fh.read(12)
         if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
             endian, target = ("<" if head[:4] == b"RIFF" else ">"), b"data"

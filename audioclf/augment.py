@@ -7,7 +7,7 @@ Every augmentation is switched off by setting its strength to zero in :class:`Au
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
@@ -26,8 +26,11 @@ class AugmentConfig:
     shift_seconds: float = 0.1   # circular time shift up to +-shift_seconds
     noise_prob: float = 0.3      # chance an example gets background noise
     snr_db: tuple[float, float] = (10.0, 40.0)  # noise SNR range
-    speed: float = 0.1           # speed perturbation factor in [1 - speed, 1 + speed]
+    speed: float = 0.1           # per-example speed perturbation factor in [1 - speed, 1 + speed]
     fb_jitter: float = 0.05      # filter-bank edge jitter, fraction of the band (0: off)
+    filter_db: float = 6.0       # FilterAugment: random gain in [-filter_db, filter_db] dB on 2-5 random mel bands
+    mixstyle_prob: float = 0.4   # Freq-MixStyle: chance a batch mixes per-mel-bin statistics between examples
+    mixstyle_alpha: float = 0.3  # Freq-MixStyle Beta(alpha, alpha) mixing weight
     mixup_alpha: float = 0.3     # Beta(alpha, alpha) mixup in the loop (0: off)
     mixup_prob: float = 0.5      # chance a batch is mixed
 
@@ -36,7 +39,19 @@ class AugmentConfig:
 
     @classmethod
     def off(cls) -> "AugmentConfig":
-        return cls(0, 0, 0, 0, 0, 0, 0, (10.0, 40.0), 0, 0, 0, 0)
+        return cls(**{f.name: 0 for f in fields(cls) if f.name != "snr_db"})
+
+    def with_overrides(self, text: str | None) -> "AugmentConfig":
+        """Apply ``"key=value,key=value"`` overrides (the ``--aug`` flag); unknown keys raise ``ValueError``."""
+        values = self.to_dict()
+        for item in filter(None, (part.strip() for part in (text or "").split(","))):
+            key, sep, value = item.partition("=")
+            key = key.strip()
+            if not sep or key not in values or key == "snr_db":
+                known = ", ".join(k for k in values if k != "snr_db")
+                raise ValueError(f"bad augmentation override {item!r}: expected KEY=VALUE with KEY one of {known}")
+            values[key] = type(values[key])(float(value))
+        return AugmentConfig(**values)
 
 
 def random_gain(wave: torch.Tensor, max_db: float) -> torch.Tensor:
@@ -65,12 +80,17 @@ def mix_at_snr(signal: torch.Tensor, noise: torch.Tensor, snr_db: torch.Tensor) 
 
 
 def speed_perturb(wave: torch.Tensor, max_change: float) -> torch.Tensor:
-    """Play the whole batch at one random speed in ``[1-max_change, 1+max_change]``, keeping its length."""
-    factor = 1.0 + (torch.rand(()).item() * 2 - 1) * max_change
-    n = wave.shape[-1]
-    new_n = max(2, int(round(n / factor)))
-    out = F.interpolate(wave[:, None, :], size=new_n, mode="linear", align_corners=False)[:, 0]
-    return out[:, :n] if new_n >= n else F.pad(out, (0, n - new_n))
+    """Play each example at its own random speed in ``[1-max_change, 1+max_change]`` (pitch and tempo change
+    together, as between speakers' vocal tracts), keeping the length: a sped-up example ends in zeros, a
+    slowed one is cut. Linear interpolation, ``(batch, samples)`` -> same shape."""
+    b, n = wave.shape
+    factor = 1.0 + (torch.rand(b, 1, device=wave.device) * 2 - 1) * max_change
+    pos = torch.arange(n, device=wave.device, dtype=torch.float32)[None, :] * factor  # source sample of each output
+    lo = pos.floor().long().clamp_(max=n - 1)
+    frac = (pos - lo).clamp_(0, 1).to(wave.dtype)
+    hi = (lo + 1).clamp_(max=n - 1)
+    out = torch.gather(wave, 1, lo) * (1 - frac) + torch.gather(wave, 1, hi) * frac
+    return out * (pos <= n - 1).to(wave.dtype)
 
 
 def mask_along(spec: torch.Tensor, dim: int, count: int, max_width: int) -> torch.Tensor:
@@ -89,6 +109,32 @@ def mask_along(spec: torch.Tensor, dim: int, count: int, max_width: int) -> torc
         mask |= (pos >= start) & (pos < start + width)
     mask = mask[:, :, None] if dim == 1 else mask[:, None, :]
     return spec.masked_fill(mask, 0.0)
+
+
+def filter_augment(spec: torch.Tensor, max_db: float, bands: tuple[int, int] = (2, 5)) -> torch.Tensor:
+    """FilterAugment (Nam et al., 2022), step type: split the mel axis of each example into a random number of
+    bands at random edges and add a random gain in ``[-max_db, max_db]`` dB to each band, imitating microphone
+    and room responses. ``spec``: natural-log mel power ``(batch, n_mels, frames)``."""
+    b, n_mels = spec.shape[:2]
+    count = int(torch.randint(bands[0], bands[1] + 1, ()).item())
+    edges = torch.sort(torch.rand(b, count - 1, device=spec.device), dim=1).values * n_mels
+    band_of_bin = (torch.arange(n_mels, device=spec.device)[None, :, None] >= edges[:, None, :]).sum(-1)  # (b, mels)
+    gains_db = (torch.rand(b, count, device=spec.device) * 2 - 1) * max_db
+    gain = torch.gather(gains_db, 1, band_of_bin) * (math.log(10.0) / 10)  # dB -> natural log of power
+    return spec + gain[:, :, None]
+
+
+def freq_mixstyle(spec: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.Tensor:
+    """Freq-MixStyle (Schmid et al., DCASE 2022): normalise each mel bin of each example over time, then restore it
+    with statistics mixed with a random partner's, ``Beta(alpha, alpha)`` weighted. Swaps channel colouration
+    between examples while keeping their content. ``spec``: ``(batch, n_mels, frames)``."""
+    mu = spec.mean(dim=2, keepdim=True).detach()
+    sigma = (spec.var(dim=2, keepdim=True) + eps).sqrt().detach()
+    lam = torch.distributions.Beta(alpha, alpha).sample((spec.shape[0], 1, 1)).to(spec.device)
+    perm = torch.randperm(spec.shape[0], device=spec.device)
+    mixed_mu = lam * mu + (1 - lam) * mu[perm]
+    mixed_sigma = lam * sigma + (1 - lam) * sigma[perm]
+    return (spec - mu) / sigma * mixed_sigma + mixed_mu
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,6 +194,25 @@ class WaveformAugment(nn.Module):
         if c.gain_db > 0:
             wave = random_gain(wave, c.gain_db)
         return wave
+
+
+class ChannelAugment(nn.Module):
+    """FilterAugment and Freq-MixStyle on log-mel ``(batch, n_mels, frames)`` before normalisation: robustness to
+    the recording channel (microphone, room, level). Identity in eval mode."""
+
+    def __init__(self, config: AugmentConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if not self.training:
+            return spec
+        if c.filter_db > 0:
+            spec = filter_augment(spec, c.filter_db)
+        if c.mixstyle_prob > 0 and spec.shape[0] > 1 and torch.rand(()).item() < c.mixstyle_prob:
+            spec = freq_mixstyle(spec, c.mixstyle_alpha)
+        return spec
 
 
 class SpecAugment(nn.Module):

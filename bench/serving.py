@@ -3,7 +3,7 @@
     python bench/serving.py RUN [--requests 200] [--rounds 3] [--max-seconds 20] [--concurrency 1,8,32] [--threads N]
 
 Starts two servers on loopback (``--micro-batching`` and ``--no-micro-batching``, otherwise identical), then for
-each concurrency level drives both in turn with asyncio httpx clients: ``concurrency`` clients each POST a real
+each concurrency level drives both in turn with minimal asyncio HTTP/1.1 clients (:class:`Connection`): ``concurrency`` clients each POST a real
 FSDD clip (raw body), wait for the answer and send the next, until ``--requests`` answers or ``--max-seconds``
 (after an unmeasured warm-up of 2 requests per client, which opens the connections). ``--rounds`` repeats every
 case, interleaving on/off, so slow drift in the machine's load affects both alike. Prints one table (median
@@ -16,14 +16,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import glob
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,9 +52,10 @@ def start_server(run: str, micro_batching: bool, args) -> tuple[subprocess.Popen
         if proc.poll() is not None:
             raise SystemExit(f"server exited with {proc.returncode}: {' '.join(cmd)}")
         try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
+            with urllib.request.urlopen(url + "/health", timeout=2) as r:
+                if r.status == 200:
+                    return proc, url
+        except OSError:
             pass
         if time.monotonic() > deadline:
             proc.kill()
@@ -61,41 +63,86 @@ def start_server(run: str, micro_batching: bool, args) -> tuple[subprocess.Popen
         time.sleep(0.2)
 
 
+class Connection:
+    """A minimal keep-alive HTTP/1.1 client on one socket, so the load generator costs the shared CPUs as little
+    as possible (an ``httpx`` client spends more CPU per request than the server does at high concurrency)."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str):
+        self.reader, self.writer, self.host = reader, writer, host
+
+    @classmethod
+    async def open(cls, url: str) -> "Connection":
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        return cls(reader, writer, host)
+
+    @staticmethod
+    def request(method: str, path: str, body: bytes = b"", content_type: str = "audio/flac") -> bytes:
+        head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n"
+        return (head + (f"Content-Type: {content_type}\r\n" if body else "") + "\r\n").encode() + body
+
+    async def send(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one prepared request; returns (status, body). The server answers with a Content-Length."""
+        self.writer.write(raw)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.split(b"\r\n")[1:]:
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        return int(head[9:12]), await self.reader.readexactly(length)
+
+    async def get_json(self, path: str) -> dict:
+        status, body = await self.send(self.request("GET", path))
+        return json.loads(body)
+
+    async def close(self) -> None:
+        self.writer.close()
+        await self.writer.wait_closed()
+
+
 async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, max_seconds: float,
                 warmup: int | None = None) -> dict:
-    """``concurrency`` closed-loop clients, each its own ``httpx.AsyncClient`` on one keep-alive connection (one
-    client with a shared pool of 32 connections spends more time in its pool than the server takes to answer and
-    adds second-long tails); the first ``warmup`` answers (default 2 per client) are not measured."""
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    clients = [httpx.AsyncClient(base_url=url, limits=limits, timeout=60) for _ in range(concurrency)]
+    """``concurrency`` closed-loop clients, each on its own keep-alive connection, each sending the next request
+    when its answer is in; the first ``warmup`` answers (default 2 per client) are not measured."""
+    raws = [Connection.request("POST", "/v1/classify", body) for body in bodies]
+    conns = [await Connection.open(url) for _ in range(concurrency)]
     try:
         async def phase(n: int, seconds: float) -> tuple[list[float], int, float]:
             latencies, errors, sent = [], 0, 0
             start = time.perf_counter()
             stop_at = start + seconds
 
-            async def worker(client):
+            async def worker(conn):
                 nonlocal sent, errors
                 while sent < n and time.perf_counter() < stop_at:
-                    body = bodies[sent % len(bodies)]
+                    raw = raws[sent % len(raws)]
                     sent += 1
                     t = time.perf_counter()
-                    r = await client.post("/v1/classify", content=body, headers={"Content-Type": "audio/flac"})
+                    status, _ = await conn.send(raw)
                     latencies.append(time.perf_counter() - t)
-                    errors += r.status_code != 200
+                    errors += status != 200
 
-            await asyncio.gather(*(worker(c) for c in clients))
+            await asyncio.gather(*(worker(c) for c in conns))
             return latencies, errors, time.perf_counter() - start
 
         await phase(2 * concurrency if warmup is None else warmup, max_seconds)
-        before = (await clients[0].get("/v1/stats")).json()
+        before = await conns[0].get_json("/v1/stats")
         latencies, errors, wall = await phase(requests, max_seconds)
-        after = (await clients[0].get("/v1/stats")).json()
+        after = await conns[0].get_json("/v1/stats")
     finally:
-        for c in clients:
-            await c.aclose()
+        for c in conns:
+            await c.close()
     return {"latencies": latencies, "errors": errors, "wall": wall, "served": after["served"] - before["served"],
             "batches": after["batches"] - before["batches"]}
+
+
+def run_async(coro):
+    """``asyncio.run`` on uvloop when it is installed (it comes with ``uvicorn[standard]``), as the server uses."""
+    try:
+        import uvloop
+        return uvloop.run(coro)
+    except ImportError:
+        return asyncio.run(coro)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -132,12 +179,12 @@ def main() -> None:
         for mode, on in (("on", True), ("off", False)):
             servers[mode] = start_server(args.run, on, args)
         for _, url in servers.values():  # warm-up: first calls allocate, fill caches
-            asyncio.run(drive(url, bodies, 8, 40, 10, warmup=0))
+            run_async(drive(url, bodies, 8, 40, 10, warmup=0))
         results = {(mode, c): [] for c in levels for mode in ("on", "off")}
         for rnd in range(args.rounds):  # interleaved, alternating order: drifting machine load hits both alike
             for c in levels:
                 for mode in (("on", "off") if rnd % 2 == 0 else ("off", "on")):
-                    results[mode, c].append(asyncio.run(drive(servers[mode][1], bodies, c, args.requests,
+                    results[mode, c].append(run_async(drive(servers[mode][1], bodies, c, args.requests,
                                                               args.max_seconds)))
         rows = [(mode, c, summarise(results[mode, c])) for c in levels for mode in ("on", "off")]
     finally:

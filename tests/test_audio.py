@@ -296,3 +296,36 @@ def test_audio_decode_error_pickles():
     err = pickle.loads(pickle.dumps(AudioDecodeError("a.wav", "file does not exist")))
     assert (err.path, err.reason, str(err)) == ("a.wav", "file does not exist",
                                                 "a.wav: file does not exist")
+
+
+# ------------------------------------------------------------------------------------ audio held in memory
+
+
+@pytest.mark.parametrize("kind", ["flac", "wav", "webm"])
+def test_bytes_decode_like_the_file(tmp_path, kind):
+    """An upload kept in memory decodes exactly as the same bytes on disk, through libsndfile or PyAV."""
+    if kind == "webm":
+        path = tmp_path / "x.webm"
+        write_with_pyav(path, "webm", "libopus", 48000, tone(1000, 48000, 1.0))
+    else:
+        path = tmp_path / f"x.{kind}"
+        sf.write(path, stereo(), SR)
+    data = path.read_bytes()
+    for source in (data, bytearray(data), memoryview(data)):
+        np.testing.assert_array_equal(read_audio(source, SR, mono=False), read_audio(path, SR, mono=False))
+        assert audio_info(source) == audio_info(path)
+        np.testing.assert_array_equal(np.concatenate(list(iter_blocks(source, SR, 1000)), axis=1),
+                                      read_audio(path, SR))
+
+
+@pytest.mark.parametrize("kind", [k for k in BAD if k not in ("missing", "directory")])
+def test_bad_bytes_raise_the_same_reason(tmp_path, kind):
+    path = _bad(kind, tmp_path)
+    data = path.read_bytes()
+    with pytest.raises(AudioDecodeError) as from_file:
+        read_audio(path, 8000)
+    with pytest.raises(AudioDecodeError) as from_bytes:
+        read_audio(data, 8000)
+    if BAD[kind]:  # libsndfile words "format not recognised" differently for memory and files
+        assert BAD[kind] in from_bytes.value.reason and BAD[kind] in from_file.value.reason
+    assert from_bytes.value.path == f"<{len(data)} bytes>"  # never the bytes themselves in the message

@@ -18,7 +18,7 @@ from audioclf.data.cache import AudioCache, default_cache_dir
 from audioclf.data.clips import ClipDataset, fit_length, windows
 from audioclf.data.manifest import (Item, Manifest, ManifestError, from_csv, from_folders, from_pattern,
                                     load_manifest)
-from audioclf.data.splits import kfold, label_matrix, make_split, stratified_group_folds
+from audioclf.data.splits import MIN_VALIDATION_GROUPS, kfold, label_matrix, make_split, stratified_group_folds
 
 SR = 8000
 FREQS = {"low": 300.0, "mid": 900.0, "high": 2500.0}
@@ -271,7 +271,9 @@ def test_holdout_split_keeps_groups_whole_on_the_tone_set(tone_set, seed):
     groups = lambda idx: {m.items[i].group for i in idx}  # noqa: E731
     assert split.test and split.val and split.train
     assert not groups(split.train) & groups(split.test)
-    assert not groups(split.train) & groups(split.val)
+    # fewer than MIN_VALIDATION_GROUPS speakers in train: validation is carved within them
+    assert len(groups(split.train)) < MIN_VALIDATION_GROUPS and split.val_shares_groups
+    assert groups(split.val) <= groups(split.train)
     assert not groups(split.val) & groups(split.test)
     # every class is in every group, so stratification keeps every class in train (and test)
     assert {m.items[i].labels[0] for i in split.train} == set(FREQS)
@@ -281,7 +283,7 @@ def test_holdout_split_keeps_groups_whole_on_the_tone_set(tone_set, seed):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_holdout_split_never_shares_a_group(data):
-    n_groups = data.draw(st.integers(1, 12), label="groups")
+    n_groups = data.draw(st.integers(1, 30), label="groups")
     n_classes = data.draw(st.integers(1, 5), label="classes")
     n = data.draw(st.integers(1, 120), label="items")
     groups = data.draw(st.lists(st.integers(0, n_groups - 1), min_size=n, max_size=n), label="group of item")
@@ -294,8 +296,11 @@ def test_holdout_split_never_shares_a_group(data):
     check_partition(split, n)
     g = lambda idx: {groups[i] for i in idx}  # noqa: E731
     assert not g(split.train) & g(split.test)
-    assert not g(split.train) & g(split.val)
     assert not g(split.val) & g(split.test)
+    if len(g(split.train) | g(split.val)) >= MIN_VALIDATION_GROUPS:  # enough groups: validation holds whole ones
+        assert not g(split.train) & g(split.val) and not split.val_shares_groups
+    if g(split.train) & g(split.val):
+        assert split.val_shares_groups  # shared only by that rule, and said so
     assert split.train  # never an empty training set
     if val_fraction == 0:
         assert not split.val
@@ -372,16 +377,25 @@ def test_declared_test_fold_is_exactly_that_fold():
         make_split(m, test_fold="42")
 
 
-def test_declared_fold_without_shared_groups_keeps_validation_grouped(tone_set):
-    root, rows = tone_set
-    path = write_csv(root / "m.csv", ["path", "label", "group", "fold"],
-                     [[rel, label, speaker, "test" if speaker == "dave" else "train"] for rel, label, speaker in rows])
-    m = from_csv(path)
+@pytest.mark.parametrize("speakers", [4, MIN_VALIDATION_GROUPS + 2])
+def test_declared_fold_without_shared_groups_validation_by_group_count(speakers):
+    """A held-out speaker as the test fold: validation holds whole speakers out when train has enough of them,
+    and is carved within train's speakers (flagged) when it has too few."""
+    names = [f"s{k}" for k in range(speakers)]
+    groups = [names[k % speakers] for k in range(speakers * 20)]
+    labels = [f"c{k % 4}" for k in range(speakers * 20)]
+    m = synthetic_manifest(groups, labels, ["test" if g == "s0" else "train" for g in groups])
     for seed in range(5):
-        split = make_split(m, test_fold="test", val_fraction=0.3, seed=seed)
-        groups = lambda idx: {m.items[i].group for i in idx}  # noqa: E731
-        assert groups(split.test) == {"dave"}
-        assert split.val and not groups(split.val) & groups(split.train)
+        split = make_split(m, test_fold="test", val_fraction=0.2, seed=seed)
+        check_partition(split, len(groups))
+        by = lambda idx: {groups[i] for i in idx}  # noqa: E731
+        assert by(split.test) == {"s0"} and split.val
+        assert not (by(split.train) | by(split.val)) & by(split.test)
+        if speakers >= MIN_VALIDATION_GROUPS:
+            assert not by(split.val) & by(split.train) and not split.val_shares_groups
+        else:
+            assert by(split.val) <= by(split.train) and split.val_shares_groups
+            assert by(split.train) == set(names[1:])  # every remaining speaker is learned from
 
 
 # ------------------------------------------------------------------------------------ cache

@@ -8,7 +8,8 @@ import re
 import pytest
 import torch
 
-from audioclf.augment import (AugmentConfig, SpecAugment, WaveformAugment, mask_along, mix_at_snr, mixup,
+from audioclf.augment import (AugmentConfig, ChannelAugment, SpecAugment, WaveformAugment, filter_augment,
+                              freq_mixstyle, mask_along, mix_at_snr, mixup,
                               random_gain, speed_perturb, time_shift)
 from audioclf.features import FrontendConfig
 from audioclf.models import AudioClassifier, create_model, list_models, register_model
@@ -278,6 +279,56 @@ def test_gain_shift_speed():
     for row, orig in zip(shifted, x):
         assert any(torch.equal(row, orig.roll(s)) for s in range(-100, 101))
     assert speed_perturb(x, 0.1).shape == x.shape
+
+
+def test_speed_perturb_scales_each_example_frequency_by_its_own_factor():
+    torch.manual_seed(0)
+    t = torch.arange(SR) / SR
+    x = torch.sin(2 * torch.pi * 440 * t).repeat(16, 1)
+    out = speed_perturb(x, 0.15)
+    assert out.shape == x.shape
+    spectrum = torch.fft.rfft(out[:, : int(SR * 0.8)] * torch.hann_window(int(SR * 0.8)), n=8 * SR)
+    peak_hz = spectrum.abs().argmax(dim=1).float() / 8  # bin width 1/8 Hz
+    ratio = peak_hz / 440
+    assert ((ratio > 0.85 - 0.01) & (ratio < 1.15 + 0.01)).all(), ratio
+    assert ratio.std() > 0.03  # not one factor for the whole batch
+    assert torch.equal(speed_perturb(x, 0.0), x)
+
+
+# ------------------------------------------------------------------------------------ channel augmentation
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_filter_augment_adds_a_stepwise_gain_per_example(seed):
+    torch.manual_seed(seed)
+    spec = torch.randn(6, 40, 30)
+    gain = filter_augment(spec, 6.0) - spec  # natural-log power offset
+    assert torch.allclose(gain, gain[:, :, :1].expand_as(gain), atol=1e-5)  # the same at every frame
+    per_bin = gain[:, :, 0]
+    assert per_bin.abs().max() <= 6.0 * math.log(10) / 10 + 1e-5  # within +-6 dB
+    steps = (per_bin[:, 1:] - per_bin[:, :-1]).abs() > 1e-6
+    assert (steps.sum(1) <= 4).all()  # at most 5 bands, so at most 4 steps
+    assert per_bin.std() > 0.05  # and it does something
+
+
+def test_freq_mixstyle_keeps_content_and_mixes_statistics():
+    torch.manual_seed(0)
+    spec = torch.randn(8, 20, 50) * torch.rand(8, 20, 1) * 3 + torch.randn(8, 20, 1) * 4
+    out = freq_mixstyle(spec, 0.3)
+    norm = lambda x: (x - x.mean(2, keepdim=True)) / x.std(2, keepdim=True)  # noqa: E731
+    assert torch.allclose(norm(out), norm(spec), atol=1e-3)  # each bin's time course is unchanged
+    mu, mu_out = spec.mean(2), out.mean(2)  # (batch, bins): a convex mix of two examples' means
+    assert (mu_out >= mu.amin(0) - 1e-4).all() and (mu_out <= mu.amax(0) + 1e-4).all()
+    assert not torch.allclose(mu_out, mu, atol=1e-2)
+
+
+def test_channel_augment_is_identity_in_eval_mode_and_switchable():
+    spec = torch.randn(4, 16, 20)
+    aug = ChannelAugment(AugmentConfig(mixstyle_prob=1.0))
+    assert torch.equal(aug.eval()(spec), spec)
+    assert not torch.equal(aug.train()(spec), spec)
+    off = ChannelAugment(AugmentConfig(filter_db=0, mixstyle_prob=0)).train()
+    assert torch.equal(off(spec), spec)
 
 
 # ------------------------------------------------------------------------------------ SpecAugment

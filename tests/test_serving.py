@@ -284,20 +284,29 @@ def test_without_micro_batching_every_batch_is_one_request(run):
 # --- temp files -----------------------------------------------------------------------------------------------
 
 
-def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, monkeypatch):
+@pytest.mark.parametrize("spool", [False, True])
+def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, monkeypatch, spool):
+    """Small uploads are decoded in memory and never written; with the memory limit at 0 every upload is spooled
+    to a randomly named file in the private folder and removed when its request is done."""
     global_tmp = tmp_path / "tmp"
     global_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(global_tmp))
+    if spool:
+        monkeypatch.setattr(serving_app, "MEMORY_BODY_BYTES", 0)
     app = create_app(run)
     upload_dir = Path(app.state.upload_dir)
     assert upload_dir.parent == global_tmp and (upload_dir.stat().st_mode & 0o777) == 0o700
     seen = []
     decode = serving_app._decode
 
-    def spy(path, *args):
-        seen.append(Path(path))
-        assert Path(path).exists()
-        return decode(path, *args)
+    def spy(source, *args):
+        if spool:
+            seen.append(Path(source))
+            assert Path(source).exists()
+        else:
+            seen.append(source)
+            assert isinstance(source, bytes) and os.listdir(upload_dir) == []
+        return decode(source, *args)
 
     monkeypatch.setattr(serving_app, "_decode", spy)
     burst(app, [clip_bytes(i % 3) for i in range(6)] + [b"junk"] * 3)  # concurrent, in their own event loop
@@ -309,12 +318,32 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
         assert c.post("/v1/classify", content=b"garbage" * 99).status_code == 415
         assert c.post("/v1/classify", content=wav_bytes(long_audio(2.0))).status_code == 200
         assert len(seen) == 13
-        for p in seen:
+        for p in seen if spool else ():
             assert p.parent == upload_dir and "evil" not in p.name
             assert not p.exists()
+        if not spool:
+            assert seen[-4] == clip_bytes(0)  # the multipart file field, without the form around it
         assert os.listdir(upload_dir) == []
         assert os.listdir(global_tmp) == [upload_dir.name]  # nothing written next to it
     assert not upload_dir.exists()  # removed at shutdown
+
+
+def test_spool_moves_to_a_file_past_the_memory_limit(tmp_path, monkeypatch):
+    monkeypatch.setattr(serving_app, "MEMORY_BODY_BYTES", 1000)
+    chunks = [bytes([i]) * 600 for i in range(3)]
+    opened = []
+
+    def open_file():
+        opened.append(tmp_path / "spooled")
+        return open(opened[-1], "wb")
+
+    spool = serving_app._Spool(open_file)
+    spool.write(chunks[0])
+    assert not opened and bytes(spool.buffer) == chunks[0]  # under the limit: memory only
+    for chunk in chunks[1:]:
+        spool.write(chunk)
+    spool.close()
+    assert len(opened) == 1 and opened[0].read_bytes() == b"".join(chunks) and not spool.buffer
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------

@@ -8,11 +8,15 @@ import numpy as np
 from .manifest import Manifest
 
 
+MIN_VALIDATION_GROUPS = 10  # fewer groups in train: validation shares them (see make_split)
+
+
 @dataclass
 class Split:
     train: list[int]
     val: list[int]
     test: list[int]
+    val_shares_groups: bool = False  # validation was carved within train's groups
 
     def sizes(self) -> str:
         return f"train {len(self.train)}, validation {len(self.val)}, test {len(self.test)}"
@@ -70,8 +74,10 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
                val_fraction: float = 0.1, seed: int = 0) -> Split:
     """Test = the declared ``test_fold`` or a stratified, group-aware hold-out; validation is carved from train.
 
-    Validation keeps groups whole when the test split does (a declared fold that shares groups with
-    train, like FSDD's take-based split, gets a validation split that shares them too).
+    The test split never shares a group with train unless a declared fold does (FSDD's take-based split).
+    Validation keeps groups whole too, unless the test split shares groups, or train holds fewer than
+    ``MIN_VALIDATION_GROUPS`` groups: holding out one of five speakers for validation would take a fifth of
+    the speakers the model learns from, and validation only picks the best epoch (the test stays honest).
     """
     y = label_matrix(manifest)
     groups = [item.group for item in manifest.items]
@@ -82,13 +88,14 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
             raise ValueError(f"--test-fold {test_fold!r}: no item has that fold; declared folds: "
                              f"{', '.join(manifest.folds) or 'none'}")
         train = [i for i in everything if manifest.items[i].fold != str(test_fold)]
-        shared = {groups[i] for i in test} & {groups[i] for i in train} - {None}
-        val_groups = [None] * len(groups) if shared else groups
+        shared = bool({groups[i] for i in test} & {groups[i] for i in train} - {None})
     else:
         train, test = holdout(everything, y, groups, test_fraction, seed)
-        val_groups = groups
-    train, val = holdout(train, y, val_groups, val_fraction, seed + 1)
-    return Split(sorted(train), sorted(val), sorted(test))
+        shared = False
+    train_groups = {groups[i] for i in train} - {None}
+    within = shared or 0 < len(train_groups) < MIN_VALIDATION_GROUPS
+    train, val = holdout(train, y, [None] * len(groups) if within else groups, val_fraction, seed + 1)
+    return Split(sorted(train), sorted(val), sorted(test), within and bool(train_groups) and bool(val))
 
 
 def kfold(manifest: Manifest, k: int, seed: int = 0) -> list[list[int]]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..augment import AugmentConfig, SpecAugment, WaveformAugment
+from ..augment import AugmentConfig, ChannelAugment, SpecAugment, WaveformAugment
 from ..features import FrontendConfig, LogMel, mel_filterbank
 
 
@@ -18,7 +18,7 @@ class Frontend(nn.Module):
     """Waveform ``(batch, samples)`` -> normalised log-mel ``(batch, 1, n_mels, frames)``.
 
     Input normalisation is a per-mel-bin batch norm (learned statistics, frozen in eval mode).
-    In training mode it applies waveform augmentation, filter-bank jitter and SpecAugment.
+    In training mode it applies waveform augmentation, filter-bank jitter, channel augmentation and SpecAugment.
     """
 
     def __init__(self, config: FrontendConfig, augment: AugmentConfig = AugmentConfig()):
@@ -27,6 +27,7 @@ class Frontend(nn.Module):
         self.logmel = LogMel(config)
         self.norm = nn.BatchNorm1d(config.n_mels)
         self.wave_augment = WaveformAugment(augment, config.sample_rate)
+        self.channel_augment = ChannelAugment(augment)
         self.spec_augment = SpecAugment(augment)
         if augment.fb_jitter > 0:
             self.register_buffer("jittered_fb", _jittered_filterbanks(config, augment.fb_jitter), persistent=False)
@@ -38,7 +39,11 @@ class Frontend(nn.Module):
         fb = None
         if self.training and hasattr(self, "jittered_fb"):
             fb = self.jittered_fb[torch.randint(0, self.jittered_fb.shape[0], ()).item()]
-        spec = self.logmel(waveform, fb)
+        spec = self.channel_augment(self.logmel(waveform, fb))
+        import os
+        if os.environ.get("AC_LEVELNORM"):
+            ref = torch.logsumexp(spec, dim=1).amax(dim=1)  # (batch,) log power of the loudest frame
+            spec = spec - ref[:, None, None]
         spec = self.spec_augment(self.norm(spec))
         return spec.unsqueeze(1)
 

@@ -28,8 +28,9 @@ query), 413 (body over ``max_body_mb`` -- checked on ``Content-Length`` up front
 streams in, so a client that sends more than it announced, or no length at all, is cut off -- or audio longer
 than ``max_seconds``), 415 (not decodable audio), 503 (request queue full; ``Retry-After: 1``).
 
-Uploads are written only to a private folder (``tempfile.mkdtemp``, mode 0700; ``app.state.upload_dir``), under a
-random name (the client's file name is never used), and deleted as soon as the request is done.
+Uploads up to ``MEMORY_BODY_BYTES`` (1 MiB: about a minute of FLAC at 16 kHz) stay in memory and are decoded
+there. Larger ones are written only to a private folder (``tempfile.mkdtemp``, mode 0700; ``app.state.upload_dir``),
+under a random name (the client's file name is never used), and deleted as soon as the request is done.
 
 Micro-batching: decoded clips go into a bounded ``asyncio.Queue``; one worker task takes what is queued, waits up
 to ``max_wait_ms`` for requests still being received or decoded to join (up to ``max_batch``), runs one forward
@@ -41,6 +42,7 @@ by size.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import shutil
@@ -65,6 +67,8 @@ log = logging.getLogger("audioclf.serving")
 
 STATIC = Path(__file__).resolve().parent / "static"
 FORWARD_BATCH = 64  # windows per model call, as audioclf.inference.clip_logits
+MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
+INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size are decoded on the event loop (< ~1 ms)
 _SUFFIXES = {  # content type -> temp-file suffix (a hint for the decoders; content is probed anyway)
     "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/vnd.wave": ".wav",
     "audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg", "audio/opus": ".opus",
@@ -252,13 +256,35 @@ def _window_starts(n: int, length: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------------- request bodies
 
+class _Spool:
+    """Collect an upload in memory; past ``MEMORY_BODY_BYTES`` move it to a file from ``open_file()``."""
+
+    def __init__(self, open_file):
+        self._open_file, self.buffer, self.file = open_file, bytearray(), None
+
+    def write(self, data: bytes) -> None:
+        if self.file is None and len(self.buffer) + len(data) <= MEMORY_BODY_BYTES:
+            self.buffer += data
+            return
+        if self.file is None:
+            self.file = self._open_file()
+            self.file.write(self.buffer)
+            self.buffer = bytearray()
+        self.file.write(data)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
 class _Upload:
-    """Stream a request body into a private temp file, counting bytes; multipart or raw."""
+    """Receive a request body (multipart or raw), counting bytes: in memory, or spooled to a private temp file."""
 
     def __init__(self, request: Request, upload_dir: str, max_bytes: int):
         self.request, self.upload_dir, self.max_bytes = request, upload_dir, max_bytes
-        self.path: str | None = None
-        self.size = 0  # audio bytes written
+        self.path: str | None = None  # the temp file, when the body was spooled to one
+        self.data = b""  # the body, when it stayed in memory
+        self.size = 0  # audio bytes received
 
     def _check_length(self) -> None:
         header = self.request.headers.get("content-length")
@@ -291,8 +317,8 @@ class _Upload:
         self.path = f.name
         return f
 
-    async def receive(self) -> str:
-        """Write the audio to a temp file; returns its path (also kept in ``self.path`` for cleanup)."""
+    async def receive(self):
+        """Receive the audio: returns its bytes, or the path of the temp file it was spooled to."""
         from python_multipart.multipart import parse_options_header
 
         self._check_length()
@@ -301,14 +327,18 @@ class _Upload:
         if ctype == "multipart/form-data":
             await self._multipart(params.get(b"boundary"))
         else:
-            with self._open(ctype) as f:
+            spool = _Spool(lambda: self._open(ctype))
+            try:
                 async for chunk in self._chunks():
-                    f.write(chunk)
+                    spool.write(chunk)
                     self.size += len(chunk)
+            finally:
+                spool.close()
+            self.data = bytes(spool.buffer)
             if self.size == 0:
                 raise ApiError(400, "empty_body", "the request body is empty: send audio as the body or as the "
                                                   "multipart field 'file'")
-        return self.path
+        return self.path or self.data
 
     async def _multipart(self, boundary: bytes | None) -> None:
         from python_multipart.exceptions import MultipartParseError
@@ -337,7 +367,7 @@ class _Upload:
             if opts.get(b"name") == b"file" and not state["found"]:
                 ctype, _ = parse_options_header(state["headers"].get(b"content-type", b""))
                 state["found"] = state["writing"] = True
-                state["file"] = self._open(ctype.decode("latin-1").lower())
+                state["file"] = _Spool(lambda: self._open(ctype.decode("latin-1").lower()))
 
         def on_part_data(data, start, end):
             if state["writing"]:
@@ -348,6 +378,7 @@ class _Upload:
             if state["writing"]:
                 state["writing"] = False
                 state["file"].close()
+                self.data = bytes(state["file"].buffer)
 
         def on_end():
             state["ended"] = True
@@ -373,6 +404,7 @@ class _Upload:
             raise ApiError(400, "empty_body", "the uploaded file is empty")
 
     def remove(self) -> None:
+        self.data = b""
         if self.path is not None:
             try:
                 os.unlink(self.path)
@@ -381,8 +413,9 @@ class _Upload:
             self.path = None
 
 
-def _decode(path: str, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Mono float32 at ``sample_rate``, streamed so a long file is refused before it is all in memory."""
+def _decode(path, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """Mono float32 at ``sample_rate`` from a path or bytes, streamed so long audio is refused before it is all
+    decoded."""
     limit = int(max_seconds * sample_rate)
     try:
         declared = audio_info(path).duration
@@ -532,10 +565,11 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         batcher.announce()
         queued = False
         try:
-            path = await upload.receive()
-            loop = asyncio.get_running_loop()
-            try:
-                clip = await loop.run_in_executor(None, _decode, path, clf.sample_rate, max_seconds)
+            source = await upload.receive()
+            decode = functools.partial(_decode, source, clf.sample_rate, max_seconds)
+            try:  # a small upload is decoded right here: cheaper than a hop to a worker thread
+                inline = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
+                clip = decode() if inline else await asyncio.get_running_loop().run_in_executor(None, decode)
             except AudioDecodeError as e:
                 raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
             except ApiError:

@@ -30,6 +30,8 @@ class TrainConfig:
     mixup: float = field(default=0.3, metadata={"help": "mixup Beta alpha; 0 disables"})
     specaugment: bool = field(default=True, metadata={"help": "SpecAugment masks"})
     augment: bool = field(default=True, metadata={"help": "all waveform/spectrogram augmentation"})
+    aug: str | None = field(default=None, metadata={"help": "augmentation overrides KEY=VALUE[,KEY=VALUE] "
+                                                         "(AugmentConfig fields, e.g. gain_db=6,mixstyle_prob=0)"})
     noise_dir: str | None = field(default=None, metadata={"help": "folder of background-noise audio for augmentation"})
     init_from: str | None = field(default=None, metadata={"help": "run folder to fine-tune from (new head)"})
     freeze_backbone: bool = field(default=False, metadata={"help": "train the head alone (with --init-from)"})

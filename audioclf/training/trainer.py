@@ -72,11 +72,11 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int) -> dict:
 
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
     if not cfg.augment:
-        return AugmentConfig.off()
+        return AugmentConfig.off().with_overrides(cfg.aug)
     base = AugmentConfig(mixup_alpha=cfg.mixup)
     if not cfg.specaugment:
         base = AugmentConfig(**{**base.to_dict(), "freq_masks": 0, "time_masks": 0})
-    return base
+    return base.with_overrides(cfg.aug)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -148,6 +148,7 @@ def train(data, out, **settings) -> dict:
     ``settings`` are :class:`TrainConfig` fields.
     """
     cfg = TrainConfig(**settings)
+    augment = augment_config(cfg)  # a bad --aug fails here, before any work
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -164,7 +165,9 @@ def train(data, out, **settings) -> dict:
         cfg.sample_rate, cfg.clip_seconds = source.sample_rate, cfg.clip_seconds or source.clip_seconds
     labels, multilabel = manifest.labels, manifest.multilabel
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, cfg.seed)
-    print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label")
+    print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label"
+          + ("; validation shares train's groups (the test fold does, or train has under 10 groups)"
+             if split.val_shares_groups else ""))
     init = init_from_run(cfg.init_from) if cfg.init_from else None
     if init:  # a fine-tune keeps the source run's audio settings and architecture
         settings_from = init.config
@@ -196,7 +199,7 @@ def train(data, out, **settings) -> dict:
 
     # --- model, optimiser
     frontend = FrontendConfig(sample_rate=sr, n_mels=cfg.n_mels)
-    model = create_model(s["model"], len(labels), frontend, augment_config(cfg), **s["model_args"])
+    model = create_model(s["model"], len(labels), frontend, augment, **s["model_args"])
     if init:
         init.apply(model, cfg.freeze_backbone)
     model.to(device)
