@@ -150,7 +150,21 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float) -> tuple[torch.Tensor,
     return x_mix, y_mix
 
 
-class WaveformAugment(nn.Module):
+class TrainingOnly(nn.Module):
+    """Base of the augmentation modules: :meth:`augment` in training mode, the identity in eval mode."""
+
+    def __init__(self, config: AugmentConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.augment(x) if self.training else x
+
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class WaveformAugment(TrainingOnly):
     """Training-only waveform augmentations; identity in eval mode.
 
     Background noise comes from ``noise_bank`` (``(clips, samples)``, set with :meth:`set_noise`) or,
@@ -158,8 +172,7 @@ class WaveformAugment(nn.Module):
     """
 
     def __init__(self, config: AugmentConfig, sample_rate: int):
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         self.sample_rate = sample_rate
         self.register_buffer("noise_bank", torch.zeros(0, 0), persistent=False)
 
@@ -177,10 +190,8 @@ class WaveformAugment(nn.Module):
         start = torch.randint(0, bank.shape[1] - n + 1, ()).item()
         return bank[:, start:start + n]
 
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+    def augment(self, wave: torch.Tensor) -> torch.Tensor:
         c = self.config
-        if not self.training:
-            return wave
         if c.speed > 0:
             wave = speed_perturb(wave, c.speed)
         if c.shift_seconds > 0:
@@ -196,18 +207,12 @@ class WaveformAugment(nn.Module):
         return wave
 
 
-class ChannelAugment(nn.Module):
+class ChannelAugment(TrainingOnly):
     """FilterAugment and Freq-MixStyle on log-mel ``(batch, n_mels, frames)`` before normalisation: robustness to
-    the recording channel (microphone, room, level). Identity in eval mode."""
+    the recording channel (microphone, room colouring)."""
 
-    def __init__(self, config: AugmentConfig):
-        super().__init__()
-        self.config = config
-
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+    def augment(self, spec: torch.Tensor) -> torch.Tensor:
         c = self.config
-        if not self.training:
-            return spec
         if c.filter_db > 0:
             spec = filter_augment(spec, c.filter_db)
         if c.mixstyle_prob > 0 and spec.shape[0] > 1 and torch.rand(()).item() < c.mixstyle_prob:
@@ -215,16 +220,10 @@ class ChannelAugment(nn.Module):
         return spec
 
 
-class SpecAugment(nn.Module):
-    """Frequency and time masks on ``(batch, n_mels, frames)``; identity in eval mode."""
+class SpecAugment(TrainingOnly):
+    """Frequency and time masks on ``(batch, n_mels, frames)``."""
 
-    def __init__(self, config: AugmentConfig):
-        super().__init__()
-        self.config = config
-
-    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+    def augment(self, spec: torch.Tensor) -> torch.Tensor:
         c = self.config
-        if not self.training:
-            return spec
         spec = mask_along(spec, 1, c.freq_masks, int(c.freq_mask_width * spec.shape[1]))
         return mask_along(spec, 2, c.time_masks, int(c.time_mask_width * spec.shape[2]))

@@ -151,6 +151,9 @@ def _check_arg_value(value, where: str, depth: int = 0) -> list[str]:
     return [f"key '{where}' must be a JSON scalar or a list of them, got {type(value).__name__}"]
 
 
+_FRONTEND_ADDED = {"level_norm": False}  # front-end settings added later: what runs saved before them used
+
+
 def _check_frontend(fe) -> list[str]:
     from .features import FrontendConfig
 
@@ -159,9 +162,11 @@ def _check_frontend(fe) -> list[str]:
     allowed = [f.name for f in fields(FrontendConfig)]
     errors = [f"key 'frontend.{k}' is not a front-end setting (allowed: {', '.join(allowed)})"
               for k in fe if k not in allowed]
-    errors += [f"key 'frontend.{k}' is missing" for k in allowed if k not in fe]
+    errors += [f"key 'frontend.{k}' is missing" for k in allowed if k not in fe and k not in _FRONTEND_ADDED]
     if errors:
         return errors
+    if not isinstance(fe.get("level_norm", False), bool):
+        errors.append(f"key 'frontend.level_norm' must be true or false, got {fe['level_norm']!r}")
     errors += _check_number(fe, "sample_rate", "frontend.", 100, 400_000, integer=True)
     errors += _check_number(fe, "n_mels", "frontend.", 1, 512, integer=True)
     errors += _check_number(fe, "win_ms", "frontend.", 1, 1000)
@@ -270,6 +275,7 @@ def read_config(run_dir) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise CheckpointError(run, f"cannot read {CONFIG_NAME}: {e}") from e
     validate_config(config, run)
+    config["frontend"] = {**_FRONTEND_ADDED, **config["frontend"]}
     return config
 
 

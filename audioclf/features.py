@@ -64,6 +64,7 @@ class FrontendConfig:
     hop_ms: float = 10.0
     f_min: float = 0.0
     f_max: float | None = None
+    level_norm: bool = True  # subtract each window's loudest-frame level (normalize_level): gain-invariant input
 
     @property
     def win_length(self) -> int:
@@ -83,6 +84,13 @@ class FrontendConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def normalize_level(spec: torch.Tensor) -> torch.Tensor:
+    """Shift each example's natural-log mel power ``(batch, n_mels, frames)`` so that its loudest frame has a total
+    power of 1 (0 dB). A recording's gain then no longer matters (down to the 1e-6 floor of :class:`LogMel`), and
+    silence or padding does not move the reference, as it would move a mean."""
+    return spec - torch.logsumexp(spec, dim=1).amax(dim=1)[:, None, None]
 
 
 class LogMel(nn.Module):

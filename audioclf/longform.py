@@ -194,7 +194,7 @@ def _spectrogram_windows(frontend, blocks, win: int, hop: int):
         if g_last >= g_next and total - a > half:
             with torch.inference_mode():
                 segment = torch.from_numpy(buf[a - buf_start:])[None].to(device)
-                frames = frontend(segment)[0, 0].float().cpu().numpy()
+                frames = frontend.spectrogram(segment)[0].float().cpu().numpy()
             j0 = g_next - a // hl
             spec = np.concatenate([spec, frames[:, j0:j0 + g_last - g_next + 1]], axis=1)
         g_done = spec_start + spec.shape[1]

@@ -233,6 +233,7 @@ def test_unknown_top_level_keys_are_kept(saved_run):
     ({"frontend": {**FRONTEND.to_dict(), "n_mels": 100000}}, "frontend.n_mels"),
     ({"frontend": {**FRONTEND.to_dict(), "hop_ms": "10"}}, "frontend.hop_ms"),
     ({"frontend": {**FRONTEND.to_dict(), "f_max": 1e9}}, "frontend.f_max"),
+    ({"frontend": {**FRONTEND.to_dict(), "level_norm": "yes"}}, "frontend.level_norm"),
     ({"frontend": [8000, 32]}, "frontend"),
     ({"model_args": {"width": 1e9}}, "model_args.width"),
     ({"model_args": {"channels": [8, {"x": 1}]}}, "model_args.channels[1]"),
@@ -262,6 +263,24 @@ def test_config_accepts_thresholds_and_null_f_max(saved_run, tmp_path):
     rewrite_config(run, thresholds=[0.5, 0.25, 1], task="multi_label")
     cfg = read_config(run)
     assert cfg["thresholds"] == [0.5, 0.25, 1] and cfg["frontend"]["f_max"] is None
+
+
+def test_run_saved_before_level_norm_loads_without_it(tmp_path):
+    """A config.json written before the level normalisation existed has no frontend.level_norm: it loads with
+    the normalisation off, as the run was trained, and gives that model's logits."""
+    torch.manual_seed(0)
+    model = create_model("cnn", 3, frontend=FrontendConfig(sample_rate=8000, n_mels=32, level_norm=False),
+                         augment=AugmentConfig.off(), width=0.25).eval()
+    save_run(tmp_path, model, run_config())
+    cfg = json.loads((tmp_path / CONFIG_NAME).read_text())
+    del cfg["frontend"]["level_norm"]
+    (tmp_path / CONFIG_NAME).write_text(json.dumps(cfg))
+    assert read_config(tmp_path)["frontend"]["level_norm"] is False
+    loaded, _ = load_run(tmp_path)
+    assert loaded.frontend.config.level_norm is False
+    x = torch.randn(2, SAMPLES)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), model(x))
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]", ""])

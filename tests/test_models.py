@@ -177,6 +177,23 @@ def test_augmentation_only_in_training_mode(name):
         assert not torch.allclose(on(x), on(x))
 
 
+@pytest.mark.parametrize("name", ["cnn", "mobilenet"])
+def test_level_norm_makes_predictions_gain_invariant(name):
+    torch.manual_seed(0)
+    x = waves(batch=3) + 0.3 * torch.randn(3, SAMPLES)  # tones in noise, whose quietest mel bins are ~7e-3
+    gains = (1.0, 10.0, 100.0)  # 0, +20, +40 dB: the 1e-6 floor of the log-mel stays out of the way
+    model = create_model(name, 4, FRONTEND, AugmentConfig.off(), **small_kwargs(name)).eval()
+    plain = Frontend(FrontendConfig(sample_rate=SR, n_mels=32, level_norm=False), AugmentConfig.off()).eval()
+    with torch.no_grad():
+        inputs = [model.frontend(x * g) for g in gains]
+        logits = [model(x * g) for g in gains]
+        unnormalised = [plain(x * g) for g in gains]
+    for i in (1, 2):
+        assert torch.allclose(inputs[i], inputs[0], atol=1e-3)
+        assert torch.allclose(logits[i], logits[0], atol=1e-3)
+        assert (unnormalised[i] - unnormalised[0]).abs().mean() > 1.0  # without it, the gain shows
+
+
 def test_frontend_augmentations_only_in_training_mode():
     x = waves(batch=4)
     front = Frontend(FRONTEND, AugmentConfig(noise_prob=1.0))

@@ -11,14 +11,19 @@ import torch
 from torch import nn
 
 from ..augment import AugmentConfig, ChannelAugment, SpecAugment, WaveformAugment
-from ..features import FrontendConfig, LogMel, mel_filterbank
+from ..features import FrontendConfig, LogMel, mel_filterbank, normalize_level
 
 
 class Frontend(nn.Module):
-    """Waveform ``(batch, samples)`` -> normalised log-mel ``(batch, 1, n_mels, frames)``.
+    """Waveform ``(batch, samples)`` -> normalised log-mel ``(batch, 1, n_mels, frames)``, in two steps:
 
-    Input normalisation is a per-mel-bin batch norm (learned statistics, frozen in eval mode).
-    In training mode it applies waveform augmentation, filter-bank jitter, channel augmentation and SpecAugment.
+    * :meth:`spectrogram`: log-mel, with waveform augmentation, filter-bank jitter and channel augmentation in
+      training mode; frame by frame, so long-recording inference computes it once per block and slices it;
+    * :meth:`normalise`: per window, the level normalisation (``config.level_norm``), a per-mel-bin batch norm
+      (learned statistics, frozen in eval mode) and, in training mode, SpecAugment.
+
+    ``forward`` also takes a 4-D ``(batch, 1, n_mels, frames)`` slice of :meth:`spectrogram` output and only
+    normalises it (``AudioClassifier.forward_spectrogram``).
     """
 
     def __init__(self, config: FrontendConfig, augment: AugmentConfig = AugmentConfig()):
@@ -32,20 +37,22 @@ class Frontend(nn.Module):
         if augment.fb_jitter > 0:
             self.register_buffer("jittered_fb", _jittered_filterbanks(config, augment.fb_jitter), persistent=False)
 
-    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        if waveform.dim() == 4:  # already this front end's output (AudioClassifier.forward_spectrogram)
-            return waveform
+    def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
+        """``(batch, samples)`` -> natural-log mel power ``(batch, n_mels, frames)`` (augmented in training)."""
         waveform = self.wave_augment(waveform)
         fb = None
         if self.training and hasattr(self, "jittered_fb"):
             fb = self.jittered_fb[torch.randint(0, self.jittered_fb.shape[0], ()).item()]
-        spec = self.channel_augment(self.logmel(waveform, fb))
-        import os
-        if os.environ.get("AC_LEVELNORM"):
-            ref = torch.logsumexp(spec, dim=1).amax(dim=1)  # (batch,) log power of the loudest frame
-            spec = spec - ref[:, None, None]
-        spec = self.spec_augment(self.norm(spec))
-        return spec.unsqueeze(1)
+        return self.channel_augment(self.logmel(waveform, fb))
+
+    def normalise(self, spec: torch.Tensor) -> torch.Tensor:
+        """One window's ``(batch, n_mels, frames)`` log-mel -> model input ``(batch, 1, n_mels, frames)``."""
+        if self.config.level_norm:
+            spec = normalize_level(spec)
+        return self.spec_augment(self.norm(spec)).unsqueeze(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.normalise(x[:, 0] if x.dim() == 4 else self.spectrogram(x))
 
 
 def _jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 16) -> torch.Tensor:
@@ -96,10 +103,11 @@ class AudioClassifier(nn.Module):
         return self.forward_head(self.forward_features(waveform))
 
     def forward_spectrogram(self, spec: torch.Tensor) -> torch.Tensor:
-        """Logits from a precomputed front-end output ``(batch, 1, n_mels, frames)`` (``self.frontend(waveform)``),
-        skipping the front end: long-recording inference computes the spectrogram once per block and slices it.
-        Relies on ``forward_features`` passing its input through ``self.frontend`` first (every model here does;
-        ``Frontend`` passes a 4-D input through unchanged); a model that does not must override this."""
+        """Logits from windows ``(batch, 1, n_mels, frames)`` sliced from ``self.frontend.spectrogram(waveform)``:
+        long-recording inference computes the spectrogram once per block and slices it; each window is then
+        normalised on its own, as a clip would be. Relies on ``forward_features`` passing its input through
+        ``self.frontend`` first (every model here does; ``Frontend`` only normalises a 4-D input); a model that
+        does not must override this."""
         return self.forward_head(self.forward_features(spec))
 
     def reset_classifier(self, num_classes: int) -> None:

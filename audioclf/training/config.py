@@ -22,6 +22,8 @@ class TrainConfig:
     sample_rate: int | None = field(default=None, metadata={"help": "audio sample rate in Hz"})
     clip_seconds: float | None = field(default=None, metadata={"help": "training window length in seconds"})
     n_mels: int = field(default=64, metadata={"help": "mel bands"})
+    level_norm: bool = field(default=True, metadata={"help": "normalise each window's level (loudest frame at "
+                                                             "0 dB): predictions that do not depend on gain"})
     pattern: str | None = field(default=None, metadata={"help": "regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths"})
     test_fold: str | None = field(default=None, metadata={"help": "declared fold used as the test set"})
     test_fraction: float = field(default=0.2, metadata={"help": "stratified hold-out test fraction when no --test-fold"})

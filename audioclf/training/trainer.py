@@ -173,6 +173,7 @@ def train(data, out, **settings) -> dict:
         settings_from = init.config
         cfg.sample_rate, cfg.clip_seconds = settings_from["frontend"]["sample_rate"], settings_from["clip_seconds"]
         cfg.model, cfg.n_mels = settings_from["model"], settings_from["frontend"]["n_mels"]
+        cfg.level_norm = settings_from["frontend"].get("level_norm", False)
     s = resolve_settings(cfg, manifest, len(split.train))
     if init:
         s["model_args"] = dict(init.config["model_args"])
@@ -198,7 +199,7 @@ def train(data, out, **settings) -> dict:
     audio_of = lambda idx: [clips[manifest.items[i].path] for i in idx]  # noqa: E731
 
     # --- model, optimiser
-    frontend = FrontendConfig(sample_rate=sr, n_mels=cfg.n_mels)
+    frontend = FrontendConfig(sample_rate=sr, n_mels=cfg.n_mels, level_norm=cfg.level_norm)
     model = create_model(s["model"], len(labels), frontend, augment, **s["model_args"])
     if init:
         init.apply(model, cfg.freeze_backbone)
