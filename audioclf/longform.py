@@ -12,10 +12,10 @@ a single zero-padded, centred window.
 Back ends:
 
 * PyTorch (an ``audioclf.inference.Classifier``, a run folder, or a bare model): the front end runs **once per
-  block** and the backbone gets slices of that spectrogram (``AudioClassifier.forward_spectrogram``). The front
-  end is frame-local (STFT frame -> log-mel -> per-mel-bin normalisation), and each block is computed with enough
-  context that every frame equals the frame of one whole-file spectrogram, so the scores do not depend on
-  ``block_s``. They differ slightly from running the model on each window's waveform: a window's own centred STFT
+  block** (``Frontend.spectrogram``: STFT frame -> log-mel, frame-local) and each window's slice of it is then
+  normalised on its own (``Frontend.normalise``: level normalisation, batch norm) and classified
+  (``AudioClassifier.forward_spectrogram``). Each block is computed with enough context that every frame equals
+  the frame of one whole-file spectrogram, so the scores do not depend on ``block_s``. They differ slightly from running the model on each window's waveform: a window's own centred STFT
   reflect-pads its first and last ``n_fft // 2`` samples, while the slice holds the real neighbouring audio in
   those edge frames (``n_fft // 2 // hop_length + 1`` frames at each end: 2 + 2 of the 76 frames of a 0.75 s window
   at 8 kHz, 25 ms / 10 ms). Measured: scores within 0.02 of the per-window ones, same top label. A window whose
