@@ -27,7 +27,9 @@ class Classifier(Predictor):
     """A trained model with its labels and audio settings. Build with :func:`load`."""
 
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu"):
-        self.model, self.config, self.device = model.to(device).eval(), config, device
+        # channels-last activations: the CPU convolutions run ~1.5x faster on batches (bench/pipeline.py)
+        self.model = model.to(device, memory_format=torch.channels_last).eval()
+        self.config, self.device = config, device
         self.labels: list[str] = config["labels"]
         self.sample_rate: int = config["frontend"]["sample_rate"]
         self.clip_samples = int(round(config["clip_seconds"] * self.sample_rate))

@@ -203,7 +203,7 @@ def train(data, out, **settings) -> dict:
     model = create_model(s["model"], len(labels), frontend, augment, **s["model_args"])
     if init:
         init.apply(model, cfg.freeze_backbone)
-    model.to(device)
+    model.to(device, memory_format=torch.channels_last)  # ~1.5x faster conv training steps on CPU
     if cfg.noise_dir:
         model.frontend.wave_augment.set_noise(load_noise_bank(cfg.noise_dir, sr, clip_samples, cache))
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
@@ -321,6 +321,7 @@ def train(data, out, **settings) -> dict:
 
     # --- test the best checkpoint
     best_model, config = load_run(run, device)
+    best_model.to(memory_format=torch.channels_last)
     report = {}
     if test_idx:
         logits = clip_logits(best_model, audio_of(test_idx), clip_samples, device=device)
