@@ -102,9 +102,11 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
     clip_samples = TARGET_SR  # 1 s windows
     labels = np.eye(10, dtype=np.float32)[[int(Path(f).name[0]) for f in files]]
 
-    def make_model():
+    def make_model(channels_last: bool = True):
+        """As ``audioclf train`` builds it (channels-last); the naive recipe keeps the default layout."""
         torch.manual_seed(0)
-        return create_model(name, 10, cfg, **args).train()
+        model = create_model(name, 10, cfg, **args).train()
+        return model.to(memory_format=torch.channels_last) if channels_last else model
 
     def run_steps(model, batches, warmup: int = 2):
         """Training clips/s over ``steps`` steps, loading included, after ``warmup`` untimed steps."""
@@ -130,7 +132,7 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
         model = make_model()
         ours = run_steps(model, cycle(loader))
 
-    naive_model = make_model()
+    naive_model = make_model(channels_last=False)
     backbone = naive_model.body  # the same network, fed the precomputed spectrograms
 
     class SpecModel(torch.nn.Module):
