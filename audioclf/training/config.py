@@ -13,7 +13,7 @@ class TrainConfig:
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
     batch_size: int | None = field(default=None, metadata={"help": "examples per optimiser step"})
     lr: float = field(default=3e-3, metadata={"help": "peak learning rate (AdamW)"})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay (not on norms and biases)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length in epochs"})
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing (single-label)"})
     ema_decay: float = field(default=0.995, metadata={"help": "weight EMA decay; 0 disables the EMA"})
