@@ -93,13 +93,14 @@ class _Backend:
 
 
 def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float | None = None,
-         block_s: float = 60.0, batch_size: int = 32, *, reuse_spectrogram: bool = True,
+         block_s: float = 60.0, batch_size: int | None = None, *, reuse_spectrogram: bool = True,
          multilabel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Score a long recording window by window; returns ``(times (n, 2) seconds, scores (n, classes))``.
 
     ``window_s`` defaults to the model's clip length, ``hop_s`` to half a window (rounded to whole STFT frames),
-    ``block_s`` is the streaming
-    block (memory ~ block, not file). ``multilabel`` overrides the run's task (a bare model defaults to softmax).
+    ``block_s`` is the streaming block (memory ~ block, not file), ``batch_size`` the windows per forward pass
+    (default: :func:`audioclf.inference.inference_batch_size` for torch, 32 for ONNX). ``multilabel`` overrides the
+    run's task (a bare model defaults to softmax).
     """
     backend = _Backend(model_or_predictor, multilabel)
     sr = backend.sample_rate
@@ -107,6 +108,10 @@ def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float |
         if backend.clip_seconds is None:
             raise ValueError("window_s is required for a bare model (it has no run config)")
         window_s = backend.clip_seconds
+    if batch_size is None and backend.model is not None and window_s > 0:
+        from .inference import inference_batch_size
+        batch_size = inference_batch_size(backend.model, int(round(window_s * sr)), backend.device)
+    batch_size = 32 if batch_size is None else batch_size
     if window_s <= 0 or (hop_s is not None and hop_s <= 0) or block_s <= 0 or batch_size < 1:
         raise ValueError(f"window_s, hop_s, block_s and batch_size must be positive "
                          f"(got {window_s}, {hop_s}, {block_s}, {batch_size})")

@@ -433,3 +433,15 @@ def test_forward_gflops_scales_with_audio_length():
     two = forward_gflops(model, SR, 2.0)
     assert one > 0
     assert 1.7 < two / one < 2.3
+
+
+def test_inference_batch_size_keeps_cpu_batches_in_cache():
+    from audioclf.inference import CPU_BATCH_CELLS, inference_batch_size
+    model = build("cnn")  # 32 mels
+    frames = FRONTEND.frames(SAMPLES)
+    size = inference_batch_size(model, SAMPLES, "cpu")
+    assert size == min(64, CPU_BATCH_CELLS // (32 * frames))
+    assert size * 32 * frames <= CPU_BATCH_CELLS < (size + 1) * 32 * frames or size == 64
+    assert inference_batch_size(model, SR * 600, "cpu") == 1  # ten-minute windows: one at a time
+    assert inference_batch_size(model, SAMPLES, "cuda") == 64  # accelerators are not capped
+    assert inference_batch_size(torch.nn.Linear(2, 2), SAMPLES, "cpu") == 64  # no front end to size it by

@@ -44,7 +44,7 @@ def summary_line(report: dict) -> str:
 
 
 def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None, out=None,
-             cache_dir=None, device: str = "cpu", batch_size: int = 64) -> dict:
+             cache_dir=None, device: str = "cpu", batch_size: int | None = None) -> dict:
     """Evaluate the run on ``data`` (all of it, or its ``test_fold``); write the report to ``out``
     (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning."""
     from ..data.cache import AudioCache

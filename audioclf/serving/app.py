@@ -67,7 +67,6 @@ from ..data.windows import windows
 log = logging.getLogger("audioclf.serving")
 
 STATIC = Path(__file__).resolve().parent / "static"
-FORWARD_BATCH = 64  # windows per model call, as audioclf.inference.clip_logits
 SMALL_BATCH = 4  # on a CPU, fewer windows than this run on one intra-op thread (see Batcher._forward)
 MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
 INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size are decoded on the event loop (< ~1 ms)
@@ -218,7 +217,7 @@ class Batcher:
         """One forward pass over every window of every clip; scores as ``Classifier.scores`` computes them."""
         import torch
 
-        from ..inference import scores_from_logits
+        from ..inference import inference_batch_size, scores_from_logits
 
         clf = self.classifier
         length = clf.clip_samples
@@ -231,9 +230,10 @@ class Batcher:
             # A lone clip gains nothing from a second intra-op thread but pays for its synchronisation, and takes
             # the core the event loop needs: one thread measured 1.5x the requests/s at concurrency 1.
             torch.set_num_threads(1 if len(stacked) < SMALL_BATCH else self._threads)
+        chunk = inference_batch_size(clf.model, length, clf.device)  # windows per model call
         with torch.inference_mode():
-            for start in range(0, len(stacked), FORWARD_BATCH):
-                x = torch.from_numpy(stacked[start:start + FORWARD_BATCH]).to(clf.device)
+            for start in range(0, len(stacked), chunk):
+                x = torch.from_numpy(stacked[start:start + chunk]).to(clf.device)
                 parts.append(clf.model(x).float().cpu().numpy())
         logits = np.concatenate(parts)
         sums = np.zeros((len(batch), logits.shape[1]))
