@@ -39,18 +39,22 @@ class AugmentConfig:
 
     @classmethod
     def off(cls) -> "AugmentConfig":
-        return cls(**{f.name: 0 for f in fields(cls) if f.name != "snr_db"})
+        return cls(**{f.name: type(f.default)(0) for f in fields(cls) if f.name != "snr_db"})
 
     def with_overrides(self, text: str | None) -> "AugmentConfig":
         """Apply ``"key=value,key=value"`` overrides (the ``--aug`` flag); unknown keys raise ``ValueError``."""
         values = self.to_dict()
+        kinds = {f.name: type(f.default) for f in fields(self)}  # int counts, float strengths
         for item in filter(None, (part.strip() for part in (text or "").split(","))):
             key, sep, value = item.partition("=")
             key = key.strip()
             if not sep or key not in values or key == "snr_db":
                 known = ", ".join(k for k in values if k != "snr_db")
                 raise ValueError(f"bad augmentation override {item!r}: expected KEY=VALUE with KEY one of {known}")
-            values[key] = type(values[key])(float(value))
+            try:
+                values[key] = kinds[key](float(value))
+            except ValueError:
+                raise ValueError(f"bad augmentation override {item!r}: {value.strip()!r} is not a number") from None
         return AugmentConfig(**values)
 
 
@@ -129,7 +133,7 @@ def freq_mixstyle(spec: torch.Tensor, alpha: float, eps: float = 1e-6) -> torch.
     with statistics mixed with a random partner's, ``Beta(alpha, alpha)`` weighted. Swaps channel colouration
     between examples while keeping their content. ``spec``: ``(batch, n_mels, frames)``."""
     mu = spec.mean(dim=2, keepdim=True).detach()
-    sigma = (spec.var(dim=2, keepdim=True) + eps).sqrt().detach()
+    sigma = (spec.var(dim=2, keepdim=True, correction=0) + eps).sqrt().detach()  # defined for one frame too
     lam = torch.distributions.Beta(alpha, alpha).sample((spec.shape[0], 1, 1)).to(spec.device)
     perm = torch.randperm(spec.shape[0], device=spec.device)
     mixed_mu = lam * mu + (1 - lam) * mu[perm]

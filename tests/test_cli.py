@@ -284,6 +284,24 @@ def test_training_on_only_corrupt_files_fails_clearly(tmp_path):
     assert rc == 2 and "no usable audio files" in err
 
 
+@pytest.mark.parametrize("aug, words", [("rm_rf=1", "expected KEY=VALUE with KEY one of"),
+                                         ("gain_db=loud", "'loud' is not a number"), ("gain_db", "KEY=VALUE")])
+def test_bad_augmentation_override_fails_before_any_work(tmp_path, aug, words):
+    run = tmp_path / "run"
+    rc, _, err = run_cli("train", tmp_path / "no-such-data", "--out", run, "--aug", aug)
+    assert rc != 0 and f"bad augmentation override" in err and words in err
+    assert not run.exists()  # refused before the run folder or the data are touched
+
+
+def test_augmentation_overrides_reach_the_model(tmp_path):
+    from audioclf.training.config import TrainConfig
+    from audioclf.training.trainer import augment_config
+    cfg = augment_config(TrainConfig(aug="gain_db=6, mixstyle_prob=0,freq_masks=3"))
+    assert (cfg.gain_db, cfg.mixstyle_prob, cfg.freq_masks) == (6.0, 0.0, 3)
+    assert augment_config(TrainConfig(augment=False, aug="noise_prob=0.5")).noise_prob == 0.5  # on top of all-off
+    assert augment_config(TrainConfig(augment=False, aug="noise_prob=0.5")).gain_db == 0
+
+
 # ------------------------------------------------------------------------------------ (c) fine-tuning
 
 

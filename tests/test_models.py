@@ -337,6 +337,7 @@ def test_freq_mixstyle_keeps_content_and_mixes_statistics():
     mu, mu_out = spec.mean(2), out.mean(2)  # (batch, bins): a convex mix of two examples' means
     assert (mu_out >= mu.amin(0) - 1e-4).all() and (mu_out <= mu.amax(0) + 1e-4).all()
     assert not torch.allclose(mu_out, mu, atol=1e-2)
+    assert torch.isfinite(freq_mixstyle(torch.randn(4, 8, 1), 0.3)).all()  # a one-frame clip: no NaN
 
 
 def test_channel_augment_is_identity_in_eval_mode_and_switchable():
