@@ -237,13 +237,16 @@ def _decode(path, mono) -> tuple[int, Iterator[np.ndarray]]:
     """Open ``path``; return (native rate, iterator of float32 (channels, n) blocks). The iterator
     raises AudioDecodeError for corrupt/truncated data, NaN/Inf samples or an empty stream."""
     _check_path(path)
+    opened = None
     try:
-        info = sf.info(_source(path))
-        sf_error = None if info.frames > 0 else "no frames"
+        opened = sf.SoundFile(_source(path))  # opened once: the header is parsed once
+        sf_error = None if opened.frames > 0 else "no frames"
     except Exception as e:
         sf_error = e
+    if sf_error is not None and opened is not None:
+        opened.close()
     if sf_error is None:
-        blocks = _sf_blocks(path, mono)
+        blocks = _sf_blocks(path, opened, mono)
     elif isinstance(sf_error, str) and importlib.util.find_spec("av") is None:
         raise AudioDecodeError(path, "contains no audio samples")
     else:  # unknown to libsndfile, or no frames there (e.g. an Ogg missing its last page)
@@ -282,9 +285,10 @@ def _to_layout(block: np.ndarray, mono: bool) -> np.ndarray:
     return np.ascontiguousarray(block, dtype=np.float32)
 
 
-def _sf_blocks(path, mono):
-    """Yield the rate, then blocks; raise if fewer frames than the header announces."""
-    with sf.SoundFile(_source(path)) as f:
+def _sf_blocks(path, f: sf.SoundFile, mono):
+    """From the open ``f`` (closed at the end): yield the rate, then blocks; raise if fewer frames than the header
+    announces."""
+    with f:
         yield f.samplerate
         expected = _declared_frames(path, f.subtype, f.channels)
         if expected is None:  # libsndfile's MP3 frame count is only an estimate without Xing

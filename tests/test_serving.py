@@ -328,6 +328,31 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
     assert not upload_dir.exists()  # removed at shutdown
 
 
+def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
+    """A small upload whose header declares a short clip is decoded inline; a small file that declares a long
+    recording (40 s of silence is a few KiB of FLAC) goes to a worker thread, so it cannot stall the server."""
+    threads = []
+    decode = serving_app._decode
+
+    def spy(source, *args):
+        try:
+            asyncio.get_running_loop()
+            threads.append(True)  # called on the event loop's thread
+        except RuntimeError:
+            threads.append(False)  # a worker thread has no running loop
+        return decode(source, *args)
+
+    monkeypatch.setattr(serving_app, "_decode", spy)
+    buf = io.BytesIO()
+    sf.write(buf, np.zeros(SR * 40, np.float32), SR, format="FLAC")
+    silence = buf.getvalue()
+    assert len(silence) < serving_app.INLINE_DECODE_BYTES
+    with TestClient(create_app(run)) as c:
+        assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
+        assert c.post("/v1/classify", content=silence).status_code == 200
+    assert threads == [True, False]
+
+
 def test_spool_moves_to_a_file_past_the_memory_limit(tmp_path, monkeypatch):
     monkeypatch.setattr(serving_app, "MEMORY_BODY_BYTES", 1000)
     chunks = [bytes([i]) * 600 for i in range(3)]

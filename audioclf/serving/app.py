@@ -69,7 +69,8 @@ log = logging.getLogger("audioclf.serving")
 STATIC = Path(__file__).resolve().parent / "static"
 SMALL_BATCH = 4  # on a CPU, fewer windows than this run on one intra-op thread (see Batcher._forward)
 MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
-INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size are decoded on the event loop (< ~1 ms)
+INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size and INLINE_DECODE_SECONDS long (as declared)
+INLINE_DECODE_SECONDS = 30.0     # are decoded on the event loop (well under a millisecond for a short clip)
 _SUFFIXES = {  # content type -> temp-file suffix (a hint for the decoders; content is probed anyway)
     "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/vnd.wave": ".wav",
     "audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg", "audio/opus": ".opus",
@@ -423,16 +424,22 @@ class _Upload:
             self.path = None
 
 
+def _declared_seconds(source, max_seconds: float) -> float | None:
+    """The duration the header declares (None when it cannot be read: decoding gives the reason); 413 when it
+    exceeds ``max_seconds``, before anything is decoded."""
+    try:
+        declared = audio_info(source).duration
+    except AudioDecodeError:
+        return None
+    if declared > max_seconds + 1e-6:
+        raise ApiError(413, "too_long", f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
+    return declared
+
+
 def _decode(path, sample_rate: int, max_seconds: float) -> np.ndarray:
     """Mono float32 at ``sample_rate`` from a path or bytes, streamed so long audio is refused before it is all
-    decoded."""
+    decoded (whatever the header declared)."""
     limit = int(max_seconds * sample_rate)
-    try:
-        declared = audio_info(path).duration
-    except AudioDecodeError:
-        declared = None  # read_audio / iter_blocks gives the real reason below
-    if declared is not None and declared > max_seconds + 1e-6:
-        raise ApiError(413, "too_long", f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
     blocks, total = [], 0
     for block in iter_blocks(path, sample_rate, max(1, sample_rate * 10)):
         blocks.append(block[0])
@@ -577,8 +584,12 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         try:
             source = await upload.receive()
             decode = functools.partial(_decode, source, clf.sample_rate, max_seconds)
-            try:  # a small upload is decoded right here: cheaper than a hop to a worker thread
-                inline = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
+            try:
+                declared = _declared_seconds(source, max_seconds)
+                # a small upload whose header declares a short clip is decoded right here, cheaper than a hop to a
+                # worker thread; anything else (or a header that says nothing) decodes off the event loop
+                inline = (isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
+                          and declared is not None and 0 < declared <= INLINE_DECODE_SECONDS)
                 clip = decode() if inline else await asyncio.get_running_loop().run_in_executor(None, decode)
             except AudioDecodeError as e:
                 raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
