@@ -43,7 +43,6 @@ on all of torch's threads.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import shutil
@@ -436,6 +435,13 @@ def _declared_seconds(source, max_seconds: float) -> float | None:
     return declared
 
 
+def _checked_decode(source, sample_rate: int, max_seconds: float, check_header: bool) -> np.ndarray:
+    """:func:`_declared_seconds` (when ``check_header``), then :func:`_decode`: the worker thread's part."""
+    if check_header:
+        _declared_seconds(source, max_seconds)
+    return _decode(source, sample_rate, max_seconds)
+
+
 def _decode(path, sample_rate: int, max_seconds: float) -> np.ndarray:
     """Mono float32 at ``sample_rate`` from a path or bytes, streamed so long audio is refused before it is all
     decoded (whatever the header declared)."""
@@ -583,14 +589,16 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         queued = False
         try:
             source = await upload.receive()
-            decode = functools.partial(_decode, source, clf.sample_rate, max_seconds)
             try:
-                declared = _declared_seconds(source, max_seconds)
                 # a small upload whose header declares a short clip is decoded right here, cheaper than a hop to a
-                # worker thread; anything else (or a header that says nothing) decodes off the event loop
-                inline = (isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
-                          and declared is not None and 0 < declared <= INLINE_DECODE_SECONDS)
-                clip = decode() if inline else await asyncio.get_running_loop().run_in_executor(None, decode)
+                # worker thread; anything else (a large file, a header that says nothing) off the event loop
+                small = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
+                declared = _declared_seconds(source, max_seconds) if small else None
+                if small and declared is not None and 0 < declared <= INLINE_DECODE_SECONDS:
+                    clip = _decode(source, clf.sample_rate, max_seconds)
+                else:
+                    clip = await asyncio.get_running_loop().run_in_executor(
+                        None, _checked_decode, source, clf.sample_rate, max_seconds, not small)
             except AudioDecodeError as e:
                 raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
             except ApiError:
