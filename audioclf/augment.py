@@ -11,7 +11,6 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,8 @@ def _check_frontend(fe) -> list[str]:
     errors += [f"key 'frontend.{k}' is missing" for k in allowed if k not in fe and k not in _FRONTEND_ADDED]
     if errors:
         return errors
-    if not isinstance(fe.get("level_norm", False), bool):
-        errors.append(f"key 'frontend.level_norm' must be true or false, got {fe['level_norm']!r}")
+    errors += [f"key 'frontend.{k}' must be {type(default).__name__}, got {fe[k]!r}"
+               for k, default in _FRONTEND_ADDED.items() if k in fe and type(fe[k]) is not type(default)]
     errors += _check_number(fe, "sample_rate", "frontend.", 100, 400_000, integer=True)
     errors += _check_number(fe, "n_mels", "frontend.", 1, 512, integer=True)
     errors += _check_number(fe, "win_ms", "frontend.", 1, 1000)

@@ -199,9 +199,9 @@ def cmd_serve(args) -> int:
         from .serving import create_app
     except ImportError as e:
         raise RuntimeError(f"serving needs the 'serve' extra (pip install 'audioclf[serve]'): {e}") from None
-    app = create_app(args.run, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
-                     max_body_mb=args.max_body_mb, max_seconds=args.max_seconds,
-                     micro_batching=args.micro_batching, top_k=args.top_k, device=args.device)
+    import inspect
+    settings = [name for name in inspect.signature(create_app).parameters if name != "run_dir"]  # one flag each
+    app = create_app(args.run, **{name: getattr(args, name) for name in settings})
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 

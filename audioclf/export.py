@@ -27,11 +27,10 @@ import torch
 
 from .checkpoint import load_run
 from .io_utils import write_atomic, write_json_atomic
+from .onnx_predictor import METADATA_KEY, ONNX_NAME  # the torch-free side owns the file's name and metadata key
 
 __all__ = ["ExportError", "export_onnx", "export_model", "onnx_metadata", "ONNX_NAME", "METADATA_KEY"]
 
-ONNX_NAME = "model.onnx"
-METADATA_KEY = "audioclf"
 INPUT_NAME, OUTPUT_NAME = "waveform", "logits"
 VERIFY_TOLERANCE = 1e-3  # max abs logit difference accepted by the post-export check
 
@@ -116,10 +115,10 @@ def _export(model, name: str, meta: dict, out: Path, opset: int, verify: bool) -
             failures.append(f"{exporter} exporter: {type(e).__name__}: {_first_line(e)}")
     else:
         raise ExportError(f"model {name} cannot be exported to ONNX: " + "; ".join(failures))
-    meta.update(exporter=exporter, opset=_opset_of(data))
+    meta["exporter"] = exporter
     if diff is not None:
         meta["verified_max_abs_diff"] = diff
-    data = _with_metadata(data, meta)
+    data = _with_metadata(data, meta)  # also records the graph's real opset in meta
     out.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(out, data)
     write_json_atomic(out.with_name(out.name + ".json"), meta)
@@ -149,17 +148,12 @@ def _export_bytes(model, dummy: torch.Tensor, opset: int, exporter: str) -> byte
     return buf.getvalue()
 
 
-def _opset_of(data: bytes) -> int:
-    import onnx
-
-    proto = onnx.load_from_string(data)
-    return int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
-
-
 def _with_metadata(data: bytes, meta: dict) -> bytes:
+    """The graph with ``meta`` (its ``opset`` set from the graph itself) as JSON under ``METADATA_KEY``."""
     import onnx
 
     proto = onnx.load_from_string(data)
+    meta["opset"] = int(next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0))
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)

@@ -18,7 +18,7 @@ from .data.windows import window_average
 
 __all__ = ["OnnxClassifier", "scores_from_logits", "read_onnx_metadata"]
 
-ONNX_NAME = "model.onnx"  # as audioclf.export.ONNX_NAME (not imported from there: that module imports torch)
+ONNX_NAME = "model.onnx"  # what audioclf.export writes (it imports these two from here: this side has no torch)
 METADATA_KEY = "audioclf"
 
 

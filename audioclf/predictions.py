@@ -47,6 +47,6 @@ class Predictor:
 
     def ranked(self, row: np.ndarray, top_k: int = 5) -> list[dict]:
         """One clip's scores ``(classes,)`` -> ``[{"label", "score"}]``, best first."""
-        order = np.argsort(-row)
+        order = np.argsort(-row, kind="stable")  # ties keep label order
         order = [i for i in order if row[i] >= self.thresholds[i]] if self.multilabel else order[:top_k]
         return [{"label": self.labels[i], "score": float(row[i])} for i in order]

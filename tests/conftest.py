@@ -90,3 +90,16 @@ def tiny_run(tmp_path_factory):
     if len(FSDD_CLIPS) < 8:
         pytest.skip("the bundled FSDD recordings are missing")
     return make_tiny_run(tmp_path_factory.mktemp("tiny_run"), FSDD_CLIPS)
+
+
+def run_cli(*argv) -> tuple[int, str, str]:
+    """``audioclf ARGV...`` in this process: (exit status, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from audioclf.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in argv])
+    return rc, out.getvalue(), err.getvalue()

@@ -2,9 +2,7 @@
 bad files, fine-tuning with --init-from / --freeze-backbone, and cross-validation."""
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import os
 import subprocess
@@ -19,6 +17,7 @@ from safetensors.torch import load_file
 
 import audioclf
 from audioclf.cli import main
+from conftest import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO / "datasets" / "fsdd"
@@ -35,13 +34,6 @@ TINY = ["--model", "cnn", "--width", "0.25", "--n-mels", "32", "--sample-rate", 
 SR = 8000
 TONES = {"low": 300.0, "mid": 900.0, "high": 2500.0}
 
-
-
-def run_cli(*argv) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def write_fsdd_subset(path: Path) -> list[dict]:
@@ -289,7 +281,7 @@ def test_training_on_only_corrupt_files_fails_clearly(tmp_path):
 def test_bad_augmentation_override_fails_before_any_work(tmp_path, aug, words):
     run = tmp_path / "run"
     rc, _, err = run_cli("train", tmp_path / "no-such-data", "--out", run, "--aug", aug)
-    assert rc != 0 and f"bad augmentation override" in err and words in err
+    assert rc != 0 and "bad augmentation override" in err and words in err
     assert not run.exists()  # refused before the run folder or the data are touched
 
 

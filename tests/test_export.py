@@ -2,9 +2,7 @@
 metadata, clear errors, the conv1d STFT, the torch-free ONNX predictor and the CLI."""
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import subprocess
 import sys
@@ -233,13 +231,7 @@ def test_onnx_predictor_matches_classifier_on_arrays_and_multilabel(tmp_path, cl
 
 
 def test_cli_export_and_onnx_backend(tmp_path, clips):
-    from audioclf.cli import main
-
-    def cli(*argv):
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main([str(a) for a in argv])
-        return rc, out.getvalue(), err.getvalue()
+    from conftest import run_cli as cli
 
     run = make_run(tmp_path, "cnn", clips)
     wav = RECORDINGS[0]

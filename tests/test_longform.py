@@ -213,20 +213,14 @@ def test_events_with_overlapping_windows_use_each_windows_share():
 
 def test_cli_predict_windows(tmp_path, recording):
     """``audioclf predict RUN FILE --window``: json (windows + events) and csv, PyTorch and ONNX back ends."""
-    import contextlib
     import csv
     import io
     import json
 
-    from audioclf.checkpoint import save_run
-    from audioclf.cli import main
-    from audioclf.models import create_model
+    from conftest import run_cli as cli
 
-    def cli(*argv):
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            rc = main([str(a) for a in argv])
-        return rc, out.getvalue(), err.getvalue()
+    from audioclf.checkpoint import save_run
+    from audioclf.models import create_model
 
     torch.manual_seed(0)
     model = create_model("cnn", 2, frontend=FrontendConfig(sample_rate=SR, n_mels=32), width=0.25).eval()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["fit_length", "windows"]
+__all__ = ["fit_length", "window_average", "window_starts", "windows"]
 
 
 def fit_length(audio: np.ndarray, length: int, rng: np.random.Generator | None = None) -> np.ndarray:
@@ -18,19 +18,27 @@ def fit_length(audio: np.ndarray, length: int, rng: np.random.Generator | None =
     return out
 
 
+def window_starts(n: int, length: int, hop: int | None = None) -> list[int]:
+    """Start samples of :func:`windows` over ``n`` samples: every ``hop`` (default half a window), plus one window
+    aligned to the end when the regular ones leave a tail; ``[0]`` when ``n <= length``."""
+    if n <= length:
+        return [0]
+    hop = hop or max(1, length // 2)
+    starts = list(range(0, n - length + 1, hop))
+    if starts[-1] != n - length:
+        starts.append(n - length)
+    return starts
+
+
 def windows(audio: np.ndarray, length: int, hop: int | None = None) -> np.ndarray:
     """Cover a whole clip with windows ``(n_windows, length)``; a short clip gives one centred window.
 
     ``hop`` defaults to half a window; the last window is aligned to the clip's end so nothing is left out.
     """
-    n = len(audio)
-    if n <= length:
+    if len(audio) <= length:
         return fit_length(audio, length)[None]
-    hop = hop or max(1, length // 2)
-    starts = list(range(0, n - length + 1, hop))
-    if starts[-1] != n - length:
-        starts.append(n - length)
-    return np.stack([np.asarray(audio[s:s + length], dtype=np.float32) for s in starts])
+    return np.stack([np.asarray(audio[s:s + length], dtype=np.float32)
+                     for s in window_starts(len(audio), length, hop)])
 
 
 def window_average(clips, clip_samples: int, forward, num_classes: int, batch_size: int = 64) -> np.ndarray:

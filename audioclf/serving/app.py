@@ -61,7 +61,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from ..audio import AudioDecodeError, audio_info, iter_blocks
-from ..data.windows import windows
+from ..data.windows import window_starts, windows
 
 log = logging.getLogger("audioclf.serving")
 
@@ -246,22 +246,11 @@ class Batcher:
             result = _Result(clip_scores[i])
             if item.windows:
                 n, sr = len(item.clip), clf.sample_rate
-                starts = _window_starts(n, length)
+                starts = np.asarray(window_starts(n, length), dtype=np.float64)
                 result.times = np.stack([starts, starts + min(n, length)], axis=1) / sr
                 result.window_scores = scores_from_logits(logits[owner == i].astype(np.float64), clf.multilabel)
             out.append(result)
         return out
-
-
-def _window_starts(n: int, length: int) -> np.ndarray:
-    """Start samples of :func:`audioclf.data.windows.windows`' windows (hop half a window, last end-aligned)."""
-    if n <= length:
-        return np.zeros(1)
-    hop = max(1, length // 2)
-    starts = list(range(0, n - length + 1, hop))
-    if starts[-1] != n - length:
-        starts.append(n - length)
-    return np.asarray(starts, dtype=np.float64)
 
 
 # --------------------------------------------------------------------------------------------- request bodies
@@ -455,16 +444,6 @@ def _decode(path, sample_rate: int, max_seconds: float) -> np.ndarray:
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
-def _format(scores: np.ndarray, labels: list[str], multilabel: bool, thresholds: np.ndarray, top_k: int) -> list:
-    """``[{"label", "score"}]`` best first, as ``Classifier.predict``."""
-    order = np.argsort(-scores, kind="stable")
-    if multilabel:
-        order = [i for i in order if scores[i] >= thresholds[i]]
-    else:
-        order = order[:top_k]
-    return [{"label": labels[i], "score": float(scores[i])} for i in order]
-
-
 # --------------------------------------------------------------------------------------------- the app
 
 _CLASSIFY_BODY = {
@@ -615,7 +594,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
             upload.remove()
             if not queued:
                 batcher.withdraw()
-        preds = _format(result.scores, clf.labels, clf.multilabel, clf.thresholds, k)
+        preds = clf.ranked(result.scores, k)
         if not long:
             return JSONResponse(preds)
         from ..longform import events as find_events
