@@ -294,6 +294,17 @@ def test_augmentation_overrides_reach_the_model(tmp_path):
     assert augment_config(TrainConfig(augment=False, aug="noise_prob=0.5")).gain_db == 0
 
 
+def test_best_epoch_ranks_single_label_runs_by_validation_loss():
+    from audioclf.training.trainer import selection_score
+    # a lucky early epoch (higher accuracy, worse loss) loses to a later one with a lower loss
+    early, late = selection_score(0.19, 0.996, False), selection_score(0.08, 0.992, False)
+    assert late > early
+    assert selection_score(0.1, 0.99, False) > selection_score(0.1, 0.98, False)  # accuracy breaks a tie
+    # multi-label: mAP first, the loss breaks a tie
+    assert selection_score(0.3, 0.80, True) > selection_score(0.2, 0.79, True)
+    assert selection_score(0.2, 0.80, True) > selection_score(0.3, 0.80, True)
+
+
 # ------------------------------------------------------------------------------------ (c) fine-tuning
 
 
