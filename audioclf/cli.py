@@ -200,6 +200,9 @@ def cmd_serve(args) -> int:
     except ImportError as e:
         raise RuntimeError(f"serving needs the 'serve' extra (pip install 'audioclf[serve]'): {e}") from None
     import inspect
+
+    from .malloc import keep_activations_in_heap
+    keep_activations_in_heap()  # batched forward passes reuse heap blocks instead of page-faulting fresh ones
     settings = [name for name in inspect.signature(create_app).parameters if name != "run_dir"]  # one flag each
     app = create_app(args.run, **{name: getattr(args, name) for name in settings})
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)

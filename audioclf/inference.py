@@ -14,15 +14,16 @@ from .data.windows import window_average
 from .predictions import Predictor, scores_from_logits  # noqa: F401  (re-exported)
 
 
-CPU_BATCH_CELLS = 100_000  # mel bins x frames per forward pass on a CPU (see inference_batch_size)
+CPU_BATCH_CELLS = 60_000  # mel bins x frames per forward pass on a CPU (see inference_batch_size)
 
 
 def inference_batch_size(model: torch.nn.Module, samples: int, device: str | torch.device = "cpu") -> int:
     """Windows of ``samples`` per forward pass: 64 on an accelerator; on a CPU as many as make about
     ``CPU_BATCH_CELLS`` mel x frame cells, so the activations stay in cache. Measured with the default ``cnn``
-    (64 mels, 0.75 s at 8 kHz: 76 frames) on the 2-core machine: a batch of 16 costs 0.44 ms a window, one of
-    32 0.78 ms; at 16 kHz the same cliff comes between 16 and 32 one-second windows, between 4 and 8 five-second
-    ones."""
+    (64 mels, 0.75 s at 8 kHz: 76 frames, 4,864 cells) on the 2-core machine, ms a window: on 2 threads 0.42-0.43
+    for batches of 8-12, 0.73-0.74 for 16-20 (another day: 0.44 at 16, 0.78 at 32, so the cliff moves with the
+    machine's load); on 1 thread 0.73-0.76 for 12-20, 1.29 for 32. 60k cells (12 such windows) stays clear of
+    it."""
     config = getattr(getattr(model, "frontend", None), "config", None)
     if torch.device(device).type != "cpu" or config is None:
         return 64

@@ -10,6 +10,14 @@ case, interleaving on/off, so slow drift in the machine's load affects both alik
 req/s over the rounds and its range, pooled p50/p99 latency, mean forward batch from ``/v1/stats``) and the
 on/off throughput ratio at the highest concurrency. The client shares the machine with the server, as a local
 client would, so on a small machine its CPU use is part of what is measured.
+
+Two reference figures bound what batching can give (both measured before the servers start, on the idle machine):
+
+* the model alone: milliseconds a clip for a lone clip and for a cache-sized batch
+  (:func:`audioclf.inference.inference_batch_size`), on one intra-op thread and on torch's default count, with
+  the server's allocator settings (:mod:`audioclf.malloc`);
+* the HTTP floor: req/s at the highest concurrency of a stub server on the same stack (FastAPI, uvicorn, the same
+  client) whose ``/v1/classify`` reads and decodes the upload as the real one does but answers without the model.
 """
 from __future__ import annotations
 
@@ -37,11 +45,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: str, micro_batching: bool, args) -> tuple[subprocess.Popen, str]:
+def start_server(run: str, micro_batching: bool | None, args) -> tuple[subprocess.Popen, str]:
+    """``audioclf serve RUN`` on a free loopback port; ``micro_batching=None``: the stub server (:func:`stub_app`)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "audioclf", "serve", run, "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
-           "--micro-batching" if micro_batching else "--no-micro-batching"]
+    if micro_batching is None:
+        cmd = [sys.executable, __file__, run, "--stub-port", str(port)]
+    else:
+        cmd = [sys.executable, "-m", "audioclf", "serve", run, "--host", "127.0.0.1", "--port", str(port),
+               "--log-level", "warning", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
+               "--micro-batching" if micro_batching else "--no-micro-batching"]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if args.threads:  # torch reads OMP_NUM_THREADS at start-up
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
@@ -145,6 +157,60 @@ def run_async(coro):
         return asyncio.run(coro)
 
 
+def stub_app(sample_rate: int):
+    """The HTTP floor: the server's stack and upload decoding, a fixed answer instead of the model."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    from audioclf.audio import read_audio
+
+    app, served = FastAPI(), [0]
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/v1/stats")
+    async def stats():
+        return {"served": served[0], "batches": 0}
+
+    @app.post("/v1/classify")
+    async def classify(request: Request):
+        clip = read_audio(await request.body(), sample_rate)[0]
+        served[0] += 1
+        return JSONResponse([{"label": "stub", "score": float(len(clip) > 0)}])
+
+    return app
+
+
+def model_costs(run: str, threads: list[int]) -> list[tuple[int, int, float, float]]:
+    """(threads, batch, ms a clip alone, ms a clip in the batch), batch = ``inference_batch_size``: medians over
+    3 rounds that each time 30 calls of one size after 5 unmeasured ones, the sizes alternating."""
+    import torch
+
+    from audioclf.inference import inference_batch_size, load
+    from audioclf.malloc import keep_activations_in_heap
+
+    keep_activations_in_heap()  # as `audioclf serve` does
+    clf = load(run, "cpu")
+    batch = inference_batch_size(clf.model, clf.clip_samples, "cpu")
+    x = torch.randn(batch, clf.clip_samples) * 0.1
+    rows = []
+    with torch.inference_mode():
+        for n in threads:
+            torch.set_num_threads(n)
+            times = {1: [], batch: []}
+            for _ in range(3):
+                for size in times:
+                    for rep in range(35):
+                        t = time.perf_counter()
+                        clf.model(x[:size])
+                        if rep >= 5:
+                            times[size].append((time.perf_counter() - t) / size * 1000)
+            rows.append((n, batch, float(np.median(times[1])), float(np.median(times[batch]))))
+    return rows
+
+
 def summarise(runs: list[dict]) -> dict:
     """Pool the rounds of one case: median and range of req/s, pooled latency percentiles, mean batch."""
     rps = [len(r["latencies"]) / r["wall"] for r in runs]
@@ -169,13 +235,29 @@ def main() -> None:
                     help="torch intra-op threads in the servers (default: torch's own choice). On a shared, busy "
                          "machine 1 avoids thread-pool stalls that swamp everything else")
     ap.add_argument("--clips", type=int, default=64, help="distinct FSDD clips sent in turn")
+    ap.add_argument("--stub-port", type=int, help=argparse.SUPPRESS)  # internal: run the stub server
     args = ap.parse_args()
+    if args.stub_port:
+        import uvicorn
+        rate = json.loads((Path(args.run) / "config.json").read_text())["frontend"]["sample_rate"]
+        uvicorn.run(stub_app(rate), host="127.0.0.1", port=args.stub_port, log_level="warning")
+        return
     if not FSDD:
         raise SystemExit("no FSDD recordings under datasets/fsdd/recordings")
     bodies = [Path(p).read_bytes() for p in FSDD[::max(1, len(FSDD) // args.clips)][:args.clips]]
     levels = [int(c) for c in args.concurrency.split(",")]
+    import torch
+    costs = model_costs(args.run, sorted({1, args.threads or torch.get_num_threads()}))
     servers = {}
     try:
+        proc, url = start_server(args.run, None, args)
+        try:
+            run_async(drive(url, bodies, 8, 40, 10, warmup=0))
+            floor = [run_async(drive(url, bodies, max(levels), args.requests, args.max_seconds))
+                     for _ in range(args.rounds)]
+        finally:
+            proc.terminate()
+            proc.wait(10)
         for mode, on in (("on", True), ("off", False)):
             servers[mode] = start_server(args.run, on, args)
         for _, url in servers.values():  # warm-up: first calls allocate, fill caches
@@ -202,6 +284,12 @@ def main() -> None:
         print(f"{mode:>14} {c:>11} {r['n']:>8} {r['rps']:>8.1f} {spread:>13} {r['p50']:>8.1f} {r['p99']:>8.1f} "
               f"{r['batch']:>10.1f} {r['errors']:>6}")
     top = max(levels)
+    stub = summarise(floor)
+    print(f"\nHTTP floor (stub server: same stack, decodes the upload, no model) at concurrency {top}: "
+          f"{stub['rps']:.0f} req/s ({stub['rps_min']:.0f}-{stub['rps_max']:.0f})")
+    for n, batch, alone, batched in costs:
+        print(f"model alone, {n} intra-op thread{'s' if n > 1 else ''}: {alone:.2f} ms a lone clip, {batched:.2f} ms a "
+              f"clip in a batch of {batch} ({alone / batched:.1f}x)")
     rps = {mode: r["rps"] for mode, c, r in rows if c == top}
     print(f"\nthroughput at concurrency {top}: micro-batching on / off = {rps['on'] / rps['off']:.2f}x "
           f"({rps['on']:.1f} vs {rps['off']:.1f} req/s)")

@@ -410,3 +410,35 @@ def test_slow_clients_do_not_block_the_server(run, tmp_path):
             for s in stalled:
                 s.close()
         assert httpx.get(url + "/health", timeout=5).status_code == 200  # and after they hang up
+
+
+_HBLKS = """
+import ctypes, ctypes.util, sys
+sys.path.insert(0, {root!r})
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+class Info(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc.mallinfo2.restype, libc.malloc.restype = Info, ctypes.c_void_p
+libc.malloc.argtypes, libc.free.argtypes = (ctypes.c_size_t,), (ctypes.c_void_p,)
+def mmapped_while_held(size):  # how many mmapped blocks a malloc of `size` adds
+    n = libc.mallinfo2().hblks; p = libc.malloc(size); n = libc.mallinfo2().hblks - n; libc.free(p); return n
+from audioclf.malloc import keep_activations_in_heap
+before = mmapped_while_held(8 << 20)
+applied = keep_activations_in_heap()
+print(before, applied, mmapped_while_held(8 << 20))
+"""
+
+
+def test_server_allocator_keeps_activation_sized_blocks_in_the_heap():
+    import ctypes.util
+    import platform
+    import subprocess
+    import sys
+    if platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc":
+        pytest.skip("glibc only")
+    script = _HBLKS.format(root=str(Path(__file__).resolve().parents[1]))
+    before, applied, after = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                            check=True).stdout.split()
+    assert ctypes.util.find_library("c")
+    assert int(before) == 1  # by default an 8 MiB block is its own mmap
+    assert applied == "True" and int(after) == 0  # now it comes from the heap

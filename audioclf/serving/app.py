@@ -32,8 +32,9 @@ Uploads up to ``MEMORY_BODY_BYTES`` (1 MiB: about a minute of FLAC at 16 kHz) st
 there. Larger ones are written only to a private folder (``tempfile.mkdtemp``, mode 0700; ``app.state.upload_dir``),
 under a random name (the client's file name is never used), and deleted as soon as the request is done.
 
-Micro-batching: decoded clips go into a bounded ``asyncio.Queue``; one worker task takes what is queued, waits up
-to ``max_wait_ms`` for requests still being received or decoded to join (up to ``max_batch``), runs one forward
+Micro-batching: decoded clips go into a bounded ``asyncio.Queue``; one worker task takes what is queued, waits
+for requests still being received or decoded to join (up to ``max_batch``) until the oldest one has been queued
+for ``max_wait_ms`` (so under load, when it has waited through the previous pass, nothing waits), runs one forward
 pass over all their windows in a dedicated thread, and resolves each request's future. It does not wait when no
 other request is in flight, so a lone request pays no batching delay. ``micro_batching=False`` sends every
 request through the same worker alone (batch size 1), for comparison. ``app.state.batch_sizes`` counts batches
@@ -102,6 +103,7 @@ class _Item:
     clip: np.ndarray
     future: asyncio.Future
     windows: bool  # also return per-window scores (long audio)
+    queued_at: float = 0.0  # event-loop time it was queued
 
 
 @dataclass
@@ -168,7 +170,8 @@ class Batcher:
     async def submit(self, clip: np.ndarray, with_windows: bool) -> _Result:
         """Queue one decoded clip (the caller has called :meth:`announce`); raises ApiError 503 when full."""
         self.start()
-        item = _Item(clip, asyncio.get_running_loop().create_future(), with_windows)
+        loop = asyncio.get_running_loop()
+        item = _Item(clip, loop.create_future(), with_windows, loop.time())
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -183,7 +186,9 @@ class Batcher:
         while True:
             batch = [await queue.get()]
             if self.micro_batching:
-                deadline = loop.time() + self.max_wait_ms / 1000
+                # max_wait_ms counts from when the oldest request was queued, not from now: one that already
+                # waited through the previous forward pass goes at once, so a loaded model never idles
+                deadline = batch[0].queued_at + self.max_wait_ms / 1000
                 while len(batch) < self.max_batch:
                     if not queue.empty():
                         batch.append(queue.get_nowait())

@@ -1,0 +1,27 @@
+"""Allocator settings for CPU inference in a long-running process (``audioclf serve``).
+
+glibc's ``malloc`` serves blocks above ``M_MMAP_THRESHOLD`` (128 KiB, raised on the fly up to 32 MiB) with fresh
+``mmap`` pages and returns freed heap tops to the system past ``M_TRIM_THRESHOLD``. A batched forward pass allocates
+activations of a few MiB per layer, so every pass page-faults and zeroes them again. Keeping such blocks in the
+heap measured, with the default ``cnn`` on a batch of 12 windows (``bench/serving.py``, "model alone"): 0.41-0.44
+instead of 0.58-0.95 ms a window on 2 threads, 0.73-0.75 instead of 1.05-1.47 ms on 1 thread; a lone window is
+unchanged. The price is that up to ``trim_mib`` of freed memory stays with the process.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # from glibc's malloc.h
+
+
+def keep_activations_in_heap(mmap_mib: int = 64, trim_mib: int = 256) -> bool:
+    """Serve blocks up to ``mmap_mib`` from the heap and keep up to ``trim_mib`` of freed heap; process-wide.
+    Returns False (and changes nothing) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap_mib << 20)) and bool(mallopt(M_TRIM_THRESHOLD, trim_mib << 20))
