@@ -8,6 +8,8 @@ import sys
 from dataclasses import MISSING, fields
 from pathlib import Path
 
+from .malloc import keep_activations_in_heap
+
 _TYPES = {"str": str, "int": int, "float": float}
 
 
@@ -39,6 +41,7 @@ def cmd_train(args) -> int:
     from .training.trainer import train
     if args.nproc > 1 and "RANK" not in os.environ:
         return _relaunch(args.nproc)
+    keep_activations_in_heap()  # training steps reuse heap blocks (make demo: 107.2 vs 114.3 s, 102.6 vs 108.3 s)
     settings = {name: getattr(args, name) for name in TrainConfig.field_names()}
     train(args.data, args.out, **settings)
     return 0
@@ -182,6 +185,7 @@ def cmd_cv(args) -> int:
     from .training.config import TrainConfig
     from .training.crossval import cross_validate
     settings = {name: getattr(args, name) for name in TrainConfig.field_names() if name != "test_fold"}
+    keep_activations_in_heap()  # as cmd_train
     cross_validate(args.data, args.out, folds=args.folds, **settings)
     return 0
 
@@ -201,7 +205,6 @@ def cmd_serve(args) -> int:
         raise RuntimeError(f"serving needs the 'serve' extra (pip install 'audioclf[serve]'): {e}") from None
     import inspect
 
-    from .malloc import keep_activations_in_heap
     keep_activations_in_heap()  # batched forward passes reuse heap blocks instead of page-faulting fresh ones
     settings = [name for name in inspect.signature(create_app).parameters if name != "run_dir"]  # one flag each
     app = create_app(args.run, **{name: getattr(args, name) for name in settings})
