@@ -41,7 +41,7 @@ def cmd_train(args) -> int:
     from .training.trainer import train
     if args.nproc > 1 and "RANK" not in os.environ:
         return _relaunch(args.nproc)
-    keep_activations_in_heap()  # training steps reuse heap blocks (make demo: 107.2 vs 114.3 s, 102.6 vs 108.3 s)
+    keep_activations_in_heap()  # training steps reuse heap blocks: make demo about 5% faster (audioclf.malloc)
     settings = {name: getattr(args, name) for name in TrainConfig.field_names()}
     train(args.data, args.out, **settings)
     return 0
