@@ -60,7 +60,16 @@ def read_audio(path, sample_rate: int | None = None, mono: bool = True) -> np.nd
     _check_rate(sample_rate)
     rate, blocks = _decode(path, mono)
     audio = np.concatenate(list(blocks), axis=1)
-    return _finite(path, resample(audio, rate, sample_rate)) if sample_rate else audio
+    if not sample_rate or sample_rate == rate:
+        return audio
+    out = _finite(path, resample(audio, rate, sample_rate))
+    if out.shape[1] == 0:
+        raise _too_short(path, audio.shape[1], rate, sample_rate)
+    return out
+
+
+def _too_short(path, samples: int, rate: int, sample_rate: int) -> "AudioDecodeError":
+    return AudioDecodeError(path, f"{samples} samples at {rate} Hz resample to none at {sample_rate} Hz")
 
 
 def _finite(path, audio: np.ndarray) -> np.ndarray:
@@ -127,20 +136,29 @@ def iter_blocks(path, sample_rate: int | None, block_samples: int, mono: bool = 
         raise ValueError(f"block_samples must be positive, got {block_samples}")
     rate, blocks = _decode(path, mono)
     if sample_rate and sample_rate != rate:
-        blocks = (_finite(path, b) for b in _stream_resample(blocks, rate, sample_rate))
+        blocks = _stream_resample(path, blocks, rate, sample_rate)
     return _reblock(blocks, block_samples)
 
 
-def _stream_resample(blocks, orig_sr, target_sr):
+def _stream_resample(path, blocks, orig_sr, target_sr):
+    """Resampled, checked-finite blocks; AudioDecodeError when the input resamples to no samples at all."""
     streamer = channels = None
+    read = written = 0
     for block in blocks:
         if streamer is None:
             channels = block.shape[0]
             streamer = soxr.ResampleStream(orig_sr, target_sr, channels, dtype="float32",
                                            quality=_QUALITY)
-        yield streamer.resample_chunk(np.ascontiguousarray(block.T)).T
+        read += block.shape[1]
+        out = _finite(path, streamer.resample_chunk(np.ascontiguousarray(block.T)).T)
+        written += out.shape[1]
+        yield out
     if streamer is not None:
-        yield streamer.resample_chunk(np.zeros((0, channels), np.float32), last=True).T
+        out = _finite(path, streamer.resample_chunk(np.zeros((0, channels), np.float32), last=True).T)
+        written += out.shape[1]
+        if written == 0:
+            raise _too_short(path, read, orig_sr, target_sr)
+        yield out
 
 
 def _reblock(blocks, block_samples):

@@ -329,3 +329,19 @@ def test_bad_bytes_raise_the_same_reason(tmp_path, kind):
     if BAD[kind]:  # libsndfile words "format not recognised" differently for memory and files
         assert BAD[kind] in from_bytes.value.reason and BAD[kind] in from_file.value.reason
     assert from_bytes.value.path == f"<{len(data)} bytes>"  # never the bytes themselves in the message
+
+
+def test_audio_that_resamples_to_nothing_is_refused(tmp_path):
+    """Found by the decoder fuzz test: a header claiming ~2.1 GHz makes 100 samples resample to none at 16 kHz,
+    which must be a clear AudioDecodeError, not an empty array (nor an empty stream)."""
+    path = tmp_path / "huge-rate.wav"
+    sf.write(path, np.random.default_rng(0).uniform(-0.5, 0.5, 100).astype(np.float32), 8000, subtype="FLOAT")
+    data = bytearray(path.read_bytes())
+    assert data[24:28] == (8000).to_bytes(4, "little")  # the fmt chunk's sample rate
+    data[24:28] = (0x7F001F40).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    assert read_audio(path).shape == (1, 100)  # at its native rate it still decodes
+    for decode in (lambda: read_audio(path, 16000), lambda: list(iter_blocks(path, 16000, 4000))):
+        with pytest.raises(AudioDecodeError, match=r"100 samples at 2130714432 Hz resample to none at 16000 Hz") as e:
+            decode()
+        assert str(e.value).startswith(str(path))
