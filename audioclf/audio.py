@@ -336,12 +336,23 @@ def _av_blocks(path, mono, sf_error):
     with container:
         stream = _audio_stream(path, container)
         yield stream.rate
-        to_float = av.AudioResampler(format="fltp")  # keeps the native rate and layout
+        to_float = av.AudioResampler(format="flt")  # interleaved float32; keeps the native rate and layout
         for frame in container.decode(stream):
             for out in to_float.resample(frame):
-                yield _to_layout(out.to_ndarray(), mono)
+                yield _to_layout(_interleaved(path, out), mono)
         for out in to_float.resample(None):
-            yield _to_layout(out.to_ndarray(), mono)
+            yield _to_layout(_interleaved(path, out), mono)
+
+
+def _interleaved(path, frame) -> np.ndarray:
+    """``(channels, samples)`` float32 copy of an interleaved ``flt`` frame, read from its one plane. Not PyAV's
+    ``to_ndarray``: on a corrupt WAV it listed 18 planes for a 10-channel frame and segfaulted reading them."""
+    channels, samples = frame.layout.nb_channels, frame.samples
+    plane = frame.planes[0]
+    if channels <= 0 or plane.buffer_size < channels * samples * 4:
+        raise AudioDecodeError(path, f"corrupt audio frame ({samples} samples x {channels} channels in "
+                                     f"{plane.buffer_size} bytes)")
+    return np.frombuffer(plane, np.float32, count=channels * samples).reshape(samples, channels).T.copy()
 
 
 def _declared_frames(path, subtype, channels) -> int | None:

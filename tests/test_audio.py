@@ -345,3 +345,18 @@ def test_audio_that_resamples_to_nothing_is_refused(tmp_path):
         with pytest.raises(AudioDecodeError, match=r"100 samples at 2130714432 Hz resample to none at 16000 Hz") as e:
             decode()
         assert str(e.value).startswith(str(path))
+
+
+def test_pyav_frame_with_bogus_planes_does_not_crash():
+    """Found by the decoder fuzz test: a mutated 10-channel float WAV that libsndfile refuses and PyAV decodes into
+    a frame listing 18 planes; PyAV's ``to_ndarray`` read the extra ones and segfaulted. Run in a subprocess so a
+    crash fails this test instead of killing the session."""
+    path = Path(__file__).parent / "data" / "fuzz-pyav-18-planes.wav"
+    script = ("import sys; from audioclf.audio import read_audio\n"
+              "for rate in (None, 16000):\n"
+              "    for mono in (True, False):\n"
+              "        print(read_audio(sys.argv[1], rate, mono=mono).shape)\n")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[:4] == ["(1, 479)", "(10, 479)", "(1, 958)", "(10, 958)"]
