@@ -229,8 +229,7 @@ class Batcher:
         per_clip = [windows(item.clip, length) for item in batch]
         owner = np.repeat(np.arange(len(batch)), [len(w) for w in per_clip])
         stacked = np.concatenate(per_clip)
-        parts = []
-        clf.model.eval()
+        parts = []  # clf.model is in eval mode since load() built it; nothing here switches it
         if torch.device(clf.device).type == "cpu":
             # A lone clip gains nothing from a second intra-op thread but pays for its synchronisation, and takes
             # the core the event loop needs: one thread measured 1.5x the requests/s at concurrency 1.

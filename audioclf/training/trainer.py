@@ -182,7 +182,7 @@ def train(data, out, **settings) -> dict:
         settings_from = init.config
         cfg.sample_rate, cfg.clip_seconds = settings_from["frontend"]["sample_rate"], settings_from["clip_seconds"]
         cfg.model, cfg.n_mels = settings_from["model"], settings_from["frontend"]["n_mels"]
-        cfg.level_norm = settings_from["frontend"].get("level_norm", False)
+        cfg.level_norm = settings_from["frontend"]["level_norm"]  # read_config fills it for older runs
     s = resolve_settings(cfg, manifest, len(split.train))
     if init:
         s["model_args"] = dict(init.config["model_args"])
