@@ -47,6 +47,10 @@ class AudioDecodeError(Exception):
         return f"{self.path}: {self.reason}"
 
 
+class AudioTooLong(AudioDecodeError):
+    """The audio is longer than the caller's limit (:func:`read_mono_limited`)."""
+
+
 class AudioInfo(NamedTuple):
     sample_rate: int  # Hz
     channels: int
@@ -79,6 +83,26 @@ def _finite(path, audio: np.ndarray) -> np.ndarray:
     return audio
 
 
+def read_mono_limited(path, sample_rate: int, max_seconds: float) -> np.ndarray:
+    """Mono float32 ``(samples,)`` at ``sample_rate`` Hz, refusing audio longer than ``max_seconds`` with
+    :class:`AudioTooLong`: from the header when it declares a length, and in any case while streaming, so an
+    over-long file is never decoded whole (whatever its header says)."""
+    try:
+        declared = audio_info(path).duration
+    except AudioDecodeError:
+        declared = 0.0  # no readable header: decoding below gives the reason, or counts the samples
+    if declared > max_seconds + 1e-6:
+        raise AudioTooLong(path, f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
+    limit = int(max_seconds * sample_rate)
+    blocks, total = [], 0
+    for block in iter_blocks(path, sample_rate, max(1, sample_rate * 10)):
+        blocks.append(block[0])
+        total += block.shape[1]
+        if total > limit:
+            raise AudioTooLong(path, f"audio exceeds the limit of {max_seconds:g} s")
+    return np.concatenate(blocks)
+
+
 def load_audio(path, sample_rate: int | None = None, mono: bool = True):
     """:func:`read_audio` as a float32 ``torch.Tensor`` ``(channels, samples)``."""
     import torch
@@ -97,6 +121,19 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
         return soxr.resample(audio, orig_sr, target_sr, quality=_QUALITY)
     out = soxr.resample(np.ascontiguousarray(audio.T), orig_sr, target_sr, quality=_QUALITY)
     return np.ascontiguousarray(out.T)
+
+
+def libsndfile_info(path) -> AudioInfo | None:
+    """The header as libsndfile reads it; None when libsndfile does not know the format or finds no frames in it,
+    so decoding would fall back to PyAV (FFmpeg's parsers). AudioDecodeError for a missing or empty file."""
+    _check_path(path)
+    try:
+        info = sf.info(_source(path))
+    except Exception:  # noqa: BLE001 -- libsndfile refuses it: PyAV's case
+        return None
+    if info.frames <= 0 or info.samplerate <= 0:
+        return None
+    return AudioInfo(info.samplerate, info.channels, info.frames, info.frames / info.samplerate)
 
 
 def audio_info(path) -> AudioInfo:

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,3 +104,18 @@ def run_cli(*argv) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         rc = main([str(a) for a in argv])
     return rc, out.getvalue(), err.getvalue()
+
+
+def write_with_pyav(path,  container_format: str, codec: str, sr: int, x: np.ndarray):
+    av = pytest.importorskip("av")
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:
+        pytest.skip(f"FFmpeg build has no {codec} encoder")
+    """Encode mono float ``x`` with PyAV into ``path`` (a file path or a writable binary file object)."""
+    with av.open(path if hasattr(path, "write") else str(path), "w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=sr, layout="mono")
+        frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
+        frame.sample_rate = sr
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import write_with_pyav
 
 from audioclf.audio import (
     SUPPORTED_EXTENSIONS, AudioDecodeError, AudioInfo, audio_info, iter_blocks, load_audio,
@@ -31,20 +32,6 @@ def stereo(sr: int = SR, seconds: float = 0.5) -> np.ndarray:
 def peak_hz(x: np.ndarray, sr: int) -> float:
     spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
     return spectrum.argmax() * sr / len(x)
-
-
-def write_with_pyav(path: Path, container_format: str, codec: str, sr: int, x: np.ndarray):
-    av = pytest.importorskip("av")
-    try:
-        av.codec.Codec(codec, "w")
-    except Exception:
-        pytest.skip(f"FFmpeg build has no {codec} encoder")
-    with av.open(str(path), "w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=sr, layout="mono")
-        frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")
-        frame.sample_rate = sr
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
 
 
 # ----------------------------------------------------------------------------- round trips

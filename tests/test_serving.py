@@ -6,12 +6,13 @@ import asyncio
 import io
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FSDD_CLIPS, FSDD_LABELS
+from conftest import FSDD_CLIPS, FSDD_LABELS, write_with_pyav
 import soundfile as sf
 
 pytest.importorskip("fastapi")
@@ -199,6 +200,44 @@ def test_garbage_is_415(client, body):
     assert_error(client.post("/v1/classify", files={"file": ("x.wav", body, "audio/wav")}), 415)
 
 
+def webm_bytes(clip: str) -> bytes:
+    buf = io.BytesIO()
+    write_with_pyav(buf, "webm", "libopus", 48000, read_audio(clip, 48000)[0])
+    return buf.getvalue()
+
+
+def test_formats_only_ffmpeg_reads_decode_in_a_worker_process(client, clf, monkeypatch):
+    """WebM/Opus (what the page's recorder sends) goes to a decoder process and is classified like the same audio
+    decoded here; FLAC and WAV are decoded in the server's own process."""
+    pool = client.app.state.decoders
+    calls = []
+    real = pool.decode
+    monkeypatch.setattr(pool, "decode", lambda *a: calls.append(1) or real(*a))
+    body = webm_bytes(CLIPS[2])
+    r = client.post("/v1/classify", files={"file": ("rec.webm", body, "audio/webm")})
+    assert r.status_code == 200 and calls == [1]
+    answer = r.json()
+    expected = clf.ranked(clf.scores([serving_app.read_mono_limited(body, clf.sample_rate, 600)])[0], len(answer))
+    assert [p["label"] for p in answer] == [p["label"] for p in expected]
+    assert np.allclose([p["score"] for p in answer], [p["score"] for p in expected], atol=1e-5)
+    assert client.post("/v1/classify", content=clip_bytes(2)).status_code == 200
+    assert calls == [1]  # FLAC did not need the decoder process
+
+
+def test_a_decoder_crash_fails_that_request_and_the_server_goes_on(run, clf, monkeypatch):
+    """A segmentation fault in the decoder process (here a worker that crashes at once) costs one 415."""
+    from functools import partial
+
+    crash = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(serving_app, "DecoderPool", partial(serving_app.DecoderPool, command=crash))
+    with TestClient(create_app(run)) as c:
+        r = c.post("/v1/classify", content=webm_bytes(CLIPS[3]), headers={"Content-Type": "audio/webm"})
+        assert_error(r, 415, "unsupported_media")
+        assert "SIGSEGV" in r.json()["detail"]
+        r = c.post("/v1/classify", content=clip_bytes(3))
+        assert r.status_code == 200 and r.json()[0]["label"] == clf.predict(CLIPS[3])[0]["label"]
+
+
 def test_bad_multipart_and_empty_bodies_are_400(client):
     mp = "multipart/form-data; boundary=XyZ"
     cases = [
@@ -297,7 +336,7 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
     upload_dir = Path(app.state.upload_dir)
     assert upload_dir.parent == global_tmp and (upload_dir.stat().st_mode & 0o777) == 0o700
     seen = []
-    decode = serving_app._decode
+    decode = serving_app.read_mono_limited
 
     def spy(source, *args):
         if spool:
@@ -308,7 +347,7 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
             assert isinstance(source, bytes) and os.listdir(upload_dir) == []
         return decode(source, *args)
 
-    monkeypatch.setattr(serving_app, "_decode", spy)
+    monkeypatch.setattr(serving_app, "read_mono_limited", spy)  # junk goes to a child process, unseen here
     burst(app, [clip_bytes(i % 3) for i in range(6)] + [b"junk"] * 3)  # concurrent, in their own event loop
     assert os.listdir(upload_dir) == []
     with TestClient(app) as c:
@@ -317,12 +356,12 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
         assert c.post("/v1/classify", content=clip_bytes(1)).status_code == 200
         assert c.post("/v1/classify", content=b"garbage" * 99).status_code == 415
         assert c.post("/v1/classify", content=wav_bytes(long_audio(2.0))).status_code == 200
-        assert len(seen) == 13
+        assert len(seen) == 9
         for p in seen if spool else ():
             assert p.parent == upload_dir and "evil" not in p.name
             assert not p.exists()
         if not spool:
-            assert seen[-4] == clip_bytes(0)  # the multipart file field, without the form around it
+            assert seen[-3] == clip_bytes(0)  # the multipart file field, without the form around it
         assert os.listdir(upload_dir) == []
         assert os.listdir(global_tmp) == [upload_dir.name]  # nothing written next to it
     assert not upload_dir.exists()  # removed at shutdown
@@ -332,7 +371,7 @@ def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
     """A small upload whose header declares a short clip is decoded inline; a small file that declares a long
     recording (40 s of silence is a few KiB of FLAC) goes to a worker thread, so it cannot stall the server."""
     threads = []
-    decode = serving_app._decode
+    decode = serving_app.read_mono_limited
 
     def spy(source, *args):
         try:
@@ -342,7 +381,7 @@ def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
             threads.append(False)  # a worker thread has no running loop
         return decode(source, *args)
 
-    monkeypatch.setattr(serving_app, "_decode", spy)
+    monkeypatch.setattr(serving_app, "read_mono_limited", spy)
     buf = io.BytesIO()
     sf.write(buf, np.zeros(SR * 40, np.float32), SR, format="FLAC")
     silence = buf.getvalue()

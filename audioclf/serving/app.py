@@ -32,6 +32,11 @@ Uploads up to ``MEMORY_BODY_BYTES`` (1 MiB: about a minute of FLAC at 16 kHz) st
 there. Larger ones are written only to a private folder (``tempfile.mkdtemp``, mode 0700; ``app.state.upload_dir``),
 under a random name (the client's file name is never used), and deleted as soon as the request is done.
 
+Decoding: uploads libsndfile reads (WAV, FLAC, Ogg, MP3, ...) are decoded in this process: short ones on the event
+loop, others in a worker thread. Those only FFmpeg reads (WebM/Opus from the page's recorder, MP4/AAC, ...) are
+decoded by PyAV in worker processes (:mod:`audioclf.isolated_decoding`): FFmpeg's parsers fed untrusted bytes can
+crash or hang, and then that request gets a 415 while the server goes on.
+
 Micro-batching: decoded clips go into a bounded ``asyncio.Queue``; one worker task takes what is queued, waits
 for requests still being received or decoded to join (up to ``max_batch``) until the oldest one has been queued
 for ``max_wait_ms`` (so under load, when it has waited through the previous pass, nothing waits), runs one forward
@@ -61,8 +66,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..audio import AudioDecodeError, audio_info, iter_blocks
+from ..audio import AudioDecodeError, AudioTooLong, libsndfile_info, read_mono_limited
 from ..data.windows import window_starts, windows
+from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
 
 log = logging.getLogger("audioclf.serving")
 
@@ -71,6 +77,7 @@ SMALL_BATCH = 4  # on a CPU, fewer windows than this run on one intra-op thread 
 MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
 INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size and INLINE_DECODE_SECONDS long (as declared)
 INLINE_DECODE_SECONDS = 30.0     # are decoded on the event loop (well under a millisecond for a short clip)
+ISOLATED_DECODE_SECONDS = 60.0   # a decode in a worker process (formats only FFmpeg reads) is killed after this
 _SUFFIXES = {  # content type -> temp-file suffix (a hint for the decoders; content is probed anyway)
     "audio/wav": ".wav", "audio/x-wav": ".wav", "audio/wave": ".wav", "audio/vnd.wave": ".wav",
     "audio/flac": ".flac", "audio/x-flac": ".flac", "audio/ogg": ".ogg", "audio/opus": ".opus",
@@ -416,36 +423,13 @@ class _Upload:
             self.path = None
 
 
-def _declared_seconds(source, max_seconds: float) -> float | None:
-    """The duration the header declares (None when it cannot be read: decoding gives the reason); 413 when it
-    exceeds ``max_seconds``, before anything is decoded."""
-    try:
-        declared = audio_info(source).duration
-    except AudioDecodeError:
-        return None
-    if declared > max_seconds + 1e-6:
-        raise ApiError(413, "too_long", f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
-    return declared
-
-
-def _checked_decode(source, sample_rate: int, max_seconds: float, check_header: bool) -> np.ndarray:
-    """:func:`_declared_seconds` (when ``check_header``), then :func:`_decode`: the worker thread's part."""
-    if check_header:
-        _declared_seconds(source, max_seconds)
-    return _decode(source, sample_rate, max_seconds)
-
-
-def _decode(path, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Mono float32 at ``sample_rate`` from a path or bytes, streamed so long audio is refused before it is all
-    decoded (whatever the header declared)."""
-    limit = int(max_seconds * sample_rate)
-    blocks, total = [], 0
-    for block in iter_blocks(path, sample_rate, max(1, sample_rate * 10)):
-        blocks.append(block[0])
-        total += block.shape[1]
-        if total > limit:
-            raise ApiError(413, "too_long", f"audio exceeds the limit of {max_seconds:g} s")
-    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+def _sndfile_seconds(source, max_seconds: float) -> float | None:
+    """The duration libsndfile reads from the header; None when libsndfile does not know the format (PyAV decodes
+    it, in a decoder process); 413 when it exceeds ``max_seconds``, before anything is decoded."""
+    info = libsndfile_info(source)
+    if info is not None and info.duration > max_seconds + 1e-6:
+        raise ApiError(413, "too_long", f"audio of {info.duration:.1f} s exceeds the limit of {max_seconds:g} s")
+    return None if info is None else info.duration
 
 
 # --------------------------------------------------------------------------------------------- the app
@@ -486,6 +470,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
     batcher = Batcher(clf, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       micro_batching=micro_batching)
     upload_dir = tempfile.mkdtemp(prefix="audioclf-serve-")
+    decoders = DecoderPool(timeout=ISOLATED_DECODE_SECONDS)  # for uploads only FFmpeg reads; started on demand
     max_bytes = int(max_body_mb * 1024 * 1024)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
     app_top_k = top_k  # the endpoint's query parameter shadows the name
@@ -497,6 +482,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
             yield
         finally:
             await batcher.stop()
+            decoders.close()
             shutil.rmtree(upload_dir, ignore_errors=True)
 
     app = FastAPI(title="audioclf", version=_version(),
@@ -504,9 +490,11 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
                               f"({len(clf.labels)} labels). POST audio to `/v1/classify`.",
                   lifespan=lifespan)
     app.state.classifier, app.state.batcher, app.state.upload_dir = clf, batcher, upload_dir
+    app.state.decoders = decoders
     app.state.batch_sizes = batcher.batch_sizes
     app.state.limits = {"max_body_bytes": max_bytes, "max_seconds": max_seconds}
     weakref.finalize(app, shutil.rmtree, upload_dir, ignore_errors=True)
+    weakref.finalize(app, decoders.close)
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -573,15 +561,22 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         try:
             source = await upload.receive()
             try:
-                # a small upload whose header declares a short clip is decoded right here, cheaper than a hop to a
-                # worker thread; anything else (a large file, a header that says nothing) off the event loop
+                # a small upload whose header libsndfile reads and which declares a short clip is decoded right
+                # here, cheaper than a hop to a worker thread; a large one in a worker thread; one that only FFmpeg
+                # reads (WebM/Opus, MP4/AAC, ...) in a decoder process
                 small = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
-                declared = _declared_seconds(source, max_seconds) if small else None
-                if small and declared is not None and 0 < declared <= INLINE_DECODE_SECONDS:
-                    clip = _decode(source, clf.sample_rate, max_seconds)
+                declared = _sndfile_seconds(source, max_seconds)
+                if declared is not None and small and declared <= INLINE_DECODE_SECONDS:
+                    clip = read_mono_limited(source, clf.sample_rate, max_seconds)
                 else:
+                    decode = read_mono_limited if declared is not None else decoders.decode
                     clip = await asyncio.get_running_loop().run_in_executor(
-                        None, _checked_decode, source, clf.sample_rate, max_seconds, not small)
+                        None, decode, source, clf.sample_rate, max_seconds)
+            except AudioTooLong as e:
+                raise ApiError(413, "too_long", e.reason) from None
+            except IsolatedDecodeFailed as e:
+                log.warning("decoder process failed: %s", e.reason)
+                raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
             except AudioDecodeError as e:
                 raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
             except ApiError:
