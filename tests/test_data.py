@@ -170,12 +170,12 @@ def test_multilabel_csv(tone_set):
 
 def test_csv_missing_column_names_the_columns(tone_set):
     root, rows = tone_set
-    path = write_csv(root / "bad.csv", ["file", "label"], [[rows[0][0], "low"]])
+    path = write_csv(root / "bad.csv", ["blob", "label"], [[rows[0][0], "low"]])
     with pytest.raises(ManifestError) as info:
         from_csv(path)
     msg = str(info.value)
-    assert "missing column(s) path" in msg and "path,label" in msg and "file,label" in msg
-    path = write_csv(root / "bad2.csv", ["path", "class"], [[rows[0][0], "low"]])
+    assert "missing column(s) path" in msg and "path,label" in msg and "blob,label" in msg and "file_name" in msg
+    path = write_csv(root / "bad2.csv", ["path", "tag"], [[rows[0][0], "low"]])
     with pytest.raises(ManifestError, match="missing column.*label"):
         from_csv(path)
     empty = root / "empty.csv"
@@ -642,3 +642,100 @@ def test_clip_dataset_train_vs_eval():
         assert np.array_equal(a.numpy(), b.numpy())  # same epoch and item: same crop
         starts.add(int(a[0]))
     assert len(starts) > 5  # different crops across epochs
+
+
+# ------------------------------------------------------------------------------------ common data sets' metadata
+
+
+def _write(path: Path, freq: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, tone(freq), SR)
+
+
+def test_esc50_layout_reads_its_metadata_csv(tmp_path, capsys):
+    """ESC-50: ``audio/*.wav`` and ``meta/esc50.csv`` (filename,fold,target,category,esc10,src_file,take): labels
+    from ``category`` (not the numeric ``target``), groups from ``src_file``, folds from ``fold``; the folder
+    itself resolves to that CSV."""
+    root = tmp_path / "ESC-50-master"
+    rows = []
+    for i, (category, freq) in enumerate([("dog", 300.0), ("rain", 900.0)]):
+        for src in range(3):
+            for take in "AB":
+                name = f"{src + 1}-{100 + 10 * i + src}-{take}-{i}.wav"
+                _write(root / "audio" / name, freq * (1 + 0.01 * src))
+                rows.append([name, str(src + 1), str(i), category, "False", str(100 + 10 * i + src), take])
+    write_csv(root / "meta" / "esc50.csv" if (root / "meta").mkdir() is None else None,
+              ["filename", "fold", "target", "category", "esc10", "src_file", "take"], rows)
+    m = from_csv(root / "meta" / "esc50.csv")
+    assert m.labels == ["dog", "rain"] and len(m.items) == 12 and not m.skipped
+    assert all(Path(it.path).parent == root / "audio" for it in m.items)
+    assert m.folds == ["1", "2", "3"] and m.items[0].group == "100" and m.items[1].group == "100"
+    err = capsys.readouterr().err
+    assert "label from column 'category'" in err and "12 file(s) found by name under" in err
+    assert [it.path for it in load_manifest(root).items] == [it.path for it in m.items]
+    assert "using the metadata file" in capsys.readouterr().err
+
+
+def test_urbansound8k_layout_and_fold_folders(tmp_path):
+    """UrbanSound8K: ``audio/fold1..N/`` and ``metadata/UrbanSound8K.csv``; ``class`` wins over ``classID``,
+    ``fsID`` is the group. Pointed at ``audio/`` alone, whose sub-folders are folds, it refuses to take the folds
+    for classes."""
+    root = tmp_path / "UrbanSound8K"
+    rows = []
+    for fold in (1, 2):
+        for cls, (name, freq) in enumerate([("siren", 300.0), ("drilling", 900.0)]):
+            fname = f"{1000 + fold}-{cls}-0-0.wav"
+            _write(root / "audio" / f"fold{fold}" / fname, freq)
+            rows.append([fname, str(1000 + fold), "0", "4", "1", str(fold), str(cls), name])
+    (root / "metadata").mkdir()
+    write_csv(root / "metadata" / "UrbanSound8K.csv",
+              ["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"], rows)
+    m = load_manifest(root)
+    assert m.labels == ["drilling", "siren"] and m.folds == ["1", "2"]
+    assert {(Path(it.path).parent.name, it.fold, it.group) for it in m.items} == {
+        ("fold1", "1", "1001"), ("fold2", "2", "1002")}
+    with pytest.raises(ManifestError, match="look like folds, not classes"):
+        load_manifest(root / "audio")
+
+
+def test_fsd50k_style_labels_and_extensionless_names(tmp_path):
+    """``fname,labels``: names without an extension match by stem; a ``labels`` cell separates with commas."""
+    root = tmp_path / "fsd"
+    _write(root / "dev_audio" / "64760.wav", 300.0)
+    _write(root / "dev_audio" / "16399.wav", 900.0)
+    (root / "ground_truth").mkdir()
+    write_csv(root / "ground_truth" / "dev.csv", ["fname", "labels", "mids", "split"],
+              [["64760", "Electric_guitar,Guitar,Music", "/m/a,/m/b,/m/c", "train"],
+               ["16399", "Music", "/m/c", "val"]])
+    m = from_csv(root / "ground_truth" / "dev.csv")
+    assert [it.labels for it in m.items] == [("Electric_guitar", "Guitar", "Music"), ("Music",)]
+    assert m.multilabel and Path(m.items[0].path).name == "64760.wav"
+
+
+def test_name_lookup_skips_ambiguous_names_and_stays_in_the_data_set(tmp_path):
+    root = tmp_path / "set"
+    for sub in ("a", "b"):
+        _write(root / "audio" / sub / "same.wav", 300.0)
+    _write(root / "audio" / "a" / "one.wav", 300.0)
+    (root / "meta").mkdir()
+    m = from_csv(write_csv(root / "meta" / "m.csv", ["file_name", "label"],
+                           [["same.wav", "x"], ["one.wav", "y"], ["none.wav", "y"]]))
+    assert [Path(it.path).name for it in m.items] == ["one.wav"]
+    reasons = sorted(reason.split(": ", 1)[1] for _, reason in m.skipped)
+    assert reasons == ["2 files named 'same.wav' under " + str(root), "file not found"]
+    # a CSV beside its audio only looks below itself: a file of that name one level up is not taken
+    _write(tmp_path / "outside.wav", 300.0)
+    m = from_csv(write_csv(root / "audio" / "m.csv", ["path", "label"], [["outside.wav", "x"], ["one.wav", "y"]]))
+    assert [Path(it.path).name for it in m.items] == ["one.wav"] and "file not found" in m.skipped[0][1]
+
+
+def test_name_lookup_gives_up_after_a_bounded_walk(tmp_path, monkeypatch):
+    from audioclf.data import manifest
+
+    monkeypatch.setattr(manifest._NameIndex, "MAX_FOLDERS", 3)
+    root = tmp_path / "set"
+    for i in range(6):
+        _write(root / "audio" / f"d{i}" / f"{i}.wav", 300.0)
+    (root / "meta").mkdir()
+    with pytest.raises(ManifestError, match="the search by name stopped after 3 folders"):
+        from_csv(write_csv(root / "meta" / "m.csv", ["file_name", "label"], [["5.wav", "x"]]))

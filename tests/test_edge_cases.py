@@ -153,7 +153,7 @@ def _folder_data(root, classes=("low", "mid", "high"), n=3):
 
 
 def test_csv_missing_columns(tmp_path):
-    (tmp_path / "m.csv").write_text("file,class\na.wav,x\n")
+    (tmp_path / "m.csv").write_text("blob,tag\na.wav,x\n")
     with pytest.raises(ManifestError, match="missing column"):
         from_csv(tmp_path / "m.csv")
 

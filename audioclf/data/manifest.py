@@ -1,7 +1,9 @@
 """Three ways to describe a data set, one result: a :class:`Manifest` of (path, labels, group, fold).
 
 1. a folder per class: ``root/<label>/**/<file>``;
-2. a CSV with columns ``path,label[,group][,fold]`` (paths relative to the CSV; ``a;b`` = several labels);
+2. a CSV with columns ``path,label[,group][,fold]`` (paths relative to the CSV; ``a;b`` = several labels), or
+   a data set's own metadata CSV with known column names (ESC-50, UrbanSound8K, FSD50K, Hugging Face
+   audiofolder; see ``CSV_COLUMNS``), whose files are found by name when they sit in a sibling folder;
 3. a regular expression with named groups ``label`` (required), ``group``, ``fold``, searched in each
    file's path relative to the root.
 Files that cannot be used are not fatal: they are listed in ``Manifest.skipped`` with the reason.
@@ -67,17 +69,14 @@ def _natural_key(text: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def _split_labels(cell: str) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(x.strip() for x in cell.split(LABEL_SEPARATOR) if x.strip()))
+def _split_labels(cell: str, separators=(LABEL_SEPARATOR,)) -> tuple[str, ...]:
+    for sep in separators[1:]:
+        cell = cell.replace(sep, separators[0])
+    return tuple(dict.fromkeys(x.strip() for x in cell.split(separators[0]) if x.strip()))
 
 
 def _audio_files(root: Path) -> list[Path]:
-    files = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        files += [Path(dirpath, f) for f in sorted(filenames)
-                  if not f.startswith(".") and Path(f).suffix.lower() in SUPPORTED_EXTENSIONS]
-    return files
+    return list(_iter_audio(root))
 
 
 def from_folders(root) -> Manifest:
@@ -98,39 +97,124 @@ def from_folders(root) -> Manifest:
     return _checked(Manifest(items, root, skipped, "folder"))
 
 
+# Column names the CSV reader understands, in order of preference (case-insensitive): ours first, then those of
+# common data sets' metadata (Hugging Face audiofolder ``file_name``; ESC-50 ``filename,fold,target,category,
+# src_file``; UrbanSound8K ``slice_file_name,fsID,fold,classID,class``; FSD50K ``fname,labels``). A name column is
+# preferred to a numeric id column (``category`` over ``target``, ``class`` over ``classID``).
+CSV_COLUMNS = {
+    "path": ("path", "file_name", "filename", "file", "fname", "filepath", "file_path", "audio_path", "audio",
+             "slice_file_name"),
+    "label": ("label", "labels", "category", "class", "genre", "target", "classid", "class_id"),
+    "group": ("group", "speaker", "speaker_id", "src_file", "fsid"),
+    "fold": ("fold",),
+}
+
+
+def _csv_columns(csv_path: Path, header: list[str]) -> dict[str, str]:
+    """Role -> the header's column for it; ManifestError naming what is missing."""
+    by_name = {c.strip().lower(): c.strip() for c in header}
+    found = {role: next((by_name[n] for n in names if n in by_name), None) for role, names in CSV_COLUMNS.items()}
+    missing = [role for role in ("path", "label") if found[role] is None]
+    if missing:
+        raise ManifestError(f"{csv_path}: missing column(s) {', '.join(missing)}; expected path,label[,group][,fold] "
+                            f"(or one of the known names: {'; '.join(', '.join(CSV_COLUMNS[r]) for r in missing)}), "
+                            f"found {','.join(c.strip() for c in header) or 'no header'}")
+    return {role: column for role, column in found.items() if column is not None}
+
+
+class _NameIndex:
+    """Audio files by file name and by stem, under the CSV's folder or, when that holds no audio (a metadata
+    folder: ESC-50's ``meta/``, UrbanSound8K's ``metadata/``), under the folder above it. Built on first use; the
+    walk stops after ``MAX_FOLDERS`` folders, so a stray CSV in a home folder cannot start a search of the disk."""
+
+    MAX_FOLDERS = 20_000
+
+    def __init__(self, base: Path):
+        self.base, self.root, self._index, self.truncated = base, base, None, False
+
+    def _build(self) -> None:
+        self._index = {}
+        for root in (self.base, self.base.parent):
+            self.root, folders = root, 0
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+                folders += 1
+                if folders > self.MAX_FOLDERS:
+                    self.truncated = True
+                    break
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for f in filenames:
+                    path = Path(dirpath, f)
+                    if not f.startswith(".") and path.suffix.lower() in SUPPORTED_EXTENSIONS:
+                        for key in {path.name, path.stem}:
+                            self._index.setdefault(key, []).append(path)
+            if self._index:
+                return
+
+    def find(self, name: str) -> tuple[Path | None, str]:
+        if self._index is None:
+            self._build()
+        hits = self._index.get(name, [])
+        if len(hits) > 1:
+            return None, f"{len(hits)} files named {name!r} under {self.root}"
+        if hits:
+            return Path(os.path.abspath(hits[0])), ""
+        return None, "file not found" + (f" (the search by name stopped after {self.MAX_FOLDERS} folders under "
+                                         f"{self.root})" if self.truncated else "")
+
+
 def from_csv(csv_path) -> Manifest:
-    """CSV with columns ``path,label[,group][,fold]``; relative paths are relative to the CSV's folder and may
-    not leave it (``../``); absolute paths are taken as they are."""
+    """CSV with columns ``path,label[,group][,fold]`` (or known aliases, see ``CSV_COLUMNS``); relative paths are
+    relative to the CSV's folder and may not leave it (``../``); absolute paths are taken as they are. A bare
+    file name not found there is looked up by name (or stem) under the CSV's folder or, for a CSV in a folder
+    without audio (``meta/esc50.csv`` naming files in ``audio/``), under the folder above; a name that matches
+    several files is skipped with that reason."""
     csv_path = Path(csv_path)
     root = csv_path.parent
     base = Path(os.path.abspath(root))  # lexical: ../ is collapsed, symlinked folders inside the data set stay inside
+    by_name = _NameIndex(base)
     with open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = {"path", "label"} - set(columns)
-        if missing:
-            raise ManifestError(f"{csv_path}: missing column(s) {', '.join(sorted(missing))}; "
-                                f"expected path,label[,group][,fold], found {','.join(columns) or 'no header'}")
-        items, skipped, seen = [], [], set()
+        columns = _csv_columns(csv_path, reader.fieldnames or [])
+        if any(columns[role] != role for role in columns):
+            print(f"{csv_path}: reading " + ", ".join(f"{role} from column {column!r}" for role, column
+                                                       in columns.items()), file=sys.stderr)
+        split = (",", ";") if columns["label"].lower() == "labels" else (";",)  # FSD50K: labels="Guitar,Music"
+        items, skipped, seen, looked_up = [], [], set(), 0
         for line, row in enumerate(reader, start=2):
             row = {(k or "").strip(): (v or "").strip() for k, v in row.items() if k is not None}  # None: extra cells
-            rel, labels = row.get("path", ""), _split_labels(row.get("label", ""))
-            path = Path(os.path.abspath(base / rel))
+            rel, labels = row.get(columns["path"], ""), _split_labels(row.get(columns["label"], ""), split)
             where = f"{csv_path}:{line}"
             if not rel:
                 skipped.append((where, "empty path"))
-            elif not labels:
-                skipped.append((str(path), f"{where}: empty label"))
-            elif not Path(rel).is_absolute() and not path.is_relative_to(base):
-                skipped.append((rel, f"{where}: path escapes the manifest's folder"))
+                continue
+            if not labels:
+                skipped.append((str(base / rel), f"{where}: empty label"))
+                continue
+            path, reason = _resolve(base, rel, by_name)
+            if path is None:
+                skipped.append((rel if "escapes" in reason else str(base / rel), f"{where}: {reason}"))
             elif str(path) in seen:
                 skipped.append((str(path), f"{where}: duplicate path (first row kept)"))
-            elif not path.is_file():
-                skipped.append((str(path), f"{where}: file not found"))
             else:
                 seen.add(str(path))
-                items.append(Item(str(path), labels, row.get("group") or None, row.get("fold") or None))
+                looked_up += path != Path(os.path.abspath(base / rel))
+                items.append(Item(str(path), labels, row.get(columns.get("group"), "") or None,
+                                  row.get(columns.get("fold"), "") or None))
+    if looked_up:
+        print(f"{csv_path}: {looked_up} file(s) found by name under {by_name.root}", file=sys.stderr)
     return _checked(Manifest(items, root, skipped, "csv"))
+
+
+def _resolve(base: Path, rel: str, by_name: _NameIndex) -> tuple[Path | None, str]:
+    """The file a CSV row names (absolute), or None and why not."""
+    path = Path(os.path.abspath(base / rel))
+    if not Path(rel).is_absolute() and not path.is_relative_to(base):
+        return None, "path escapes the manifest's folder"
+    if path.is_file():
+        return path, ""
+    if Path(rel).name == rel:  # a bare file name: the audio may sit in a sibling folder (meta/ + audio/)
+        return by_name.find(rel)
+    return None, "file not found"
 
 
 def from_pattern(root, pattern: str) -> Manifest:
@@ -154,7 +238,9 @@ def from_pattern(root, pattern: str) -> Manifest:
 
 
 def load_manifest(data, pattern: str | None = None) -> Manifest:
-    """Dispatch: a ``.csv`` file, a folder with ``--pattern``, a folder holding ``manifest.csv``, or class folders."""
+    """Dispatch: a ``.csv`` file, a folder with ``--pattern``, a folder holding ``manifest.csv``, class folders, or
+    -- for a folder without class folders, e.g. ESC-50 (``audio/``, ``meta/esc50.csv``) or UrbanSound8K
+    (``audio/fold1..10/``, ``metadata/UrbanSound8K.csv``) -- the one metadata CSV in it or one level down."""
     data = Path(data)
     if not data.exists():
         raise ManifestError(f"{data}: no such file or folder")
@@ -166,7 +252,53 @@ def load_manifest(data, pattern: str | None = None) -> Manifest:
         return from_pattern(data, pattern)
     if (data / "manifest.csv").is_file():
         return from_csv(data / "manifest.csv")
+    classes = _class_folders(data)
+    fold_like = bool(classes) and all(_FOLD_FOLDER.fullmatch(c) for c in classes)
+    if len(classes) < 2 or fold_like:
+        metadata = _metadata_csvs(data)
+        if len(metadata) == 1:
+            print(f"{data}: no class folders ({', '.join(classes) or 'none'}); using the metadata file "
+                  f"{metadata[0]}", file=sys.stderr)
+            return from_csv(metadata[0])
+        if fold_like:
+            raise ManifestError(f"{data}: the sub-folders ({', '.join(classes[:3])}, ...) look like folds, not "
+                                f"classes; pass a CSV with path and label columns (e.g. the data set's metadata "
+                                f"file) or --pattern")
     return from_folders(data)
+
+
+_FOLD_FOLDER = re.compile(r"(fold|split)[ _-]?\d+", re.IGNORECASE)
+
+
+def _class_folders(root: Path) -> list[str]:
+    """The immediate sub-folders that hold audio somewhere below them."""
+    found = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if any(True for _ in _iter_audio(d)):
+            found.append(d.name)
+    return found
+
+
+def _iter_audio(root: Path):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in filenames:
+            if not f.startswith(".") and Path(f).suffix.lower() in SUPPORTED_EXTENSIONS:
+                yield Path(dirpath, f)
+
+
+def _metadata_csvs(root: Path) -> list[Path]:
+    """CSVs in ``root`` or one folder down whose header names a path and a label column."""
+    found = []
+    for path in sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]):
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                header = next(csv.reader(f), [])
+            _csv_columns(path, header)
+        except (ManifestError, OSError, UnicodeDecodeError, csv.Error):
+            continue
+        found.append(path)
+    return found
 
 
 def _checked(manifest: Manifest) -> Manifest:
