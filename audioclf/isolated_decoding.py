@@ -7,8 +7,10 @@ keeps up to ``workers`` long-lived ``python -m audioclf.isolated_decoding`` proc
 with the decoders imported once), sends each one a job at a time, and turns a worker's death or a missed deadline
 into :class:`IsolatedDecodeFailed` for that job alone; the worker is replaced on the next call.
 
-The worker answers in plain data, never pickle: a JSON line, then the samples as little-endian float32. A worker
-subverted by a malicious file can at worst send wrong numbers, which the parent bounds before reading.
+The worker answers in plain data, never pickle: a JSON line, then the samples as little-endian float32, whose
+count the parent bounds before reading. So a worker that misbehaves can send wrong numbers but cannot make the
+server run anything. The worker runs with the server's privileges: this isolates crashes and hangs; it is not a
+security sandbox.
 
 Job:    ``{"sample_rate": int, "max_seconds": float, "path": str | null, "size": int}\\n`` + ``size`` bytes of audio
 Answer: ``{"samples": n}\\n`` + ``4 n`` bytes, or ``{"error": "AudioTooLong" | "AudioDecodeError", "reason": str}\\n``
