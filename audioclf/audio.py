@@ -83,17 +83,18 @@ def _finite(path, audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def read_mono_limited(path, sample_rate: int, max_seconds: float) -> np.ndarray:
-    """Mono float32 ``(samples,)`` at ``sample_rate`` Hz, refusing audio longer than ``max_seconds`` with
-    :class:`AudioTooLong`: from the header when it declares a length, and in any case while streaming, so an
-    over-long file is never decoded whole (whatever its header says)."""
-    try:
-        declared = audio_info(path).duration
-    except AudioDecodeError:
-        declared = 0.0  # no readable header: decoding below gives the reason, or counts the samples
-    if declared > max_seconds + 1e-6:
-        raise AudioTooLong(path, f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
-    limit = int(max_seconds * sample_rate)
+def read_mono_limited(path, sample_rate: int, max_seconds: float | None) -> np.ndarray:
+    """Mono float32 ``(samples,)`` at ``sample_rate`` Hz, refusing audio longer than ``max_seconds`` (None: no
+    limit) with :class:`AudioTooLong`: from the header when it declares a length, and in any case while streaming,
+    so an over-long file is never decoded whole (whatever its header says)."""
+    if max_seconds is not None:
+        try:
+            declared = audio_info(path).duration
+        except AudioDecodeError:
+            declared = 0.0  # no readable header: decoding below gives the reason, or counts the samples
+        if declared > max_seconds + 1e-6:
+            raise AudioTooLong(path, f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
+    limit = float("inf") if max_seconds is None else int(max_seconds * sample_rate)
     blocks, total = [], 0
     for block in iter_blocks(path, sample_rate, max(1, sample_rate * 10)):
         blocks.append(block[0])

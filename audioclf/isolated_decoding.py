@@ -31,6 +31,7 @@ import numpy as np
 from .audio import AudioDecodeError, AudioTooLong, read_mono_limited
 
 MAX_LINE = 1 << 16  # bytes of an answer's JSON line
+UNLIMITED_SECONDS = 24 * 3600  # the most audio the parent accepts from a worker when the caller sets no limit
 
 
 class IsolatedDecodeFailed(RuntimeError):
@@ -58,9 +59,9 @@ class _Worker:
     def alive(self) -> bool:
         return not self.timed_out and self.proc.poll() is None
 
-    def decode(self, source, sample_rate: int, max_seconds: float, timeout: float) -> np.ndarray:
+    def decode(self, source, sample_rate: int, max_seconds: float | None, timeout: float) -> np.ndarray:
         in_memory = isinstance(source, (bytes, bytearray, memoryview))
-        job = {"sample_rate": int(sample_rate), "max_seconds": float(max_seconds),
+        job = {"sample_rate": int(sample_rate), "max_seconds": None if max_seconds is None else float(max_seconds),
                "path": None if in_memory else os.fspath(source), "size": len(source) if in_memory else 0}
         timer = threading.Timer(timeout, self._expire)
         timer.start()
@@ -80,7 +81,7 @@ class _Worker:
                 error = AudioTooLong if answer["error"] == "AudioTooLong" else AudioDecodeError
                 raise error(source, str(answer.get("reason", "unknown error")))
             samples = answer.get("samples")
-            limit = int(max_seconds * sample_rate) + 1
+            limit = int((UNLIMITED_SECONDS if max_seconds is None else max_seconds) * sample_rate) + 1
             if not isinstance(samples, int) or not 0 < samples <= limit:
                 raise IsolatedDecodeFailed(f"the worker announced {samples!r} samples (at most {limit} expected)")
             data = self.proc.stdout.read(4 * samples)
@@ -129,9 +130,10 @@ class DecoderPool:
         self._slots = threading.BoundedSemaphore(workers)
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()
 
-    def decode(self, source, sample_rate: int, max_seconds: float) -> np.ndarray:
+    def decode(self, source, sample_rate: int, max_seconds: float | None) -> np.ndarray:
         """:func:`audioclf.audio.read_mono_limited` of ``source`` (a path or the file's bytes) in a worker: mono
-        float32 ``(samples,)``. Raises its AudioDecodeError / AudioTooLong, or IsolatedDecodeFailed."""
+        float32 ``(samples,)``; ``max_seconds`` None: up to ``UNLIMITED_SECONDS``. Raises its AudioDecodeError /
+        AudioTooLong, or IsolatedDecodeFailed."""
         with self._slots:
             worker = self._take()
             try:

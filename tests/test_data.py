@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from conftest import write_with_pyav
 
 import audioclf.data.cache as cache_mod
+from audioclf.audio import read_mono_limited
 from audioclf.data.cache import AudioCache, default_cache_dir
 from audioclf.data.clips import ClipDataset, fit_length, windows
 from audioclf.data.manifest import (Item, Manifest, ManifestError, from_csv, from_folders, from_pattern,
@@ -420,19 +423,19 @@ def forbid_decoding(monkeypatch):
         calls.append(path)
         raise AssertionError(f"decoded {path} although it is cached")
 
-    monkeypatch.setattr(cache_mod, "read_audio", fail)
+    monkeypatch.setattr(cache_mod, "libsndfile_info", fail)  # every decode starts by probing the format
     return calls
 
 
 def count_decoding(monkeypatch):
     calls = []
-    real = cache_mod.read_audio
+    real = cache_mod.libsndfile_info
 
     def counting(path, *a, **k):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(cache_mod, "read_audio", counting)
+    monkeypatch.setattr(cache_mod, "libsndfile_info", counting)  # every decode starts by probing the format
     return calls
 
 
@@ -739,3 +742,21 @@ def test_name_lookup_gives_up_after_a_bounded_walk(tmp_path, monkeypatch):
     (root / "meta").mkdir()
     with pytest.raises(ManifestError, match="the search by name stopped after 3 folders"):
         from_csv(write_csv(root / "meta" / "m.csv", ["file_name", "label"], [["5.wav", "x"]]))
+
+
+def test_cache_decodes_ffmpeg_only_files_in_worker_processes_and_skips_a_crash(tmp_path, clip_files, monkeypatch):
+    """WebM/Opus goes to a decoder process and decodes as it would here; a decoder that crashes costs that file
+    (skipped with the signal as the reason), not the run."""
+    from functools import partial
+
+    webm = tmp_path / "rec.webm"
+    write_with_pyav(webm, "webm", "libopus", 48000, tone(440, seconds=0.5))
+    clips, bad = AudioCache(tmp_path / "cache", SR).load(clip_files[:2] + [str(webm)])
+    assert not bad and set(clips) == set(clip_files[:2] + [str(webm)])
+    np.testing.assert_allclose(clips[str(webm)], read_mono_limited(webm, SR, None), atol=1e-6)
+
+    crash = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(cache_mod, "DecoderPool", partial(cache_mod.DecoderPool, command=crash))
+    clips, bad = AudioCache(tmp_path / "cache2", SR).load(clip_files[:2] + [str(webm)])
+    assert set(clips) == set(clip_files[:2])
+    assert bad == [(str(webm), "the decoder process was killed by SIGSEGV")]

@@ -16,10 +16,12 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..audio import AudioDecodeError, read_audio
+from ..audio import AudioDecodeError, libsndfile_info, read_audio
+from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
 from ..io_utils import write_atomic, write_json_atomic
 
 FORMAT = 1
+ISOLATED_DECODE_SECONDS = 300.0  # a file only FFmpeg reads whose decoding takes longer is skipped (a hang)
 
 
 def default_cache_dir() -> Path:
@@ -96,21 +98,33 @@ class AudioCache:
         return self._maps[data_file][offset:offset + length]
 
     def _decode(self, todo, bad, progress, workers) -> list[tuple[tuple[str, str], np.ndarray]]:
+        """Decode in ``workers`` threads; files libsndfile does not read go to PyAV in decoder processes
+        (:mod:`audioclf.isolated_decoding`), so a crash or hang in FFmpeg skips that file instead of ending the run."""
+        workers = workers or os.cpu_count() or 1
+        decoders = DecoderPool(workers=workers, timeout=ISOLATED_DECODE_SECONDS)
+
         def one(job):
             path, _ = job
             try:
+                if libsndfile_info(path) is None:
+                    return decoders.decode(path, self.sample_rate, None)
                 return read_audio(path, self.sample_rate, mono=True)[0]
             except AudioDecodeError as e:
                 return e
+            except IsolatedDecodeFailed as e:
+                return AudioDecodeError(path, e.reason)
         decoded = []
-        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-            for n, (job, result) in enumerate(zip(todo, pool.map(one, todo)), start=1):
-                if isinstance(result, AudioDecodeError):
-                    bad.append((job[0], result.reason))
-                else:
-                    decoded.append((job, result))
-                if progress:
-                    progress(n, len(todo))
+        try:
+            with ThreadPoolExecutor(workers) as pool:
+                for n, (job, result) in enumerate(zip(todo, pool.map(one, todo)), start=1):
+                    if isinstance(result, AudioDecodeError):
+                        bad.append((job[0], result.reason))
+                    else:
+                        decoded.append((job, result))
+                    if progress:
+                        progress(n, len(todo))
+        finally:
+            decoders.close()
         return decoded
 
     def _write_pack(self, decoded) -> None:
