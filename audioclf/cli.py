@@ -147,16 +147,22 @@ def _predict_windows(args, clf, paths) -> int:
 
 def cmd_predict(args) -> int:
     from .audio import AudioDecodeError
+    from .isolated_decoding import DecoderPool
     clf = _predictor(args)
     if getattr(args, "window", None) is not None:
         return _predict_windows(args, clf, _audio_paths(args.paths))
     rows, failures = [], 0
-    for path in _audio_paths(args.paths):
-        try:
-            rows.append((str(path), clf.predict(path, top_k=args.top_k)))
-        except AudioDecodeError as e:
-            failures += 1
-            print(f"error: {e}", file=sys.stderr)
+    decoders = DecoderPool(workers=1)  # files only FFmpeg reads: a decoder crash costs that file, not the batch
+    try:
+        for path in _audio_paths(args.paths):
+            try:
+                clip = decoders.read_mono(path, clf.sample_rate)
+                rows.append((str(path), clf.predict(clip, top_k=args.top_k)))
+            except AudioDecodeError as e:
+                failures += 1
+                print(f"error: {e}", file=sys.stderr)
+    finally:
+        decoders.close()
     if args.format == "json":
         print(json.dumps([{"path": p, "predictions": preds} for p, preds in rows], indent=2))
     elif args.format == "csv":

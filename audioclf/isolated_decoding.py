@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioDecodeError, AudioTooLong, read_mono_limited
+from .audio import AudioDecodeError, AudioTooLong, libsndfile_info, read_audio, read_mono_limited
 
 MAX_LINE = 1 << 16  # bytes of an answer's JSON line
 UNLIMITED_SECONDS = 24 * 3600  # the most audio the parent accepts from a worker when the caller sets no limit
@@ -147,6 +147,17 @@ class DecoderPool:
             finally:
                 if worker is not None:
                     self._give_back(worker)
+
+    def read_mono(self, path, sample_rate: int) -> np.ndarray:
+        """A whole file as mono float32 ``(samples,)`` at ``sample_rate`` Hz: formats libsndfile reads in this
+        process (:func:`audioclf.audio.read_audio`), the others in a worker; every failure, a worker's crash
+        included, is an AudioDecodeError naming the file -- for batch jobs that skip bad files and go on."""
+        if libsndfile_info(path) is not None:
+            return read_audio(path, sample_rate, mono=True)[0]
+        try:
+            return self.decode(path, sample_rate, None)
+        except IsolatedDecodeFailed as e:
+            raise AudioDecodeError(path, e.reason) from None
 
     def _take(self) -> _Worker:
         while True:

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import audioclf
 from audioclf.cli import main
-from conftest import run_cli
+from conftest import run_cli, write_with_pyav
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO / "datasets" / "fsdd"
@@ -200,6 +200,26 @@ def test_predict_csv_and_folders(fsdd_run, tmp_path, capsys):
     assert len(lines) == 1 + 3 * 2
     ranks = [row[1] for row in csv.reader(lines[1:])]
     assert ranks == ["1", "2"] * 3
+
+
+def test_predict_skips_a_file_whose_decoder_crashes(fsdd_run, tmp_path, monkeypatch):
+    """A batch of files where FFmpeg crashes on one (here: a decoder process that kills itself): that file is an
+    error line naming it and the signal, the others are answered as usual."""
+    from functools import partial
+
+    import audioclf.isolated_decoding as isolated_decoding
+    from audioclf.audio import read_audio
+
+    good = [r["path"] for r in fsdd_run["rows"] if r["fold"] == "0"][:2]
+    webm = tmp_path / "rec.webm"
+    write_with_pyav(webm, "webm", "libopus", 48000, read_audio(good[0], 48000)[0])
+    rc, out, err = run_cli("predict", fsdd_run["run"], good[0], webm, good[1], "--format", "json")
+    assert rc == 0 and [r["path"] for r in json.loads(out)] == [good[0], str(webm), good[1]]
+    crash = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(isolated_decoding, "DecoderPool", partial(isolated_decoding.DecoderPool, command=crash))
+    rc, out, err = run_cli("predict", fsdd_run["run"], good[0], webm, good[1], "--format", "json")
+    assert rc == 0 and [r["path"] for r in json.loads(out)] == good
+    assert f"error: {webm}: the decoder process was killed by SIGSEGV" in err
 
 
 def test_load_predict_and_reload_are_identical(fsdd_run):

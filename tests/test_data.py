@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from conftest import write_with_pyav
 
 import audioclf.data.cache as cache_mod
+import audioclf.isolated_decoding as isolated_decoding
 from audioclf.audio import read_mono_limited
 from audioclf.data.cache import AudioCache, default_cache_dir
 from audioclf.data.clips import ClipDataset, fit_length, windows
@@ -423,19 +424,19 @@ def forbid_decoding(monkeypatch):
         calls.append(path)
         raise AssertionError(f"decoded {path} although it is cached")
 
-    monkeypatch.setattr(cache_mod, "libsndfile_info", fail)  # every decode starts by probing the format
+    monkeypatch.setattr(isolated_decoding, "libsndfile_info", fail)  # every decode starts by probing the format
     return calls
 
 
 def count_decoding(monkeypatch):
     calls = []
-    real = cache_mod.libsndfile_info
+    real = isolated_decoding.libsndfile_info
 
     def counting(path, *a, **k):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(cache_mod, "libsndfile_info", counting)  # every decode starts by probing the format
+    monkeypatch.setattr(isolated_decoding, "libsndfile_info", counting)  # every decode starts by probing the format
     return calls
 
 

@@ -16,8 +16,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..audio import AudioDecodeError, libsndfile_info, read_audio
-from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
+from ..audio import AudioDecodeError
+from ..isolated_decoding import DecoderPool
 from ..io_utils import write_atomic, write_json_atomic
 
 FORMAT = 1
@@ -104,15 +104,10 @@ class AudioCache:
         decoders = DecoderPool(workers=workers, timeout=ISOLATED_DECODE_SECONDS)
 
         def one(job):
-            path, _ = job
             try:
-                if libsndfile_info(path) is None:
-                    return decoders.decode(path, self.sample_rate, None)
-                return read_audio(path, self.sample_rate, mono=True)[0]
+                return decoders.read_mono(job[0], self.sample_rate)
             except AudioDecodeError as e:
                 return e
-            except IsolatedDecodeFailed as e:
-                return AudioDecodeError(path, e.reason)
         decoded = []
         try:
             with ThreadPoolExecutor(workers) as pool:
