@@ -83,11 +83,12 @@ def _finite(path, audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def read_mono_limited(path, sample_rate: int, max_seconds: float | None) -> np.ndarray:
+def read_mono_limited(path, sample_rate: int, max_seconds: float | None, check_header: bool = True) -> np.ndarray:
     """Mono float32 ``(samples,)`` at ``sample_rate`` Hz, refusing audio longer than ``max_seconds`` (None: no
-    limit) with :class:`AudioTooLong`: from the header when it declares a length, and in any case while streaming,
-    so an over-long file is never decoded whole (whatever its header says)."""
-    if max_seconds is not None:
+    limit) with :class:`AudioTooLong`: from the header when it declares a length (``check_header=False``: the
+    caller has checked it), and in any case while streaming, so an over-long file is never decoded whole
+    (whatever its header says)."""
+    if max_seconds is not None and check_header:
         try:
             declared = audio_info(path).duration
         except AudioDecodeError:

@@ -338,14 +338,14 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
     seen = []
     decode = serving_app.read_mono_limited
 
-    def spy(source, *args):
+    def spy(source, *args, **kw):
         if spool:
             seen.append(Path(source))
             assert Path(source).exists()
         else:
             seen.append(source)
             assert isinstance(source, bytes) and os.listdir(upload_dir) == []
-        return decode(source, *args)
+        return decode(source, *args, **kw)
 
     monkeypatch.setattr(serving_app, "read_mono_limited", spy)  # junk goes to a child process, unseen here
     burst(app, [clip_bytes(i % 3) for i in range(6)] + [b"junk"] * 3)  # concurrent, in their own event loop
@@ -373,13 +373,13 @@ def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
     threads = []
     decode = serving_app.read_mono_limited
 
-    def spy(source, *args):
+    def spy(source, *args, **kw):
         try:
             asyncio.get_running_loop()
             threads.append(True)  # called on the event loop's thread
         except RuntimeError:
             threads.append(False)  # a worker thread has no running loop
-        return decode(source, *args)
+        return decode(source, *args, **kw)
 
     monkeypatch.setattr(serving_app, "read_mono_limited", spy)
     buf = io.BytesIO()

@@ -567,11 +567,13 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
                 small = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
                 declared = _sndfile_seconds(source, max_seconds)
                 if declared is not None and small and declared <= INLINE_DECODE_SECONDS:
-                    clip = read_mono_limited(source, clf.sample_rate, max_seconds)
-                else:
-                    decode = read_mono_limited if declared is not None else decoders.decode
+                    clip = read_mono_limited(source, clf.sample_rate, max_seconds, check_header=False)
+                elif declared is not None:
                     clip = await asyncio.get_running_loop().run_in_executor(
-                        None, decode, source, clf.sample_rate, max_seconds)
+                        None, read_mono_limited, source, clf.sample_rate, max_seconds, False)
+                else:
+                    clip = await asyncio.get_running_loop().run_in_executor(
+                        None, decoders.decode, source, clf.sample_rate, max_seconds)
             except AudioTooLong as e:
                 raise ApiError(413, "too_long", e.reason) from None
             except IsolatedDecodeFailed as e:
