@@ -761,3 +761,17 @@ def test_cache_decodes_ffmpeg_only_files_in_worker_processes_and_skips_a_crash(t
     clips, bad = AudioCache(tmp_path / "cache2", SR).load(clip_files[:2] + [str(webm)])
     assert set(clips) == set(clip_files[:2])
     assert bad == [(str(webm), "the decoder process was killed by SIGSEGV")]
+
+
+def test_one_class_is_refused_for_training_and_a_lone_audio_folder_is_entered(tmp_path):
+    """A folder whose only audio folder holds the class folders (GTZAN's ``Data/genres_original/<genre>/``) is
+    read from there; one class alone cannot train."""
+    root = tmp_path / "Data"
+    for genre, freq in (("blues", 300.0), ("jazz", 900.0)):
+        _write(root / "genres_original" / genre / f"{genre}.00000.wav", freq)
+    (root / "images_original").mkdir()
+    m = load_manifest(root)
+    assert m.labels == ["blues", "jazz"] and m.require_classes() is m
+    one = load_manifest(root / "genres_original" / "blues" / "..", pattern=r"(?P<label>blues)/")
+    with pytest.raises(ManifestError, match="only the class 'blues' in 1 files; a classifier needs two or more"):
+        one.require_classes()

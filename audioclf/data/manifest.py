@@ -61,6 +61,15 @@ class Manifest:
     def class_counts(self) -> Counter:
         return Counter(label for item in self.items for label in item.labels)
 
+    def require_classes(self) -> "Manifest":
+        """For training: ManifestError unless there are two classes or more (one class trains to a perfect,
+        meaningless score)."""
+        if len(self.labels) < 2:
+            found = f"only the class {self.labels[0]!r}" if self.labels else "no class"
+            raise ManifestError(f"{self.root}: {found} in {len(self.items)} files; a classifier needs two or more "
+                                f"(one folder per class, or a label column with several values)")
+        return self
+
     def subset(self, indices) -> "Manifest":
         return Manifest([self.items[i] for i in indices], self.root, [], self.source)
 
@@ -240,7 +249,8 @@ def from_pattern(root, pattern: str) -> Manifest:
 def load_manifest(data, pattern: str | None = None) -> Manifest:
     """Dispatch: a ``.csv`` file, a folder with ``--pattern``, a folder holding ``manifest.csv``, class folders, or
     -- for a folder without class folders, e.g. ESC-50 (``audio/``, ``meta/esc50.csv``) or UrbanSound8K
-    (``audio/fold1..10/``, ``metadata/UrbanSound8K.csv``) -- the one metadata CSV in it or one level down."""
+    (``audio/fold1..10/``, ``metadata/UrbanSound8K.csv``) -- the one metadata CSV in it or one level down, else
+    the class folders inside its only folder with audio."""
     data = Path(data)
     if not data.exists():
         raise ManifestError(f"{data}: no such file or folder")
@@ -260,6 +270,9 @@ def load_manifest(data, pattern: str | None = None) -> Manifest:
             print(f"{data}: no class folders ({', '.join(classes) or 'none'}); using the metadata file "
                   f"{metadata[0]}", file=sys.stderr)
             return from_csv(metadata[0])
+        if len(classes) == 1 and len(_class_folders(data / classes[0])) >= 2:  # e.g. GTZAN's Data/genres_original
+            print(f"{data}: the one folder with audio, {classes[0]}, holds the class folders", file=sys.stderr)
+            return load_manifest(data / classes[0])
         if fold_like:
             raise ManifestError(f"{data}: the sub-folders ({', '.join(classes[:3])}, ...) look like folds, not "
                                 f"classes; pass a CSV with path and label columns (e.g. the data set's metadata "

@@ -17,7 +17,7 @@ from .trainer import train
 def cross_validate(data, out, folds: int = 5, **settings) -> dict:
     """Train and test once per fold; write ``OUT/cv_report.json`` and the summed confusion matrix."""
     out = Path(out)
-    manifest = load_manifest(data, settings.get("pattern"))
+    manifest = load_manifest(data, settings.get("pattern")).require_classes()
     fold_tests = kfold(manifest, folds, settings.get("seed", 0))
     names = manifest.folds or [str(k) for k in range(len(fold_tests))]
     out.mkdir(parents=True, exist_ok=True)

@@ -169,7 +169,7 @@ def train(data, out, **settings) -> dict:
     # --- data: manifest, split, settings, decoded clips
     from ..data import shards as shard_data
     source = shard_data.ShardSource(data) if shard_data.is_shard_source(data) else None  # tar shards: streamed
-    manifest = source.manifest() if source else load_manifest(data, cfg.pattern)
+    manifest = (source.manifest() if source else load_manifest(data, cfg.pattern)).require_classes()
     if source:  # the shards' audio is already decoded at one rate
         cfg.sample_rate, cfg.clip_seconds = source.sample_rate, cfg.clip_seconds or source.clip_seconds
     labels, multilabel = manifest.labels, manifest.multilabel
