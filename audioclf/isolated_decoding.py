@@ -73,7 +73,7 @@ class _Worker:
                 self.proc.stdin.flush()
                 line = self.proc.stdout.readline(MAX_LINE)
                 answer = json.loads(line) if line.endswith(b"\n") else None
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):  # a dead worker, or a line that is not our JSON
                 answer = None
             if not isinstance(answer, dict):
                 raise IsolatedDecodeFailed(self._failure())

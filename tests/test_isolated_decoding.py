@@ -75,7 +75,7 @@ def test_a_hang_is_killed_at_the_deadline():
 
 
 @pytest.mark.parametrize("answer", ['{"samples": 999999999}', '{"samples": -1}', '"samples"', "not json",
-                                    '{"samples": 100}'])
+                                    '{"samples": 100}', "[" * 30000])
 def test_a_worker_that_lies_is_refused_before_its_data_is_read(answer):
     """Too many samples for the limit, nonsense, or fewer bytes than announced: never trusted."""
     code = f"import sys; sys.stdin.readline(); sys.stdout.write({answer!r} + '\\n'); sys.stdout.flush()"
