@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -151,22 +152,31 @@ def write_metrics(run: Path, rows: list[dict]) -> None:
     write_text_atomic(run / "metrics.csv", buf.getvalue())
 
 
-def train(data, out, **settings) -> dict:
-    """Train on ``data`` (folder, CSV or folder + ``pattern``) into the run folder ``out``; returns the test report.
+@dataclass
+class TrainingData:
+    """What a run trains, validates and tests on (indices into ``manifest.items``), decoded."""
 
-    ``settings`` are :class:`TrainConfig` fields.
-    """
-    cfg = TrainConfig(**settings)
-    augment = augment_config(cfg)  # a bad --aug fails here, before any work
-    run = Path(out)
-    run.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    device = resolve_device(cfg.device)
-    dist_info, dist_device = distributed.setup_from_env(cfg.device)  # torchrun: one process per device
-    device, main, world = dist_device or device, dist_info.main, dist_info.world_size
-    cfg.nproc = world  # recorded in config.json: the processes that actually trained
+    manifest: object
+    source: object | None  # tar shards, streamed (training clips are then not in ``clips``); None: the decode cache
+    cache: AudioCache
+    labels: list[str]
+    multilabel: bool
+    settings: dict  # the concrete settings (resolve_settings)
+    init: object | None  # the --init-from run
+    clips: dict  # path -> float32 (samples,) at settings["sample_rate"]
+    skipped: list  # (path, reason)
+    train: list[int]
+    val: list[int]
+    test: list[int]
+    y: np.ndarray  # (items, classes) 0/1 targets
 
-    # --- data: manifest, split, settings, decoded clips
+    def audio(self, idx) -> list[np.ndarray]:
+        return [self.clips[self.manifest.items[i].path] for i in idx]
+
+
+def prepare_data(cfg: TrainConfig, data, run: Path, main: bool) -> TrainingData:
+    """Manifest, split, settings (filled from the data, or from the --init-from run) and decoded clips; writes
+    ``skipped.csv`` (rank 0). Fills ``cfg``'s audio settings when shards or a fine-tune fix them."""
     from ..data import shards as shard_data
     source = shard_data.ShardSource(data) if shard_data.is_shard_source(data) else None  # tar shards: streamed
     manifest = (source.manifest() if source else load_manifest(data, cfg.pattern)).require_classes()
@@ -186,11 +196,10 @@ def train(data, out, **settings) -> dict:
     s = resolve_settings(cfg, manifest, len(split.train))
     if init:
         s["model_args"] = dict(init.config["model_args"])
-    sr, clip_samples = s["sample_rate"], int(round(s["clip_seconds"] * s["sample_rate"]))
-    cache = AudioCache(cfg.cache_dir, sr)
+    cache = AudioCache(cfg.cache_dir, s["sample_rate"])
     t0 = time.perf_counter()
     with distributed.main_first():  # rank 0 decodes into the cache; the others wait, then read it
-        if source:  # validation and test in memory; training streamed below
+        if source:  # validation and test in memory; training streamed
             clips, bad = source.load(manifest.items[i].path for i in split.val + split.test), []
         else:
             clips, bad = cache.load([it.path for it in manifest.items])
@@ -201,11 +210,71 @@ def train(data, out, **settings) -> dict:
     if skipped:
         print(f"skipped {len(skipped)} file(s), listed in {run / 'skipped.csv'}")
     keep = lambda idx: [i for i in idx if source or manifest.items[i].path in clips]  # noqa: E731
-    train_idx, val_idx, test_idx = keep(split.train), keep(split.val), keep(split.test)
+    train_idx = keep(split.train)
     if not train_idx:
         raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, see {run / 'skipped.csv'})")
-    y = label_matrix(manifest, labels)
-    audio_of = lambda idx: [clips[manifest.items[i].path] for i in idx]  # noqa: E731
+    return TrainingData(manifest, source, cache, labels, multilabel, s, init, clips, skipped, train_idx,
+                        keep(split.val), keep(split.test), label_matrix(manifest, labels))
+
+
+def training_loader(d: TrainingData, cfg: TrainConfig, clip_samples: int, rank: int, world: int):
+    """(dataset, sampler, loader) of this rank's training batches: ``batch_size`` stays the global batch, each
+    rank takes its share; the order depends on (seed, epoch) only, so a run resumes mid-epoch exactly."""
+    s = d.settings
+    if d.source:
+        return d.source.training_loader([d.manifest.items[i].path for i in d.train], d.y[d.train], clip_samples,
+                                        s["batch_size"], rank, world, cfg.workers, cfg.shuffle_buffer, cfg.seed)
+    rank_batch = max(1, s["batch_size"] // world)
+    dataset = ClipDataset(d.audio(d.train), d.y[d.train], clip_samples, train=True, seed=cfg.seed)
+    sampler = EpochSampler(len(dataset), cfg.seed)
+    if world > 1:
+        sampler = distributed.DistributedEpochSampler(dataset, cfg.seed, drop_last=len(dataset) > s["batch_size"])
+    loader = DataLoader(dataset, batch_size=rank_batch, sampler=sampler, drop_last=len(dataset) // world > rank_batch,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    return dataset, sampler, loader
+
+
+def test_best_checkpoint(run: Path, device, d: TrainingData, clip_samples: int, thresholds, best_epoch: int,
+                         train_seconds: float) -> dict:
+    """Reload the saved best model, test it, write ``report.json`` and the final ``config.json``; the report."""
+    best_model, config = load_run(run, device)
+    best_model.to(memory_format=torch.channels_last)
+    report = {}
+    if d.test:
+        logits = clip_logits(best_model, d.audio(d.test), clip_samples, device=device)
+        report = build_report(scores_from_logits(logits, d.multilabel), d.y[d.test], d.labels, d.multilabel,
+                              np.asarray(thresholds) if thresholds else None)
+        write_report(report, run)
+        print(f"test ({len(d.test)} clips, best epoch {best_epoch}): {summary_line(report)}")
+    report_keys = ("accuracy", "balanced_accuracy", "macro_f1", "mAP", "micro_f1")
+    config["metrics"] = {"train_seconds": train_seconds, "best_epoch": best_epoch,
+                         **{f"test_{k}": report[k] for k in report_keys if k in report}}
+    config["skipped_files"] = len(d.skipped)
+    write_json_atomic(run / "config.json", config)
+    print(f"trained in {train_seconds:.1f} s; run folder: {run}  (report: {run / 'report.json'})")
+    return report
+
+
+def train(data, out, **settings) -> dict:
+    """Train on ``data`` (folder, CSV or folder + ``pattern``) into the run folder ``out``; returns the test report.
+
+    ``settings`` are :class:`TrainConfig` fields.
+    """
+    cfg = TrainConfig(**settings)
+    augment = augment_config(cfg)  # a bad --aug fails here, before any work
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    dist_info, dist_device = distributed.setup_from_env(cfg.device)  # torchrun: one process per device
+    device, main, world = dist_device or device, dist_info.main, dist_info.world_size
+    cfg.nproc = world  # recorded in config.json: the processes that actually trained
+
+    # --- data: manifest, split, settings, decoded clips
+    d = prepare_data(cfg, data, run, main)
+    s, labels, multilabel, y = d.settings, d.labels, d.multilabel, d.y
+    train_idx, val_idx, test_idx, init = d.train, d.val, d.test, d.init
+    sr, clip_samples = s["sample_rate"], int(round(s["clip_seconds"] * s["sample_rate"]))
 
     # --- model, optimiser
     frontend = FrontendConfig(sample_rate=sr, n_mels=cfg.n_mels, level_norm=cfg.level_norm)
@@ -214,7 +283,7 @@ def train(data, out, **settings) -> dict:
         init.apply(model, cfg.freeze_backbone)
     model.to(device, memory_format=torch.channels_last)  # ~1.5x faster conv training steps on CPU
     if cfg.noise_dir:
-        model.frontend.wave_augment.set_noise(load_noise_bank(cfg.noise_dir, sr, clip_samples, cache))
+        model.frontend.wave_augment.set_noise(load_noise_bank(cfg.noise_dir, sr, clip_samples, d.cache))
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step_model = torch.compile(model) if cfg.compile else model
     if world > 1:  # gradients averaged across ranks; EMA, evaluation and checkpoints use the unwrapped `model`
@@ -225,18 +294,7 @@ def train(data, out, **settings) -> dict:
         counts = y[train_idx].sum(0)
         class_weights = torch.tensor(counts.sum() / (len(labels) * np.maximum(counts, 1)), dtype=torch.float32,
                                      device=device)
-    rank_batch = max(1, s["batch_size"] // world)  # batch_size stays the global batch: each rank takes its share
-    if source:
-        dataset, sampler, loader = source.training_loader(
-            [manifest.items[i].path for i in train_idx], y[train_idx], clip_samples, s["batch_size"], dist_info.rank,
-            world, cfg.workers, cfg.shuffle_buffer, cfg.seed)
-    else:
-        dataset = ClipDataset(audio_of(train_idx), y[train_idx], clip_samples, train=True, seed=cfg.seed)
-        sampler = EpochSampler(len(dataset), cfg.seed)  # order depends on (seed, epoch) only: resumable
-        if world > 1:
-            sampler = distributed.DistributedEpochSampler(dataset, cfg.seed, drop_last=len(dataset) > s["batch_size"])
-        loader = DataLoader(dataset, batch_size=rank_batch, sampler=sampler, drop_last=len(dataset) // world > rank_batch,
-                            num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
+    dataset, sampler, loader = training_loader(d, cfg, clip_samples, dist_info.rank, world)
     epochs, steps_per_epoch = s["epochs"], len(loader)
     total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
     patience = cfg.patience or max(10, epochs // 2)  # never cut the cosine decay short on a noisy validation set
@@ -249,7 +307,7 @@ def train(data, out, **settings) -> dict:
 
     # --- epochs
     eval_model = lambda: ema.module if ema else model  # noqa: E731
-    val_audio, val_y = audio_of(val_idx), y[val_idx]
+    val_audio, val_y = d.audio(val_idx), y[val_idx]
     rows, best, best_epoch, step, thresholds = [], None, 0, 0, None
     start_epoch, start_batch, running = 1, 0, (0.0, 0)
     saved_state = load_state(run) if cfg.resume else None
@@ -328,22 +386,7 @@ def train(data, out, **settings) -> dict:
         return {}
     plot_curves(rows, run / "curves.png")
 
-    # --- test the best checkpoint
-    best_model, config = load_run(run, device)
-    best_model.to(memory_format=torch.channels_last)
-    report = {}
-    if test_idx:
-        logits = clip_logits(best_model, audio_of(test_idx), clip_samples, device=device)
-        report = build_report(scores_from_logits(logits, multilabel), y[test_idx], labels, multilabel,
-                              np.asarray(thresholds) if thresholds else None)
-        write_report(report, run)
-        print(f"test ({len(test_idx)} clips, best epoch {best_epoch}): {summary_line(report)}")
-    report_keys = ("accuracy", "balanced_accuracy", "macro_f1", "mAP", "micro_f1")
-    config["metrics"] = {"train_seconds": train_seconds, "best_epoch": best_epoch,
-                         **{f"test_{k}": report[k] for k in report_keys if k in report}}
-    config["skipped_files"] = len(skipped)
-    write_json_atomic(run / "config.json", config)
-    print(f"trained in {train_seconds:.1f} s; run folder: {run}  (report: {run / 'report.json'})")
+    report = test_best_checkpoint(run, device, d, clip_samples, thresholds, best_epoch, train_seconds)
     distributed.barrier()
     distributed.cleanup()
     return report
