@@ -432,6 +432,35 @@ def _sndfile_seconds(source, max_seconds: float) -> float | None:
     return None if info is None else info.duration
 
 
+async def _decode_upload(source, sample_rate: int, max_seconds: float, decoders: DecoderPool) -> np.ndarray:
+    """Mono float32 ``(samples,)`` of an upload (bytes, or the path it was spooled to); ApiError 413 / 415.
+
+    A small upload whose header libsndfile reads and which declares a short clip is decoded right here, cheaper
+    than a hop to a worker thread; a large one in a worker thread; one that only FFmpeg reads (WebM/Opus,
+    MP4/AAC, ...) in a decoder process."""
+    try:
+        small = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
+        declared = _sndfile_seconds(source, max_seconds)
+        if declared is not None and small and declared <= INLINE_DECODE_SECONDS:
+            return read_mono_limited(source, sample_rate, max_seconds, check_header=False)
+        loop = asyncio.get_running_loop()
+        if declared is not None:
+            return await loop.run_in_executor(None, read_mono_limited, source, sample_rate, max_seconds, False)
+        return await loop.run_in_executor(None, decoders.decode, source, sample_rate, max_seconds)
+    except AudioTooLong as e:
+        raise ApiError(413, "too_long", e.reason) from None
+    except IsolatedDecodeFailed as e:
+        log.warning("decoder process failed: %s", e.reason)
+        raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
+    except AudioDecodeError as e:
+        raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
+    except ApiError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- untrusted bytes: any decoder failure is a bad upload
+        log.warning("decoder failed: %s: %s", type(e).__name__, e)
+        raise ApiError(415, "unsupported_media", f"cannot decode the audio ({type(e).__name__})") from None
+
+
 # --------------------------------------------------------------------------------------------- the app
 
 _CLASSIFY_BODY = {
@@ -561,31 +590,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         try:
             source = await upload.receive()
             try:
-                # a small upload whose header libsndfile reads and which declares a short clip is decoded right
-                # here, cheaper than a hop to a worker thread; a large one in a worker thread; one that only FFmpeg
-                # reads (WebM/Opus, MP4/AAC, ...) in a decoder process
-                small = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
-                declared = _sndfile_seconds(source, max_seconds)
-                if declared is not None and small and declared <= INLINE_DECODE_SECONDS:
-                    clip = read_mono_limited(source, clf.sample_rate, max_seconds, check_header=False)
-                elif declared is not None:
-                    clip = await asyncio.get_running_loop().run_in_executor(
-                        None, read_mono_limited, source, clf.sample_rate, max_seconds, False)
-                else:
-                    clip = await asyncio.get_running_loop().run_in_executor(
-                        None, decoders.decode, source, clf.sample_rate, max_seconds)
-            except AudioTooLong as e:
-                raise ApiError(413, "too_long", e.reason) from None
-            except IsolatedDecodeFailed as e:
-                log.warning("decoder process failed: %s", e.reason)
-                raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
-            except AudioDecodeError as e:
-                raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
-            except ApiError:
-                raise
-            except Exception as e:  # noqa: BLE001 -- untrusted bytes: any decoder failure is a bad upload
-                log.warning("decoder failed: %s: %s", type(e).__name__, e)
-                raise ApiError(415, "unsupported_media", f"cannot decode the audio ({type(e).__name__})") from None
+                clip = await _decode_upload(source, clf.sample_rate, max_seconds, decoders)
             finally:
                 upload.remove()
             long = len(clip) > clf.clip_samples
