@@ -106,6 +106,7 @@ def _predictor(args):
 def _predict_windows(args, clf, paths) -> int:
     """``predict --window``: per-window scores and merged events for each (long) recording."""
     from .audio import AudioDecodeError
+    from .isolated_decoding import DecoderPool
     from .longform import events, scan
     if args.median < 1 or args.median % 2 == 0:
         raise ValueError(f"--median must be a positive odd number of windows, got {args.median}")
@@ -114,16 +115,21 @@ def _predict_windows(args, clf, paths) -> int:
     if threshold is None:
         threshold = list(clf.thresholds) if clf.multilabel else 0.5
     results, failures = [], 0
-    for path in paths:
-        try:
-            times, scores = scan(clf, path, args.window, args.hop, block_s=args.block)
-        except AudioDecodeError as e:
-            failures += 1
-            print(f"error: {e}", file=sys.stderr)
-            continue
-        found = events(times, scores, labels, threshold=threshold, min_duration=args.min_duration,
-                       median_filter=args.median)
-        results.append((str(path), times, scores, found))
+    decoders = DecoderPool(workers=1)  # files only FFmpeg reads: a decoder crash costs that file, not the batch
+    try:
+        for path in paths:
+            try:
+                times, scores = scan(clf, path, args.window, args.hop, block_s=args.block,
+                                     read_blocks=decoders.blocks)
+            except AudioDecodeError as e:
+                failures += 1
+                print(f"error: {e}", file=sys.stderr)
+                continue
+            found = events(times, scores, labels, threshold=threshold, min_duration=args.min_duration,
+                           median_filter=args.median)
+            results.append((str(path), times, scores, found))
+    finally:
+        decoders.close()
     if args.format == "json":
         print(json.dumps([{"path": p,
                            "windows": [{"start": round(float(t[0]), 4), "end": round(float(t[1]), 4),

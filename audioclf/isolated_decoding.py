@@ -12,8 +12,10 @@ count the parent bounds before reading. So a worker that misbehaves can send wro
 server run anything. The worker runs with the server's privileges: this isolates crashes and hangs; it is not a
 security sandbox.
 
-Job:    ``{"sample_rate": int, "max_seconds": float, "path": str | null, "size": int}\\n`` + ``size`` bytes of audio
-Answer: ``{"samples": n}\\n`` + ``4 n`` bytes, or ``{"error": "AudioTooLong" | "AudioDecodeError", "reason": str}\\n``
+Job:    ``{"sample_rate": int, "max_seconds": float | null, "block_samples"?: int, "path": str | null, "size": int}\\n``
+        + ``size`` bytes of audio (when ``path`` is null)
+Answer: ``{"samples": n}\\n`` + ``4 n`` bytes, or ``{"error": "AudioTooLong" | "AudioDecodeError", "reason": str}\\n``;
+        with ``block_samples``, one such answer per block, then ``{"end": true}\\n`` (or an error)
 """
 from __future__ import annotations
 
@@ -24,11 +26,13 @@ import signal
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
-from .audio import AudioDecodeError, AudioTooLong, libsndfile_info, read_audio, read_mono_limited
+from .audio import AudioDecodeError, AudioTooLong, iter_blocks, libsndfile_info, read_audio, read_mono_limited
 
 MAX_LINE = 1 << 16  # bytes of an answer's JSON line
 UNLIMITED_SECONDS = 24 * 3600  # the most audio the parent accepts from a worker when the caller sets no limit
@@ -60,36 +64,68 @@ class _Worker:
         return not self.timed_out and self.proc.poll() is None
 
     def decode(self, source, sample_rate: int, max_seconds: float | None, timeout: float) -> np.ndarray:
-        in_memory = isinstance(source, (bytes, bytearray, memoryview))
-        job = {"sample_rate": int(sample_rate), "max_seconds": None if max_seconds is None else float(max_seconds),
-               "path": None if in_memory else os.fspath(source), "size": len(source) if in_memory else 0}
+        """The whole decode of ``source`` as one answer."""
+        limit = int((UNLIMITED_SECONDS if max_seconds is None else max_seconds) * sample_rate) + 1
+        with self._deadline(timeout):
+            self._send({"sample_rate": sample_rate, "max_seconds": max_seconds}, source)
+            audio = self._receive(source, limit)
+        if audio is None:
+            raise IsolatedDecodeFailed("the worker answered the end of a stream to a whole decode")
+        return audio
+
+    def stream(self, source, sample_rate: int, block_samples: int, timeout: float) -> Iterator[np.ndarray]:
+        """``source`` as mono blocks of ``block_samples`` (the last may be shorter), each within ``timeout``."""
+        with self._deadline(timeout):
+            self._send({"sample_rate": sample_rate, "max_seconds": None, "block_samples": block_samples}, source)
+        while True:
+            with self._deadline(timeout):
+                block = self._receive(source, block_samples)
+            if block is None:
+                return
+            yield block
+
+    @contextmanager
+    def _deadline(self, timeout: float):
         timer = threading.Timer(timeout, self._expire)
         timer.start()
         try:
-            try:
-                self.proc.stdin.write(json.dumps(job).encode() + b"\n")
-                if in_memory:
-                    self.proc.stdin.write(source)
-                self.proc.stdin.flush()
-                line = self.proc.stdout.readline(MAX_LINE)
-                answer = json.loads(line) if line.endswith(b"\n") else None
-            except (OSError, ValueError, RecursionError):  # a dead worker, or a line that is not our JSON
-                answer = None
-            if not isinstance(answer, dict):
-                raise IsolatedDecodeFailed(self._failure())
-            if "error" in answer:
-                error = AudioTooLong if answer["error"] == "AudioTooLong" else AudioDecodeError
-                raise error(source, str(answer.get("reason", "unknown error")))
-            samples = answer.get("samples")
-            limit = int((UNLIMITED_SECONDS if max_seconds is None else max_seconds) * sample_rate) + 1
-            if not isinstance(samples, int) or not 0 < samples <= limit:
-                raise IsolatedDecodeFailed(f"the worker announced {samples!r} samples (at most {limit} expected)")
-            data = self.proc.stdout.read(4 * samples)
-            if len(data) != 4 * samples:
-                raise IsolatedDecodeFailed(self._failure())
-            return np.frombuffer(data, dtype="<f4").astype(np.float32)
+            yield
         finally:
             timer.cancel()
+
+    def _send(self, job: dict, source) -> None:
+        in_memory = isinstance(source, (bytes, bytearray, memoryview))
+        job = {**job, "path": None if in_memory else os.fspath(source), "size": len(source) if in_memory else 0}
+        try:
+            self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+            if in_memory:
+                self.proc.stdin.write(source)
+            self.proc.stdin.flush()
+        except OSError:  # the worker is gone
+            raise IsolatedDecodeFailed(self._failure()) from None
+
+    def _receive(self, source, limit: int) -> np.ndarray | None:
+        """One answer: float32 samples (at most ``limit``), or None for the end of a stream; the worker's refusal
+        as AudioDecodeError / AudioTooLong; anything else as IsolatedDecodeFailed."""
+        try:
+            line = self.proc.stdout.readline(MAX_LINE)
+            answer = json.loads(line) if line.endswith(b"\n") else None
+        except (OSError, ValueError, RecursionError):  # a dead worker, or a line that is not our JSON
+            answer = None
+        if not isinstance(answer, dict):
+            raise IsolatedDecodeFailed(self._failure())
+        if "error" in answer:
+            error = AudioTooLong if answer["error"] == "AudioTooLong" else AudioDecodeError
+            raise error(source, str(answer.get("reason", "unknown error")))
+        if answer.get("end") is True:
+            return None
+        samples = answer.get("samples")
+        if not isinstance(samples, int) or not 0 < samples <= limit:
+            raise IsolatedDecodeFailed(f"the worker announced {samples!r} samples (at most {limit} expected)")
+        data = self.proc.stdout.read(4 * samples)
+        if len(data) != 4 * samples:
+            raise IsolatedDecodeFailed(self._failure())
+        return np.frombuffer(data, dtype="<f4").astype(np.float32)
 
     def _expire(self) -> None:
         self.timed_out = True
@@ -134,19 +170,30 @@ class DecoderPool:
         """:func:`audioclf.audio.read_mono_limited` of ``source`` (a path or the file's bytes) in a worker: mono
         float32 ``(samples,)``; ``max_seconds`` None: up to ``UNLIMITED_SECONDS``. Raises its AudioDecodeError /
         AudioTooLong, or IsolatedDecodeFailed."""
-        with self._slots:
-            worker = self._take()
-            try:
-                return worker.decode(source, sample_rate, max_seconds, self.timeout)
-            except AudioDecodeError:
-                raise  # a clean refusal: the worker is fine
-            except BaseException:
-                worker.close()  # dead, late or out of step: never reused
-                worker = None
-                raise
-            finally:
-                if worker is not None:
-                    self._give_back(worker)
+        with self._slots, self._worker() as worker:
+            return worker.decode(source, sample_rate, max_seconds, self.timeout)
+
+    def stream(self, source, sample_rate: int, block_samples: int) -> Iterator[np.ndarray]:
+        """:func:`audioclf.audio.iter_blocks` (mono) of ``source`` in a worker: float32 ``(1, block_samples)``
+        blocks, the last shorter; memory stays flat for hours of audio. Each block has ``timeout`` seconds. The
+        worker is held until the stream ends; one left unfinished is stopped, not reused."""
+        with self._slots, self._worker() as worker:
+            for block in worker.stream(source, sample_rate, block_samples, self.timeout):
+                yield block[None, :]
+
+    @contextmanager
+    def _worker(self):
+        """A worker for one job: given back after a whole answer or a clean refusal, otherwise stopped."""
+        worker = self._take()
+        try:
+            yield worker
+        except AudioDecodeError:
+            self._give_back(worker)  # a clean refusal: the worker is fine and waits for its next job
+            raise
+        except BaseException:  # dead, late, out of step, or a stream left unfinished (GeneratorExit)
+            worker.close()
+            raise
+        self._give_back(worker)
 
     def read_mono(self, path, sample_rate: int) -> np.ndarray:
         """A whole file as mono float32 ``(samples,)`` at ``sample_rate`` Hz: formats libsndfile reads in this
@@ -156,6 +203,18 @@ class DecoderPool:
             return read_audio(path, sample_rate, mono=True)[0]
         try:
             return self.decode(path, sample_rate, None)
+        except IsolatedDecodeFailed as e:
+            raise AudioDecodeError(path, e.reason) from None
+
+    def blocks(self, path, sample_rate: int, block_samples: int) -> Iterator[np.ndarray]:
+        """A file as mono float32 ``(1, n)`` blocks at ``sample_rate`` Hz, as :func:`audioclf.audio.iter_blocks`
+        streams it: formats libsndfile reads in this process, the others in a worker; every failure, a worker's
+        crash included, is an AudioDecodeError naming the file."""
+        if libsndfile_info(path) is not None:
+            yield from iter_blocks(path, sample_rate, block_samples)
+            return
+        try:
+            yield from self.stream(path, sample_rate, block_samples)
         except IsolatedDecodeFailed as e:
             raise AudioDecodeError(path, e.reason) from None
 
@@ -194,10 +253,12 @@ def _serve(jobs, answers) -> None:
         job = json.loads(line)
         source = jobs.read(job["size"]) if job["path"] is None else job["path"]
         try:
-            audio = read_mono_limited(source, job["sample_rate"], job["max_seconds"])
-            audio = np.ascontiguousarray(audio, dtype="<f4")
-            answers.write(json.dumps({"samples": int(audio.shape[0])}).encode() + b"\n")
-            answers.write(audio.tobytes())
+            if job.get("block_samples"):
+                for block in iter_blocks(source, job["sample_rate"], job["block_samples"]):
+                    _write_samples(answers, block[0])
+                answers.write(b'{"end": true}\n')
+            else:
+                _write_samples(answers, read_mono_limited(source, job["sample_rate"], job["max_seconds"]))
         except AudioDecodeError as e:
             kind = "AudioTooLong" if isinstance(e, AudioTooLong) else "AudioDecodeError"
             answers.write(json.dumps({"error": kind, "reason": e.reason}).encode() + b"\n")
@@ -205,6 +266,12 @@ def _serve(jobs, answers) -> None:
             answers.write(json.dumps({"error": "AudioDecodeError",
                                       "reason": f"{type(e).__name__}: {e}"}).encode() + b"\n")
         answers.flush()
+
+
+def _write_samples(answers, audio: np.ndarray) -> None:
+    audio = np.ascontiguousarray(audio, dtype="<f4")
+    answers.write(json.dumps({"samples": int(audio.shape[0])}).encode() + b"\n")
+    answers.write(audio.tobytes())
 
 
 def main() -> None:

@@ -94,13 +94,15 @@ class _Backend:
 
 def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float | None = None,
          block_s: float = 60.0, batch_size: int | None = None, *, reuse_spectrogram: bool = True,
-         multilabel: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+         multilabel: bool | None = None, read_blocks=iter_blocks) -> tuple[np.ndarray, np.ndarray]:
     """Score a long recording window by window; returns ``(times (n, 2) seconds, scores (n, classes))``.
 
     ``window_s`` defaults to the model's clip length, ``hop_s`` to half a window (rounded to whole STFT frames),
     ``block_s`` is the streaming block (memory ~ block, not file), ``batch_size`` the windows per forward pass
     (default: :func:`audioclf.inference.inference_batch_size` for torch, 32 for ONNX). ``multilabel`` overrides the
-    run's task (a bare model defaults to softmax).
+    run's task (a bare model defaults to softmax). ``read_blocks(path, sample_rate, block_samples)`` streams the file
+    as mono ``(1, n)`` blocks (:func:`audioclf.audio.iter_blocks`; ``DecoderPool.blocks`` decodes the formats only
+    FFmpeg reads in a worker process).
     """
     backend = _Backend(model_or_predictor, multilabel)
     sr = backend.sample_rate
@@ -120,7 +122,7 @@ def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float |
         hop = max(1, int(round(win / 2 / backend.frame_hop))) * backend.frame_hop
     else:
         hop = max(1, int(round(hop_s * sr)))
-    blocks = _with_last(b[0] for b in iter_blocks(path, sr, max(1, int(round(block_s * sr)))))
+    blocks = _with_last(b[0] for b in read_blocks(path, sr, max(1, int(round(block_s * sr)))))
     if backend.model is not None and reuse_spectrogram:
         items = _spectrogram_windows(backend.model.frontend, blocks, win, hop)
     else:

@@ -215,10 +215,15 @@ def test_predict_skips_a_file_whose_decoder_crashes(fsdd_run, tmp_path, monkeypa
     write_with_pyav(webm, "webm", "libopus", 48000, read_audio(good[0], 48000)[0])
     rc, out, err = run_cli("predict", fsdd_run["run"], good[0], webm, good[1], "--format", "json")
     assert rc == 0 and [r["path"] for r in json.loads(out)] == [good[0], str(webm), good[1]]
+    rc, out, err = run_cli("predict", fsdd_run["run"], webm, "--window", "0.5", "--format", "json")
+    assert rc == 0 and len(json.loads(out)[0]["windows"]) >= 1
     crash = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     monkeypatch.setattr(isolated_decoding, "DecoderPool", partial(isolated_decoding.DecoderPool, command=crash))
     rc, out, err = run_cli("predict", fsdd_run["run"], good[0], webm, good[1], "--format", "json")
     assert rc == 0 and [r["path"] for r in json.loads(out)] == good
+    assert f"error: {webm}: the decoder process was killed by SIGSEGV" in err
+    rc, out, err = run_cli("predict", fsdd_run["run"], webm, good[0], "--window", "0.5", "--format", "json")
+    assert rc == 0 and [r["path"] for r in json.loads(out)] == [good[0]]  # long recordings: the same
     assert f"error: {webm}: the decoder process was killed by SIGSEGV" in err
 
 

@@ -105,3 +105,49 @@ def test_close_stops_idle_workers(webm):
     sf.write(buf, np.zeros(800, np.float32), 8000, format="WAV")
     assert p.decode(buf.getvalue(), 8000, 60).shape == (800,)  # a closed pool starts a new worker
     p.close()
+
+
+# --- streaming: long recordings block by block
+
+
+def test_streams_the_same_blocks_as_iter_blocks(pool, webm, tmp_path):
+    from audioclf.audio import iter_blocks
+
+    expected = list(iter_blocks(webm, 16000, 1000))
+    got = list(pool.stream(webm, 16000, 1000))
+    assert [b.shape for b in got] == [b.shape for b in expected] and got[0].shape == (1, 1000)
+    np.testing.assert_array_equal(np.concatenate(got, axis=1), np.concatenate(expected, axis=1))
+    (tmp_path / "a.webm").write_bytes(webm)
+    assert np.array_equal(np.concatenate(list(pool.blocks(tmp_path / "a.webm", 16000, 1000)), axis=1),
+                          np.concatenate(expected, axis=1))
+    flac = tmp_path / "a.flac"  # libsndfile's formats are streamed here, without a worker
+    sf.write(flac, np.zeros(2500, np.float32), 8000)
+    assert [b.shape for b in pool.blocks(flac, 8000, 1000)] == [(1, 1000), (1, 1000), (1, 500)]
+
+
+def test_a_stream_left_unfinished_stops_its_worker(pool, webm):
+    stream = pool.stream(webm, 16000, 500)
+    next(stream)
+    worker = stream.gi_frame.f_locals["worker"]
+    stream.close()  # the worker is mid-stream: it cannot take another job
+    assert worker.proc.poll() is not None and worker_pids(pool) == []
+    assert len(list(pool.stream(webm, 16000, 500))) > 1  # a new worker serves the next one
+
+
+def test_a_crash_mid_stream_fails_after_the_blocks_already_given():
+    code = ("import os, signal, sys; sys.stdin.readline(); out = sys.stdout.buffer\n"
+            "out.write(b'{\"samples\": 2}\\n' + bytes(8)); out.flush(); os.kill(os.getpid(), signal.SIGSEGV)")
+    stream = DecoderPool(command=python(code)).stream(b"x", 8000, 100)
+    assert next(stream).shape == (1, 2)
+    with pytest.raises(IsolatedDecodeFailed, match="SIGSEGV"):
+        next(stream)
+    blocks = DecoderPool(command=python(code)).blocks(b"x" * 10, 8000, 100)
+    next(blocks)
+    with pytest.raises(AudioDecodeError, match="<10 bytes>: the decoder process was killed by SIGSEGV"):
+        next(blocks)
+
+
+def test_a_block_larger_than_asked_is_refused():
+    code = "import sys; sys.stdin.readline(); sys.stdout.write('{\"samples\": 101}\\n'); sys.stdout.flush()"
+    with pytest.raises(IsolatedDecodeFailed, match="at most 100 expected"):
+        list(DecoderPool(timeout=10, command=python(code)).stream(b"x", 8000, 100))
