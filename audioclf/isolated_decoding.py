@@ -50,7 +50,7 @@ WORKER_COMMAND = (sys.executable, "-m", "audioclf.isolated_decoding")
 
 
 class _Worker:
-    """One worker process and its pipes; :meth:`decode` runs one job."""
+    """One worker process and its pipes; :meth:`decode` or :meth:`stream` runs one job at a time."""
 
     def __init__(self, command):
         env = dict(os.environ)
