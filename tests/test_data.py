@@ -775,3 +775,11 @@ def test_one_class_is_refused_for_training_and_a_lone_audio_folder_is_entered(tm
     one = load_manifest(root / "genres_original" / "blues" / "..", pattern=r"(?P<label>blues)/")
     with pytest.raises(ManifestError, match="only the class 'blues' in 1 files; a classifier needs two or more"):
         one.require_classes()
+
+
+def test_csv_saved_by_excel_with_a_byte_order_mark(tone_set):
+    root, rows = tone_set
+    path = root / "bom.csv"
+    path.write_text("path,label\n" + "".join(f"{rel},{label}\n" for rel, label, _ in rows[:3]), encoding="utf-8-sig")
+    assert path.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert [it.labels for it in from_csv(path).items] == [("low",)] * 3

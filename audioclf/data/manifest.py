@@ -181,7 +181,7 @@ def from_csv(csv_path) -> Manifest:
     root = csv_path.parent
     base = Path(os.path.abspath(root))  # lexical: ../ is collapsed, symlinked folders inside the data set stay inside
     by_name = _NameIndex(base)
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM (Excel) is not part of the header
         reader = csv.DictReader(f)
         columns = _csv_columns(csv_path, reader.fieldnames or [])
         if any(columns[role] != role for role in columns):
@@ -305,7 +305,7 @@ def _metadata_csvs(root: Path) -> list[Path]:
     found = []
     for path in sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]):
         try:
-            with open(path, newline="", encoding="utf-8") as f:
+            with open(path, newline="", encoding="utf-8-sig") as f:
                 header = next(csv.reader(f), [])
             _csv_columns(path, header)
         except (ManifestError, OSError, UnicodeDecodeError, csv.Error):
