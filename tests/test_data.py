@@ -783,3 +783,13 @@ def test_csv_saved_by_excel_with_a_byte_order_mark(tone_set):
     path.write_text("path,label\n" + "".join(f"{rel},{label}\n" for rel, label, _ in rows[:3]), encoding="utf-8-sig")
     assert path.read_bytes().startswith(b"\xef\xbb\xbf")
     assert [it.labels for it in from_csv(path).items] == [("low",)] * 3
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_csv_with_semicolons_or_tabs(tone_set, sep):
+    """A European Excel export (``;``) or a TSV: the header line tells the delimiter."""
+    root, rows = tone_set
+    path = root / "m.csv"
+    path.write_text(f"path{sep}label{sep}group\n" + "".join(f"{rel}{sep}{label}{sep}{g}\n" for rel, label, g in rows[:3]))
+    m = from_csv(path)
+    assert [(it.labels, it.group) for it in m.items] == [(("low",), g) for _, _, g in rows[:3]]

@@ -182,7 +182,8 @@ def from_csv(csv_path) -> Manifest:
     base = Path(os.path.abspath(root))  # lexical: ../ is collapsed, symlinked folders inside the data set stay inside
     by_name = _NameIndex(base)
     with open(csv_path, newline="", encoding="utf-8-sig") as f:  # utf-8-sig: a BOM (Excel) is not part of the header
-        reader = csv.DictReader(f)
+        reader = csv.DictReader(f, delimiter=_delimiter(f.readline()))
+        f.seek(0)
         columns = _csv_columns(csv_path, reader.fieldnames or [])
         if any(columns[role] != role for role in columns):
             print(f"{csv_path}: reading " + ", ".join(f"{role} from column {column!r}" for role, column
@@ -300,13 +301,21 @@ def _iter_audio(root: Path):
                 yield Path(dirpath, f)
 
 
+def _delimiter(header: str) -> str:
+    """``,``; or ``;`` / tab when the header line has no comma but those (a European Excel export, a TSV)."""
+    if "," in header:
+        return ","
+    return max(("\t", ";"), key=header.count) if ("\t" in header or ";" in header) else ","
+
+
 def _metadata_csvs(root: Path) -> list[Path]:
     """CSVs in ``root`` or one folder down whose header names a path and a label column."""
     found = []
     for path in sorted([*root.glob("*.csv"), *root.glob("*/*.csv")]):
         try:
             with open(path, newline="", encoding="utf-8-sig") as f:
-                header = next(csv.reader(f), [])
+                line = f.readline()
+            header = next(csv.reader([line], delimiter=_delimiter(line)), [])
             _csv_columns(path, header)
         except (ManifestError, OSError, UnicodeDecodeError, csv.Error):
             continue
