@@ -51,6 +51,10 @@ class AudioTooLong(AudioDecodeError):
     """The audio is longer than the caller's limit (:func:`read_mono_limited`)."""
 
 
+class NeedsFFmpeg(AudioDecodeError):
+    """libsndfile cannot read the file and the caller asked not to fall back to PyAV here (``ffmpeg=False``)."""
+
+
 class AudioInfo(NamedTuple):
     sample_rate: int  # Hz
     channels: int
@@ -58,11 +62,12 @@ class AudioInfo(NamedTuple):
     duration: float  # seconds
 
 
-def read_audio(path, sample_rate: int | None = None, mono: bool = True) -> np.ndarray:
+def read_audio(path, sample_rate: int | None = None, mono: bool = True, *, ffmpeg: bool = True) -> np.ndarray:
     """Decode a whole file to float32 ``(channels, samples)`` (``(1, samples)`` channel mean if
-    ``mono``), resampled to ``sample_rate`` Hz when given; PCM values lie in [-1, 1]."""
+    ``mono``), resampled to ``sample_rate`` Hz when given; PCM values lie in [-1, 1]. ``ffmpeg=False``: raise
+    :class:`NeedsFFmpeg` where libsndfile cannot read the file, instead of decoding it with PyAV here."""
     _check_rate(sample_rate)
-    rate, blocks = _decode(path, mono)
+    rate, blocks = _decode(path, mono, ffmpeg)
     audio = np.concatenate(list(blocks), axis=1)
     if not sample_rate or sample_rate == rate:
         return audio
@@ -165,15 +170,16 @@ def audio_info(path) -> AudioInfo:
     return AudioInfo(rate, channels, frames, frames / rate)
 
 
-def iter_blocks(path, sample_rate: int | None, block_samples: int, mono: bool = True
+def iter_blocks(path, sample_rate: int | None, block_samples: int, mono: bool = True, *, ffmpeg: bool = True
                 ) -> Iterator[np.ndarray]:
     """Stream a file as float32 ``(channels, block_samples)`` blocks at ``sample_rate`` Hz (native
     rate if None); the last block may be shorter. Memory stays flat for multi-hour files.
-    The file is opened (and a missing/unreadable one reported) when this is called."""
+    The file is opened (and a missing/unreadable one reported) when this is called. ``ffmpeg``: as
+    :func:`read_audio`."""
     _check_rate(sample_rate)
     if block_samples <= 0:
         raise ValueError(f"block_samples must be positive, got {block_samples}")
-    rate, blocks = _decode(path, mono)
+    rate, blocks = _decode(path, mono, ffmpeg)
     if sample_rate and sample_rate != rate:
         blocks = _stream_resample(path, blocks, rate, sample_rate)
     return _reblock(blocks, block_samples)
@@ -290,7 +296,7 @@ def _audio_stream(path, container):
     return container.streams.audio[0]
 
 
-def _decode(path, mono) -> tuple[int, Iterator[np.ndarray]]:
+def _decode(path, mono, ffmpeg: bool = True) -> tuple[int, Iterator[np.ndarray]]:
     """Open ``path``; return (native rate, iterator of float32 (channels, n) blocks). The iterator
     raises AudioDecodeError for corrupt/truncated data, NaN/Inf samples or an empty stream."""
     _check_path(path)
@@ -306,6 +312,9 @@ def _decode(path, mono) -> tuple[int, Iterator[np.ndarray]]:
         blocks = _sf_blocks(path, opened, mono)
     elif isinstance(sf_error, str) and importlib.util.find_spec("av") is None:
         raise AudioDecodeError(path, "contains no audio samples")
+    elif not ffmpeg:
+        why = sf_error if isinstance(sf_error, str) else _brief(sf_error)
+        raise NeedsFFmpeg(path, f"libsndfile cannot read it ({why})")
     else:  # unknown to libsndfile, or no frames there (e.g. an Ogg missing its last page)
         blocks = _av_blocks(path, mono, sf_error)
     try:

@@ -115,8 +115,7 @@ def _predict_windows(args, clf, paths) -> int:
     if threshold is None:
         threshold = list(clf.thresholds) if clf.multilabel else 0.5
     results, failures = [], 0
-    decoders = DecoderPool(workers=1)  # files only FFmpeg reads: a decoder crash costs that file, not the batch
-    try:
+    with DecoderPool(workers=1) as decoders:  # files only FFmpeg reads: a decoder crash costs that file
         for path in paths:
             try:
                 times, scores = scan(clf, path, args.window, args.hop, block_s=args.block,
@@ -128,8 +127,6 @@ def _predict_windows(args, clf, paths) -> int:
             found = events(times, scores, labels, threshold=threshold, min_duration=args.min_duration,
                            median_filter=args.median)
             results.append((str(path), times, scores, found))
-    finally:
-        decoders.close()
     if args.format == "json":
         print(json.dumps([{"path": p,
                            "windows": [{"start": round(float(t[0]), 4), "end": round(float(t[1]), 4),
@@ -158,8 +155,7 @@ def cmd_predict(args) -> int:
     if getattr(args, "window", None) is not None:
         return _predict_windows(args, clf, _audio_paths(args.paths))
     rows, failures = [], 0
-    decoders = DecoderPool(workers=1)  # files only FFmpeg reads: a decoder crash costs that file, not the batch
-    try:
+    with DecoderPool(workers=1) as decoders:  # files only FFmpeg reads: a decoder crash costs that file
         for path in _audio_paths(args.paths):
             try:
                 clip = decoders.read_mono(path, clf.sample_rate)
@@ -167,8 +163,6 @@ def cmd_predict(args) -> int:
             except AudioDecodeError as e:
                 failures += 1
                 print(f"error: {e}", file=sys.stderr)
-    finally:
-        decoders.close()
     if args.format == "json":
         print(json.dumps([{"path": p, "predictions": preds} for p, preds in rows], indent=2))
     elif args.format == "csv":

@@ -32,7 +32,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .audio import AudioDecodeError, AudioTooLong, iter_blocks, libsndfile_info, read_audio, read_mono_limited
+from .audio import AudioDecodeError, AudioTooLong, NeedsFFmpeg, iter_blocks, read_audio, read_mono_limited
 
 MAX_LINE = 1 << 16  # bytes of an answer's JSON line
 UNLIMITED_SECONDS = 24 * 3600  # the most audio the parent accepts from a worker when the caller sets no limit
@@ -199,8 +199,10 @@ class DecoderPool:
         """A whole file as mono float32 ``(samples,)`` at ``sample_rate`` Hz: formats libsndfile reads in this
         process (:func:`audioclf.audio.read_audio`), the others in a worker; every failure, a worker's crash
         included, is an AudioDecodeError naming the file -- for batch jobs that skip bad files and go on."""
-        if libsndfile_info(path) is not None:
-            return read_audio(path, sample_rate, mono=True)[0]
+        try:
+            return read_audio(path, sample_rate, mono=True, ffmpeg=False)[0]  # the header is parsed once
+        except NeedsFFmpeg:
+            pass
         try:
             return self.decode(path, sample_rate, None)
         except IsolatedDecodeFailed as e:
@@ -210,8 +212,12 @@ class DecoderPool:
         """A file as mono float32 ``(1, n)`` blocks at ``sample_rate`` Hz, as :func:`audioclf.audio.iter_blocks`
         streams it: formats libsndfile reads in this process, the others in a worker; every failure, a worker's
         crash included, is an AudioDecodeError naming the file."""
-        if libsndfile_info(path) is not None:
-            yield from iter_blocks(path, sample_rate, block_samples)
+        try:
+            blocks = iter_blocks(path, sample_rate, block_samples, ffmpeg=False)  # opens the file now
+        except NeedsFFmpeg:
+            blocks = None
+        if blocks is not None:
+            yield from blocks
             return
         try:
             yield from self.stream(path, sample_rate, block_samples)
@@ -233,6 +239,12 @@ class DecoderPool:
             self._idle.put(worker)
         else:  # its deadline fired just after it answered
             worker.close()
+
+    def __enter__(self) -> "DecoderPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def close(self) -> None:
         """Stop the idle workers (a later call starts new ones). A worker busy now stops when this process

@@ -424,19 +424,19 @@ def forbid_decoding(monkeypatch):
         calls.append(path)
         raise AssertionError(f"decoded {path} although it is cached")
 
-    monkeypatch.setattr(isolated_decoding, "libsndfile_info", fail)  # every decode starts by probing the format
+    monkeypatch.setattr(isolated_decoding, "read_audio", fail)  # every decode starts here
     return calls
 
 
 def count_decoding(monkeypatch):
     calls = []
-    real = isolated_decoding.libsndfile_info
+    real = isolated_decoding.read_audio
 
     def counting(path, *a, **k):
         calls.append(str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(isolated_decoding, "libsndfile_info", counting)  # every decode starts by probing the format
+    monkeypatch.setattr(isolated_decoding, "read_audio", counting)  # every decode starts here
     return calls
 
 
@@ -793,3 +793,13 @@ def test_csv_with_semicolons_or_tabs(tone_set, sep):
     path.write_text(f"path{sep}label{sep}group\n" + "".join(f"{rel}{sep}{label}{sep}{g}\n" for rel, label, g in rows[:3]))
     m = from_csv(path)
     assert [(it.labels, it.group) for it in m.items] == [(("low",), g) for _, _, g in rows[:3]]
+
+
+def test_folder_manifests_list_files_in_sorted_order(tmp_path):
+    """Splits follow the manifest's order, so it must not depend on the file system's directory order."""
+    names = [f"{i:02d}.wav" for i in range(12)]
+    for name in reversed(names):  # created last to first
+        _write(tmp_path / "a" / name, 300.0)
+        _write(tmp_path / "b" / name, 900.0)
+    m = from_folders(tmp_path)
+    assert [Path(it.path).name for it in m.items] == names * 2

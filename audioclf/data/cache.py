@@ -101,25 +101,21 @@ class AudioCache:
         """Decode in ``workers`` threads; files libsndfile does not read go to PyAV in decoder processes
         (:mod:`audioclf.isolated_decoding`), so a crash or hang in FFmpeg skips that file instead of ending the run."""
         workers = workers or os.cpu_count() or 1
-        decoders = DecoderPool(workers=workers, timeout=ISOLATED_DECODE_SECONDS)
-
-        def one(job):
-            try:
-                return decoders.read_mono(job[0], self.sample_rate)
-            except AudioDecodeError as e:
-                return e
         decoded = []
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                for n, (job, result) in enumerate(zip(todo, pool.map(one, todo)), start=1):
-                    if isinstance(result, AudioDecodeError):
-                        bad.append((job[0], result.reason))
-                    else:
-                        decoded.append((job, result))
-                    if progress:
-                        progress(n, len(todo))
-        finally:
-            decoders.close()
+        with DecoderPool(workers=workers, timeout=ISOLATED_DECODE_SECONDS) as decoders, \
+                ThreadPoolExecutor(workers) as pool:
+            def one(job):
+                try:
+                    return decoders.read_mono(job[0], self.sample_rate)
+                except AudioDecodeError as e:
+                    return e
+            for n, (job, result) in enumerate(zip(todo, pool.map(one, todo)), start=1):
+                if isinstance(result, AudioDecodeError):
+                    bad.append((job[0], result.reason))
+                else:
+                    decoded.append((job, result))
+                if progress:
+                    progress(n, len(todo))
         return decoded
 
     def _write_pack(self, decoded) -> None:

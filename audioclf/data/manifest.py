@@ -144,18 +144,13 @@ class _NameIndex:
     def _build(self) -> None:
         self._index = {}
         for root in (self.base, self.base.parent):
-            self.root, folders = root, 0
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                folders += 1
-                if folders > self.MAX_FOLDERS:
-                    self.truncated = True
-                    break
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for f in filenames:
-                    path = Path(dirpath, f)
-                    if not f.startswith(".") and path.suffix.lower() in SUPPORTED_EXTENSIONS:
-                        for key in {path.name, path.stem}:
-                            self._index.setdefault(key, []).append(path)
+            self.root = root
+            try:
+                for path in _iter_audio(root, self.MAX_FOLDERS):
+                    for key in {path.name, path.stem}:
+                        self._index.setdefault(key, []).append(path)
+            except _TooManyFolders:
+                self.truncated = True
             if self._index:
                 return
 
@@ -293,10 +288,18 @@ def _class_folders(root: Path) -> list[str]:
     return found
 
 
-def _iter_audio(root: Path):
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+class _TooManyFolders(Exception):
+    pass
+
+
+def _iter_audio(root: Path, max_folders: int | None = None):
+    """Audio files under ``root`` in sorted order, hidden files and folders left out; raises _TooManyFolders
+    past ``max_folders`` folders."""
+    for n, (dirpath, dirnames, filenames) in enumerate(os.walk(root, followlinks=True), start=1):
+        if max_folders is not None and n > max_folders:
+            raise _TooManyFolders
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for f in filenames:
+        for f in sorted(filenames):
             if not f.startswith(".") and Path(f).suffix.lower() in SUPPORTED_EXTENSIONS:
                 yield Path(dirpath, f)
 
