@@ -67,7 +67,7 @@ def read_audio(path, sample_rate: int | None = None, mono: bool = True, *, ffmpe
     ``mono``), resampled to ``sample_rate`` Hz when given; PCM values lie in [-1, 1]. ``ffmpeg=False``: raise
     :class:`NeedsFFmpeg` where libsndfile cannot read the file, instead of decoding it with PyAV here."""
     _check_rate(sample_rate)
-    rate, blocks = _decode(path, mono, ffmpeg)
+    rate, _, blocks = _decode(path, mono, ffmpeg)
     audio = np.concatenate(list(blocks), axis=1)
     if not sample_rate or sample_rate == rate:
         return audio
@@ -88,21 +88,19 @@ def _finite(path, audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def read_mono_limited(path, sample_rate: int, max_seconds: float | None, check_header: bool = True) -> np.ndarray:
+def read_mono_limited(path, sample_rate: int, max_seconds: float | None, *, ffmpeg: bool = True) -> np.ndarray:
     """Mono float32 ``(samples,)`` at ``sample_rate`` Hz, refusing audio longer than ``max_seconds`` (None: no
-    limit) with :class:`AudioTooLong`: from the header when it declares a length (``check_header=False``: the
-    caller has checked it), and in any case while streaming, so an over-long file is never decoded whole
-    (whatever its header says)."""
-    if max_seconds is not None and check_header:
-        try:
-            declared = audio_info(path).duration
-        except AudioDecodeError:
-            declared = 0.0  # no readable header: decoding below gives the reason, or counts the samples
-        if declared > max_seconds + 1e-6:
-            raise AudioTooLong(path, f"audio of {declared:.1f} s exceeds the limit of {max_seconds:g} s")
+    limit) with :class:`AudioTooLong`: from the header when it declares a length, before decoding anything (the
+    file is opened once), and in any case while streaming, so an over-long file is never decoded whole (whatever
+    its header says). ``ffmpeg``: as :func:`read_audio`."""
+    _check_rate(sample_rate)
+    rate, frames, native = _decode(path, True, ffmpeg)
+    if max_seconds is not None and frames and frames / rate > max_seconds + 1e-6:
+        native.close()  # and drops the open file
+        raise AudioTooLong(path, f"audio of {frames / rate:.1f} s exceeds the limit of {max_seconds:g} s")
     limit = float("inf") if max_seconds is None else int(max_seconds * sample_rate)
     blocks, total = [], 0
-    for block in iter_blocks(path, sample_rate, max(1, sample_rate * 10)):
+    for block in _at_rate(path, rate, native, sample_rate, max(1, sample_rate * 10)):
         blocks.append(block[0])
         total += block.shape[1]
         if total > limit:
@@ -130,19 +128,6 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return np.ascontiguousarray(out.T)
 
 
-def libsndfile_info(path) -> AudioInfo | None:
-    """The header as libsndfile reads it; None when libsndfile does not know the format or finds no frames in it,
-    so decoding would fall back to PyAV (FFmpeg's parsers). AudioDecodeError for a missing or empty file."""
-    _check_path(path)
-    try:
-        info = sf.info(_source(path))
-    except Exception:  # noqa: BLE001 -- libsndfile refuses it: PyAV's case
-        return None
-    if info.frames <= 0 or info.samplerate <= 0:
-        return None
-    return AudioInfo(info.samplerate, info.channels, info.frames, info.frames / info.samplerate)
-
-
 def audio_info(path) -> AudioInfo:
     """Sample rate, channels and frames from the header (libsndfile), else from PyAV's probe.
     MP3 frame counts without a Xing/LAME header are estimates."""
@@ -155,12 +140,7 @@ def audio_info(path) -> AudioInfo:
         try:
             with av.open(_source(path)) as container:
                 stream = _audio_stream(path, container)
-                rate, channels = stream.rate, stream.channels
-                if stream.duration and stream.time_base:
-                    seconds = float(stream.duration * stream.time_base)
-                else:
-                    seconds = (container.duration or 0) / 1_000_000  # av.time_base
-                frames = round(seconds * rate)
+                rate, channels, frames = stream.rate, stream.channels, _av_frames(container, stream)
         except AudioDecodeError:
             raise
         except Exception as e:
@@ -179,7 +159,12 @@ def iter_blocks(path, sample_rate: int | None, block_samples: int, mono: bool = 
     _check_rate(sample_rate)
     if block_samples <= 0:
         raise ValueError(f"block_samples must be positive, got {block_samples}")
-    rate, blocks = _decode(path, mono, ffmpeg)
+    rate, _, blocks = _decode(path, mono, ffmpeg)
+    return _at_rate(path, rate, blocks, sample_rate, block_samples)
+
+
+def _at_rate(path, rate: int, blocks, sample_rate: int | None, block_samples: int):
+    """Native-rate blocks -> ``block_samples`` blocks at ``sample_rate`` Hz (native if None)."""
     if sample_rate and sample_rate != rate:
         blocks = _stream_resample(path, blocks, rate, sample_rate)
     return _reblock(blocks, block_samples)
@@ -296,9 +281,10 @@ def _audio_stream(path, container):
     return container.streams.audio[0]
 
 
-def _decode(path, mono, ffmpeg: bool = True) -> tuple[int, Iterator[np.ndarray]]:
-    """Open ``path``; return (native rate, iterator of float32 (channels, n) blocks). The iterator
-    raises AudioDecodeError for corrupt/truncated data, NaN/Inf samples or an empty stream."""
+def _decode(path, mono, ffmpeg: bool = True) -> tuple[int, int, Iterator[np.ndarray]]:
+    """Open ``path``; return (native rate, frames the header declares (0: unknown), iterator of float32
+    (channels, n) blocks). The iterator raises AudioDecodeError for corrupt/truncated data, NaN/Inf samples or an
+    empty stream; closing it closes the file."""
     _check_path(path)
     opened = None
     try:
@@ -318,14 +304,14 @@ def _decode(path, mono, ffmpeg: bool = True) -> tuple[int, Iterator[np.ndarray]]
     else:  # unknown to libsndfile, or no frames there (e.g. an Ogg missing its last page)
         blocks = _av_blocks(path, mono, sf_error)
     try:
-        rate = next(blocks)
+        rate, frames = next(blocks)
     except AudioDecodeError:
         raise
     except Exception as e:
         raise AudioDecodeError(path, f"cannot open ({_brief(e)})") from e
     if not rate or rate <= 0:
         raise AudioDecodeError(path, f"invalid sample rate {rate}")
-    return rate, _checked(path, blocks)
+    return rate, frames, _checked(path, blocks)
 
 
 def _checked(path, blocks):
@@ -352,10 +338,10 @@ def _to_layout(block: np.ndarray, mono: bool) -> np.ndarray:
 
 
 def _sf_blocks(path, f: sf.SoundFile, mono):
-    """From the open ``f`` (closed at the end): yield the rate, then blocks; raise if fewer frames than the header
-    announces."""
+    """From the open ``f`` (closed at the end): yield (rate, frames declared), then blocks; raise if fewer frames
+    than the header announces."""
     with f:
-        yield f.samplerate
+        yield f.samplerate, f.frames
         expected = _declared_frames(path, f.subtype, f.channels)
         if expected is None:  # libsndfile's MP3 frame count is only an estimate without Xing
             expected = 0 if f.format == "MP3" else f.frames
@@ -372,7 +358,8 @@ def _sf_blocks(path, f: sf.SoundFile, mono):
 
 
 def _av_blocks(path, mono, sf_error):
-    """PyAV fallback: yield the rate, then blocks of the first audio stream at its native rate."""
+    """PyAV fallback: yield (rate, frames declared or 0), then blocks of the first audio stream at its native
+    rate."""
     av = _import_av(path, sf_error)
     try:
         container = av.open(_source(path))
@@ -383,13 +370,22 @@ def _av_blocks(path, mono, sf_error):
         raise AudioDecodeError(path, _unrecognised(sf_error, e)) from e
     with container:
         stream = _audio_stream(path, container)
-        yield stream.rate
+        yield stream.rate, _av_frames(container, stream)
         to_float = av.AudioResampler(format="flt")  # interleaved float32; keeps the native rate and layout
         for frame in container.decode(stream):
             for out in to_float.resample(frame):
                 yield _to_layout(_interleaved(path, out), mono)
         for out in to_float.resample(None):
             yield _to_layout(_interleaved(path, out), mono)
+
+
+def _av_frames(container, stream) -> int:
+    """Frames from the stream's duration, else the container's; 0 when neither declares one."""
+    if stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base)
+    else:
+        seconds = (container.duration or 0) / 1_000_000  # av.time_base
+    return round(seconds * (stream.rate or 0))
 
 
 def _interleaved(path, frame) -> np.ndarray:

@@ -16,8 +16,11 @@ Two reference figures bound what batching can give (both measured before the ser
 * the model alone: milliseconds a clip for a lone clip and for a cache-sized batch
   (:func:`audioclf.inference.inference_batch_size`), on one intra-op thread and on torch's default count, with
   the server's allocator settings (:mod:`audioclf.malloc`);
-* the HTTP floor: req/s at the highest concurrency of a stub server on the same stack (FastAPI, uvicorn, the same
-  client) whose ``/v1/classify`` reads and decodes the upload as the real one does but answers without the model.
+* the server floor: req/s at the highest concurrency of the same server with its forward pass replaced by constant
+  logits (:func:`stub_app`): everything but the model -- HTTP, upload, decoding, queue, model thread, answer.
+
+Any failed request (an answer other than 200) makes the command exit with status 1: its figures would not be
+requests served.
 """
 from __future__ import annotations
 
@@ -157,29 +160,14 @@ def run_async(coro):
         return asyncio.run(coro)
 
 
-def stub_app(sample_rate: int):
-    """The HTTP floor: the server's stack and upload decoding, a fixed answer instead of the model."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+def stub_app(run: str, args):
+    """The server floor: the real app (upload, decoding, queue, model thread, answer) with the model's forward pass
+    replaced by constant logits, so its req/s is what the server can do when the model costs nothing."""
+    from audioclf.serving import create_app
 
-    from audioclf.audio import read_audio
-
-    app, served = FastAPI(), [0]
-
-    @app.get("/health")
-    async def health():
-        return {"status": "ok"}
-
-    @app.get("/v1/stats")
-    async def stats():
-        return {"served": served[0], "batches": 0}
-
-    @app.post("/v1/classify")
-    async def classify(request: Request):
-        clip = read_audio(await request.body(), sample_rate)[0]
-        served[0] += 1
-        return JSONResponse([{"label": "stub", "score": float(len(clip) > 0)}])
-
+    app = create_app(run, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+    classes = len(app.state.classifier.labels)
+    app.state.batcher._logits = lambda stacked: np.zeros((len(stacked), classes), np.float32)
     return app
 
 
@@ -239,8 +227,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.stub_port:
         import uvicorn
-        rate = json.loads((Path(args.run) / "config.json").read_text())["frontend"]["sample_rate"]
-        uvicorn.run(stub_app(rate), host="127.0.0.1", port=args.stub_port, log_level="warning")
+        uvicorn.run(stub_app(args.run, args), host="127.0.0.1", port=args.stub_port, log_level="warning")
         return
     if not FSDD:
         raise SystemExit("no FSDD recordings under datasets/fsdd/recordings")
@@ -285,14 +272,17 @@ def main() -> None:
               f"{r['batch']:>10.1f} {r['errors']:>6}")
     top = max(levels)
     stub = summarise(floor)
-    print(f"\nHTTP floor (stub server: same stack, decodes the upload, no model) at concurrency {top}: "
-          f"{stub['rps']:.0f} req/s ({stub['rps_min']:.0f}-{stub['rps_max']:.0f})")
+    print(f"\nserver floor (the same server, its forward pass replaced by constant logits) at concurrency {top}: "
+          f"{stub['rps']:.0f} req/s ({stub['rps_min']:.0f}-{stub['rps_max']:.0f}), {stub['errors']} errors")
     for n, batch, alone, batched in costs:
         print(f"model alone, {n} intra-op thread{'s' if n > 1 else ''}: {alone:.2f} ms a lone clip, {batched:.2f} ms a "
               f"clip in a batch of {batch} ({alone / batched:.1f}x)")
     rps = {mode: r["rps"] for mode, c, r in rows if c == top}
     print(f"\nthroughput at concurrency {top}: micro-batching on / off = {rps['on'] / rps['off']:.2f}x "
           f"({rps['on']:.1f} vs {rps['off']:.1f} req/s)")
+    failed = stub["errors"] + sum(r["errors"] for _, _, r in rows)
+    if failed:
+        raise SystemExit(f"{failed} requests failed: these figures are not valid")
 
 
 if __name__ == "__main__":

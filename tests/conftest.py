@@ -106,13 +106,13 @@ def run_cli(*argv) -> tuple[int, str, str]:
     return rc, out.getvalue(), err.getvalue()
 
 
-def write_with_pyav(path,  container_format: str, codec: str, sr: int, x: np.ndarray):
+def write_with_pyav(path, container_format: str, codec: str, sr: int, x: np.ndarray):
+    """Encode mono float ``x`` with PyAV into ``path`` (a file path or a writable binary file object)."""
     av = pytest.importorskip("av")
     try:
         av.codec.Codec(codec, "w")
     except Exception:
         pytest.skip(f"FFmpeg build has no {codec} encoder")
-    """Encode mono float ``x`` with PyAV into ``path`` (a file path or a writable binary file object)."""
     with av.open(path if hasattr(path, "write") else str(path), "w", format=container_format) as container:
         stream = container.add_stream(codec, rate=sr, layout="mono")
         frame = av.AudioFrame.from_ndarray(x[None, :], format="fltp", layout="mono")

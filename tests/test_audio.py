@@ -11,9 +11,10 @@ import pytest
 import soundfile as sf
 from conftest import write_with_pyav
 
+import audioclf.audio as audio_module
 from audioclf.audio import (
-    SUPPORTED_EXTENSIONS, AudioDecodeError, AudioInfo, audio_info, iter_blocks, load_audio,
-    read_audio, resample,
+    SUPPORTED_EXTENSIONS, AudioDecodeError, AudioInfo, AudioTooLong, NeedsFFmpeg, audio_info, iter_blocks,
+    load_audio, read_audio, read_mono_limited, resample,
 )
 
 SR = 16000
@@ -200,6 +201,44 @@ def test_audio_info(tmp_path):
     flac = tmp_path / "x.flac"
     sf.write(flac, np.zeros(8000, np.float32), 8000)
     assert audio_info(flac) == AudioInfo(8000, 1, 8000, 1.0)
+
+
+class _CountingSoundFile(sf.SoundFile):
+    opened = reads = 0
+
+    def __init__(self, *args, **kwargs):
+        type(self).opened += 1
+        super().__init__(*args, **kwargs)
+
+    def read(self, *args, **kwargs):
+        type(self).reads += 1
+        return super().read(*args, **kwargs)
+
+
+def test_read_mono_limited_opens_once_and_refuses_at_the_header(tmp_path, monkeypatch):
+    """The length limit is checked on the header the decoder itself opened: one libsndfile open, and an over-long
+    file is refused before a single block is read; within the limit it returns read_audio's samples."""
+    path = tmp_path / "long.flac"
+    sf.write(path, tone(440, 8000, 40.0), 8000)
+    expected = read_audio(path, 16000)[0]
+    monkeypatch.setattr(audio_module.sf, "SoundFile", _CountingSoundFile)  # soundfile's own: sf.write counts too
+    _CountingSoundFile.opened = _CountingSoundFile.reads = 0
+    with pytest.raises(AudioTooLong, match="audio of 40.0 s exceeds the limit of 30 s"):
+        read_mono_limited(path.read_bytes(), 16000, 30)
+    assert (_CountingSoundFile.opened, _CountingSoundFile.reads) == (1, 0)
+    _CountingSoundFile.opened = 0
+    got = read_mono_limited(path.read_bytes(), 16000, 40)
+    assert _CountingSoundFile.opened == 1
+    np.testing.assert_array_equal(got, expected)
+    assert read_mono_limited(path, 16000, None).shape == got.shape  # no limit
+
+
+def test_read_mono_limited_without_ffmpeg_names_the_need(tmp_path):
+    path = tmp_path / "x.webm"
+    write_with_pyav(path, "webm", "libopus", 48000, tone(440, 48000, 0.5))
+    with pytest.raises(NeedsFFmpeg):
+        read_mono_limited(path.read_bytes(), 16000, 60, ffmpeg=False)
+    assert read_mono_limited(path.read_bytes(), 16000, 60).shape[0] > 0  # PyAV decodes it when allowed
 
 
 # ----------------------------------------------------------------------------- bad files

@@ -125,6 +125,10 @@ def test_health_labels_page_and_docs(client):
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body and "audio/*" in body
+    params = {p["name"]: p for p in spec["paths"]["/v1/classify"]["post"]["parameters"]}
+    assert set(params) == {"top_k", "threshold", "median_filter", "min_duration"}
+    assert params["threshold"]["schema"] == {"type": "number", "minimum": 0, "maximum": 1}
+    assert params["top_k"]["in"] == "query" and "default 3" in params["top_k"]["description"]
 
 
 def test_classify_multipart_and_raw_match_the_python_api(client, clf):
@@ -251,8 +255,13 @@ def test_bad_multipart_and_empty_bodies_are_400(client):
     for body, ctype in cases:
         r = client.post("/v1/classify", content=body, headers={"Content-Type": ctype})
         assert_error(r, 400)
-    assert_error(client.post("/v1/classify?top_k=0", content=clip_bytes(0)), 400, "bad_request")
-    assert_error(client.post("/v1/classify?median_filter=2", content=clip_bytes(0)), 400)
+    for query, says in [("top_k=0", "top_k: must be at least 1"), ("top_k=2.5", "top_k: not an integer"),
+                        ("threshold=1.5", "threshold: must be between 0 and 1"), ("threshold=nan", "threshold"),
+                        ("threshold=x", "threshold: not a number"), ("median_filter=2", "median_filter: must be odd"),
+                        ("median_filter=101", "between 1 and 99"), ("min_duration=-1", "min_duration")]:
+        r = client.post(f"/v1/classify?{query}", content=clip_bytes(0))
+        assert_error(r, 400, "bad_request")
+        assert says in r.json()["detail"], (query, r.json())
     assert_error(client.get("/v1/nothing"), 404, "not_found")
     assert_error(client.get("/v1/classify"), 405)
 
@@ -347,7 +356,7 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
             assert isinstance(source, bytes) and os.listdir(upload_dir) == []
         return decode(source, *args, **kw)
 
-    monkeypatch.setattr(serving_app, "read_mono_limited", spy)  # junk goes to a child process, unseen here
+    monkeypatch.setattr(serving_app, "read_mono_limited", spy)  # every upload, junk too (then a decoder process)
     burst(app, [clip_bytes(i % 3) for i in range(6)] + [b"junk"] * 3)  # concurrent, in their own event loop
     assert os.listdir(upload_dir) == []
     with TestClient(app) as c:
@@ -356,12 +365,12 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
         assert c.post("/v1/classify", content=clip_bytes(1)).status_code == 200
         assert c.post("/v1/classify", content=b"garbage" * 99).status_code == 415
         assert c.post("/v1/classify", content=wav_bytes(long_audio(2.0))).status_code == 200
-        assert len(seen) == 9
+        assert len(seen) == 13
         for p in seen if spool else ():
             assert p.parent == upload_dir and "evil" not in p.name
             assert not p.exists()
         if not spool:
-            assert seen[-3] == clip_bytes(0)  # the multipart file field, without the form around it
+            assert seen[-4] == clip_bytes(0)  # the multipart file field, without the form around it
         assert os.listdir(upload_dir) == []
         assert os.listdir(global_tmp) == [upload_dir.name]  # nothing written next to it
     assert not upload_dir.exists()  # removed at shutdown
@@ -389,7 +398,7 @@ def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
     with TestClient(create_app(run)) as c:
         assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
         assert c.post("/v1/classify", content=silence).status_code == 200
-    assert threads == [True, False]
+    assert threads == [True, True, False]  # the 40 s file is refused inline at its header, decoded in a thread
 
 
 def test_spool_moves_to_a_file_past_the_memory_limit(tmp_path, monkeypatch):

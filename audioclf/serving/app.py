@@ -57,16 +57,17 @@ import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from ..audio import AudioDecodeError, AudioTooLong, libsndfile_info, read_mono_limited
+from ..audio import AudioDecodeError, AudioTooLong, NeedsFFmpeg, read_mono_limited
 from ..data.windows import window_starts, windows
 from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
 
@@ -225,29 +226,36 @@ class Batcher:
                 if not item.future.done():
                     item.future.set_result(result)
 
-    def _forward(self, batch: list[_Item]) -> list[_Result]:
-        """One forward pass over every window of every clip; scores as ``Classifier.scores`` computes them."""
+    def _logits(self, stacked: np.ndarray) -> np.ndarray:
+        """The model's logits ``(windows, classes)`` for float32 windows ``(windows, clip_samples)``."""
         import torch
 
-        from ..inference import inference_batch_size, scores_from_logits
+        from ..inference import inference_batch_size
+
+        clf = self.classifier
+        if torch.device(clf.device).type == "cpu":
+            # A lone clip gains nothing from a second intra-op thread but pays for its synchronisation, and takes
+            # the core the event loop needs: one thread measured 1.5x the requests/s at concurrency 1.
+            torch.set_num_threads(1 if len(stacked) < SMALL_BATCH else self._threads)
+        cap = inference_batch_size(clf.model, clf.clip_samples, clf.device)  # windows per model call at most
+        chunk = -(-len(stacked) // -(-len(stacked) // cap))  # in equal parts: 25 windows, cap 20 -> 13 + 12
+        parts = []  # clf.model is in eval mode since load() built it; nothing here switches it
+        with torch.inference_mode():
+            for start in range(0, len(stacked), chunk):
+                x = torch.from_numpy(stacked[start:start + chunk]).to(clf.device)
+                parts.append(clf.model(x).float().cpu().numpy())
+        return np.concatenate(parts)
+
+    def _forward(self, batch: list[_Item]) -> list[_Result]:
+        """One forward pass over every window of every clip; scores as ``Classifier.scores`` computes them."""
+        from ..inference import scores_from_logits
 
         clf = self.classifier
         length = clf.clip_samples
         per_clip = [windows(item.clip, length) for item in batch]
         owner = np.repeat(np.arange(len(batch)), [len(w) for w in per_clip])
         stacked = np.concatenate(per_clip)
-        parts = []  # clf.model is in eval mode since load() built it; nothing here switches it
-        if torch.device(clf.device).type == "cpu":
-            # A lone clip gains nothing from a second intra-op thread but pays for its synchronisation, and takes
-            # the core the event loop needs: one thread measured 1.5x the requests/s at concurrency 1.
-            torch.set_num_threads(1 if len(stacked) < SMALL_BATCH else self._threads)
-        cap = inference_batch_size(clf.model, length, clf.device)  # windows per model call at most
-        chunk = -(-len(stacked) // -(-len(stacked) // cap))  # in equal parts: 25 windows, cap 20 -> 13 + 12
-        with torch.inference_mode():
-            for start in range(0, len(stacked), chunk):
-                x = torch.from_numpy(stacked[start:start + chunk]).to(clf.device)
-                parts.append(clf.model(x).float().cpu().numpy())
-        logits = np.concatenate(parts)
+        logits = self._logits(stacked)
         sums = np.zeros((len(batch), logits.shape[1]))
         np.add.at(sums, owner, logits)
         counts = np.bincount(owner, minlength=len(batch))
@@ -423,30 +431,26 @@ class _Upload:
             self.path = None
 
 
-def _sndfile_seconds(source, max_seconds: float) -> float | None:
-    """The duration libsndfile reads from the header; None when libsndfile does not know the format (PyAV decodes
-    it, in a decoder process); 413 when it exceeds ``max_seconds``, before anything is decoded."""
-    info = libsndfile_info(source)
-    if info is not None and info.duration > max_seconds + 1e-6:
-        raise ApiError(413, "too_long", f"audio of {info.duration:.1f} s exceeds the limit of {max_seconds:g} s")
-    return None if info is None else info.duration
-
-
 async def _decode_upload(source, sample_rate: int, max_seconds: float, decoders: DecoderPool) -> np.ndarray:
     """Mono float32 ``(samples,)`` of an upload (bytes, or the path it was spooled to); ApiError 413 / 415.
 
-    A small upload whose header libsndfile reads and which declares a short clip is decoded right here, cheaper
-    than a hop to a worker thread; a large one in a worker thread; one that only FFmpeg reads (WebM/Opus,
-    MP4/AAC, ...) in a decoder process."""
+    A small upload libsndfile reads whose header declares a short clip is decoded right here, cheaper than a hop to
+    a worker thread (a longer one is refused at its header and goes to a thread); a large one in a worker thread;
+    one that only FFmpeg reads (WebM/Opus, MP4/AAC, ...) in a decoder process. Each path opens the file once."""
+    loop = asyncio.get_running_loop()
     try:
-        small = isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES
-        declared = _sndfile_seconds(source, max_seconds)
-        if declared is not None and small and declared <= INLINE_DECODE_SECONDS:
-            return read_mono_limited(source, sample_rate, max_seconds, check_header=False)
-        loop = asyncio.get_running_loop()
-        if declared is not None:
-            return await loop.run_in_executor(None, read_mono_limited, source, sample_rate, max_seconds, False)
-        return await loop.run_in_executor(None, decoders.decode, source, sample_rate, max_seconds)
+        try:
+            if isinstance(source, bytes) and len(source) <= INLINE_DECODE_BYTES:
+                limit = min(max_seconds, INLINE_DECODE_SECONDS)
+                try:
+                    return read_mono_limited(source, sample_rate, limit, ffmpeg=False)
+                except AudioTooLong:
+                    if limit >= max_seconds:
+                        raise
+            return await loop.run_in_executor(None, partial(read_mono_limited, source, sample_rate, max_seconds,
+                                                            ffmpeg=False))
+        except NeedsFFmpeg:
+            return await loop.run_in_executor(None, decoders.decode, source, sample_rate, max_seconds)
     except AudioTooLong as e:
         raise ApiError(413, "too_long", e.reason) from None
     except IsolatedDecodeFailed as e:
@@ -472,6 +476,62 @@ _CLASSIFY_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
+@dataclass(frozen=True)
+class _QueryParam:
+    name: str
+    type: type  # int or float
+    default: float | None
+    low: float
+    high: float | None
+    description: str
+
+
+_QUERY = (  # /v1/classify's query parameters, parsed by _query (FastAPI's per-request parameter solving cost about
+    # as much CPU as decoding a clip) and documented by _query_openapi
+    _QueryParam("top_k", int, None, 1, None, "labels to return (single-label runs); default {top_k}"),
+    _QueryParam("threshold", float, None, 0, 1, "event threshold (long audio); default 0.5, or the run's per-label "
+                                                "thresholds"),
+    _QueryParam("median_filter", int, 1, 1, 99, "odd median-filter size over windows (long audio)"),
+    _QueryParam("min_duration", float, 0.0, 0, None, "drop shorter events, seconds"),
+)
+
+
+def _query(params) -> tuple:
+    """The values of :data:`_QUERY`, in order, from the request's query parameters; ApiError 400 on a bad one."""
+    values = []
+    for p in _QUERY:
+        raw = params.get(p.name)
+        if raw is None:
+            values.append(p.default)
+            continue
+        try:
+            value = p.type(raw)
+        except ValueError:
+            kind = "an integer" if p.type is int else "a number"
+            raise ApiError(400, "bad_request", f"query parameter {p.name}: not {kind}: {raw!r}") from None
+        if not (value >= p.low and (p.high is None or value <= p.high)):  # also refuses NaN
+            bounds = f"at least {p.low}" if p.high is None else f"between {p.low} and {p.high}"
+            raise ApiError(400, "bad_request", f"query parameter {p.name}: must be {bounds}, got {raw}")
+        values.append(value)
+    if values[2] % 2 == 0:
+        raise ApiError(400, "bad_request", "query parameter median_filter: must be odd")
+    return tuple(values)
+
+
+def _query_openapi(top_k: int) -> list[dict]:
+    """:data:`_QUERY` as OpenAPI parameter objects."""
+    out = []
+    for p in _QUERY:
+        schema = {"type": "integer" if p.type is int else "number", "minimum": p.low}
+        if p.high is not None:
+            schema["maximum"] = p.high
+        if p.default is not None:
+            schema["default"] = p.default
+        out.append({"name": p.name, "in": "query", "required": False, "schema": schema,
+                    "description": p.description.format(top_k=top_k)})
+    return out
+
+
 _CLASSIFY_RESPONSES = {
     200: {"description": "A list `[{label, score}]` for audio up to the model window; an object "
                          "`{predictions, events, duration, window}` for longer audio.",
@@ -566,23 +626,15 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
                 "micro_batching": batcher.micro_batching, "max_batch": batcher.max_batch,
                 "max_wait_ms": batcher.max_wait_ms}
 
-    @app.post("/v1/classify", summary="Classify an audio file", openapi_extra={"requestBody": _CLASSIFY_BODY},
-              responses=_CLASSIFY_RESPONSES)
-    async def classify(request: Request,
-                       top_k: int | None = Query(None, ge=1, description="labels to return (single-label runs); "
-                                                                         f"default {top_k}"),
-                       threshold: float | None = Query(None, ge=0, le=1, description="event threshold (long "
-                                                       "audio); default 0.5, or the run's per-label thresholds"),
-                       median_filter: int = Query(1, ge=1, le=99, description="odd median-filter size over windows "
-                                                  "(long audio)"),
-                       min_duration: float = Query(0.0, ge=0, description="drop shorter events, seconds")):
+    @app.post("/v1/classify", summary="Classify an audio file", responses=_CLASSIFY_RESPONSES,
+              openapi_extra={"requestBody": _CLASSIFY_BODY, "parameters": _query_openapi(app_top_k)})
+    async def classify(request: Request):
         """Audio as the multipart field `file`, or as the raw request body (any content type).
 
         Returns a list `[{"label", "score"}]` (best first) when the audio is no longer than the model window,
         otherwise `{"predictions": [...], "events": [{"label", "start", "end", "peak"}], "duration", "window"}`.
         """
-        if median_filter % 2 == 0:
-            raise ApiError(400, "bad_request", "median_filter must be odd")
+        top_k, threshold, median_filter, min_duration = _query(request.query_params)
         k = min(top_k or app_top_k, len(clf.labels))
         upload = _Upload(request, upload_dir, max_bytes)
         batcher.announce()
