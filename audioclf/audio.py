@@ -348,10 +348,11 @@ def _sf_blocks(path, f: sf.SoundFile, mono):
         read = 0
         while True:  # not f.blocks(): it yields uninitialised memory past a short read
             block = f.read(_READ_FRAMES, dtype="float32", always_2d=True)
-            if not len(block):
+            if len(block):
+                read += len(block)
+                yield _to_layout(block.T, mono)
+            if len(block) < _READ_FRAMES:  # the end (a short clip: no second, empty read)
                 break
-            read += len(block)
-            yield _to_layout(block.T, mono)
     if read < expected:
         raise AudioDecodeError(path, f"truncated: header says {expected} frames, "
                                      f"only {read} readable")
