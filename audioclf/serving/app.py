@@ -484,25 +484,27 @@ class _QueryParam:
     low: float
     high: float | None
     description: str
+    odd: bool = False
 
 
-_QUERY = (  # /v1/classify's query parameters, parsed by _query (FastAPI's per-request parameter solving cost about
-    # as much CPU as decoding a clip) and documented by _query_openapi
+_QUERY = (  # /v1/classify's query parameters, parsed by _query and documented by _query_openapi. FastAPI's own
+    # per-request parameter solving took 28% of the event loop's CPU under load (cProfile, thread CPU time).
     _QueryParam("top_k", int, None, 1, None, "labels to return (single-label runs); default {top_k}"),
     _QueryParam("threshold", float, None, 0, 1, "event threshold (long audio); default 0.5, or the run's per-label "
                                                 "thresholds"),
-    _QueryParam("median_filter", int, 1, 1, 99, "odd median-filter size over windows (long audio)"),
+    _QueryParam("median_filter", int, 1, 1, 99, "odd median-filter size over windows (long audio)", odd=True),
     _QueryParam("min_duration", float, 0.0, 0, None, "drop shorter events, seconds"),
 )
 
 
-def _query(params) -> tuple:
-    """The values of :data:`_QUERY`, in order, from the request's query parameters; ApiError 400 on a bad one."""
-    values = []
+def _query(params) -> dict:
+    """Name -> value of every :data:`_QUERY` parameter, from the request's query parameters (defaults for those
+    absent); ApiError 400 naming a bad one."""
+    values = {}
     for p in _QUERY:
         raw = params.get(p.name)
         if raw is None:
-            values.append(p.default)
+            values[p.name] = p.default
             continue
         try:
             value = p.type(raw)
@@ -512,10 +514,10 @@ def _query(params) -> tuple:
         if not (value >= p.low and (p.high is None or value <= p.high)):  # also refuses NaN
             bounds = f"at least {p.low}" if p.high is None else f"between {p.low} and {p.high}"
             raise ApiError(400, "bad_request", f"query parameter {p.name}: must be {bounds}, got {raw}")
-        values.append(value)
-    if values[2] % 2 == 0:
-        raise ApiError(400, "bad_request", "query parameter median_filter: must be odd")
-    return tuple(values)
+        if p.odd and value % 2 == 0:
+            raise ApiError(400, "bad_request", f"query parameter {p.name}: must be odd, got {raw}")
+        values[p.name] = value
+    return values
 
 
 def _query_openapi(top_k: int) -> list[dict]:
@@ -562,7 +564,6 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
     decoders = DecoderPool(timeout=ISOLATED_DECODE_SECONDS)  # for uploads only FFmpeg reads; started on demand
     max_bytes = int(max_body_mb * 1024 * 1024)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
-    app_top_k = top_k  # the endpoint's query parameter shadows the name
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -627,15 +628,15 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
                 "max_wait_ms": batcher.max_wait_ms}
 
     @app.post("/v1/classify", summary="Classify an audio file", responses=_CLASSIFY_RESPONSES,
-              openapi_extra={"requestBody": _CLASSIFY_BODY, "parameters": _query_openapi(app_top_k)})
+              openapi_extra={"requestBody": _CLASSIFY_BODY, "parameters": _query_openapi(top_k)})
     async def classify(request: Request):
         """Audio as the multipart field `file`, or as the raw request body (any content type).
 
         Returns a list `[{"label", "score"}]` (best first) when the audio is no longer than the model window,
         otherwise `{"predictions": [...], "events": [{"label", "start", "end", "peak"}], "duration", "window"}`.
         """
-        top_k, threshold, median_filter, min_duration = _query(request.query_params)
-        k = min(top_k or app_top_k, len(clf.labels))
+        query = _query(request.query_params)
+        k = min(query["top_k"] or top_k, len(clf.labels))
         upload = _Upload(request, upload_dir, max_bytes)
         batcher.announce()
         queued = False
@@ -656,9 +657,11 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         if not long:
             return JSONResponse(preds)
         from ..longform import events as find_events
-        thr = threshold if threshold is not None else (clf.thresholds if clf.multilabel else 0.5)
+        thr = query["threshold"]
+        if thr is None:
+            thr = clf.thresholds if clf.multilabel else 0.5
         found = find_events(result.times, result.window_scores, clf.labels, threshold=thr,
-                            min_duration=min_duration, median_filter=median_filter)
+                            min_duration=query["min_duration"], median_filter=query["median_filter"])
         return JSONResponse({"predictions": preds, "events": found, "duration": len(clip) / clf.sample_rate,
                              "window": clf.clip_samples / clf.sample_rate})
 
