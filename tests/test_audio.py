@@ -204,11 +204,16 @@ def test_audio_info(tmp_path):
 
 
 class _CountingSoundFile(sf.SoundFile):
-    opened = reads = 0
+    opened = reads = closes = 0
 
     def __init__(self, *args, **kwargs):
         type(self).opened += 1
         super().__init__(*args, **kwargs)
+
+    def close(self):
+        if not self.closed:
+            type(self).closes += 1
+        super().close()
 
     def read(self, *args, **kwargs):
         type(self).reads += 1
@@ -217,15 +222,16 @@ class _CountingSoundFile(sf.SoundFile):
 
 def test_read_mono_limited_opens_once_and_refuses_at_the_header(tmp_path, monkeypatch):
     """The length limit is checked on the header the decoder itself opened: one libsndfile open, and an over-long
-    file is refused before a single block is read; within the limit it returns read_audio's samples."""
+    file is refused before a single block is read, and its file closed; within the limit it returns read_audio's
+    samples."""
     path = tmp_path / "long.flac"
     sf.write(path, tone(440, 8000, 40.0), 8000)
     expected = read_audio(path, 16000)[0]
     monkeypatch.setattr(audio_module.sf, "SoundFile", _CountingSoundFile)  # soundfile's own: sf.write counts too
-    _CountingSoundFile.opened = _CountingSoundFile.reads = 0
+    _CountingSoundFile.opened = _CountingSoundFile.reads = _CountingSoundFile.closes = 0
     with pytest.raises(AudioTooLong, match="audio of 40.0 s exceeds the limit of 30 s"):
-        read_mono_limited(path.read_bytes(), 16000, 30)
-    assert (_CountingSoundFile.opened, _CountingSoundFile.reads) == (1, 0)
+        read_mono_limited(path, 16000, 30)
+    assert (_CountingSoundFile.opened, _CountingSoundFile.reads, _CountingSoundFile.closes) == (1, 0, 1)
     _CountingSoundFile.opened = 0
     got = read_mono_limited(path.read_bytes(), 16000, 40)
     assert _CountingSoundFile.opened == 1
