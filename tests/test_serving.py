@@ -490,3 +490,25 @@ def test_server_allocator_keeps_activation_sized_blocks_in_the_heap():
     assert ctypes.util.find_library("c")
     assert int(before) == 1  # by default an 8 MiB block is its own mmap
     assert applied == "True" and int(after) == 0  # now it comes from the heap
+
+
+# --- the load benchmark ---------------------------------------------------------------------------------------
+
+
+def test_serving_bench_runs_and_every_request_succeeds(run):
+    """``bench/serving.py`` end to end on a tiny run: the server floor, both modes and the ratio are printed, and
+    every request was answered 200 (a floor server that answered 422 to everything once went unnoticed for two
+    sessions; the bench now exits 1 on any failed request)."""
+    import re
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "serving.py"), str(run), "--rounds", "1",
+                          "--requests", "16", "--concurrency", "1,4", "--max-seconds", "10", "--clips", "8"],
+                         cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert re.search(r"server floor .* [0-9]+ req/s .*, 0 errors", out.stdout), out.stdout
+    assert re.search(r"micro-batching on / off = [0-9.]+x", out.stdout), out.stdout
+    rows = re.findall(r"^\s+(on|off)\s+(1|4)\s+\d+\s+[0-9.]+\s+\S+\s+[0-9.]+\s+[0-9.]+\s+[0-9.]+\s+(\d+)$", out.stdout,
+                      re.M)
+    assert len(rows) == 4 and all(errors == "0" for *_, errors in rows), out.stdout
