@@ -20,24 +20,16 @@ import argparse
 import glob
 import sys
 import threading
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+from pipeline import timed  # bench/pipeline.py: median and spread of timed runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def median_ms(fn, repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1000
+    return timed(fn, repeats)[0] * 1000
 
 
 def with_busy_thread(work, measure):
