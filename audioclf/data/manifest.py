@@ -195,14 +195,18 @@ def from_csv(csv_path) -> Manifest:
             if not labels:
                 skipped.append((str(base / rel), f"{where}: empty label"))
                 continue
-            path, reason = _resolve(base, rel, by_name)
+            named = Path(os.path.abspath(base / rel))
+            if not Path(rel).is_absolute() and not named.is_relative_to(base):
+                skipped.append((rel, f"{where}: path escapes the manifest's folder"))
+                continue
+            path, reason = (named, "") if named.is_file() else _find_by_name(rel, by_name)
             if path is None:
-                skipped.append((rel if "escapes" in reason else str(base / rel), f"{where}: {reason}"))
+                skipped.append((str(base / rel), f"{where}: {reason}"))
             elif str(path) in seen:
                 skipped.append((str(path), f"{where}: duplicate path (first row kept)"))
             else:
                 seen.add(str(path))
-                looked_up += path != Path(os.path.abspath(base / rel))
+                looked_up += path != named
                 items.append(Item(str(path), labels, row.get(columns.get("group"), "") or None,
                                   row.get(columns.get("fold"), "") or None))
     if looked_up:
@@ -210,14 +214,10 @@ def from_csv(csv_path) -> Manifest:
     return _checked(Manifest(items, root, skipped, "csv"))
 
 
-def _resolve(base: Path, rel: str, by_name: _NameIndex) -> tuple[Path | None, str]:
-    """The file a CSV row names (absolute), or None and why not."""
-    path = Path(os.path.abspath(base / rel))
-    if not Path(rel).is_absolute() and not path.is_relative_to(base):
-        return None, "path escapes the manifest's folder"
-    if path.is_file():
-        return path, ""
-    if Path(rel).name == rel:  # a bare file name: the audio may sit in a sibling folder (meta/ + audio/)
+def _find_by_name(rel: str, by_name: _NameIndex) -> tuple[Path | None, str]:
+    """For a CSV row whose file is not where it says: a bare file name is looked up by name (the audio may sit in
+    a sibling folder, meta/ + audio/); anything else is not found."""
+    if Path(rel).name == rel:
         return by_name.find(rel)
     return None, "file not found"
 
@@ -283,7 +283,7 @@ def _class_folders(root: Path) -> list[str]:
     """The immediate sub-folders that hold audio somewhere below them."""
     found = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if any(True for _ in _iter_audio(d)):
+        if next(_iter_audio(d), None) is not None:
             found.append(d.name)
     return found
 

@@ -458,8 +458,6 @@ async def _decode_upload(source, sample_rate: int, max_seconds: float, decoders:
         raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
     except AudioDecodeError as e:
         raise ApiError(415, "unsupported_media", f"cannot decode the audio: {e.reason}") from None
-    except ApiError:
-        raise
     except Exception as e:  # noqa: BLE001 -- untrusted bytes: any decoder failure is a bad upload
         log.warning("decoder failed: %s: %s", type(e).__name__, e)
         raise ApiError(415, "unsupported_media", f"cannot decode the audio ({type(e).__name__})") from None
@@ -476,6 +474,8 @@ _CLASSIFY_BODY = {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
     },
 }
+
+
 @dataclass(frozen=True)
 class _QueryParam:
     name: str
