@@ -17,7 +17,7 @@ Two reference figures bound what batching can give (both measured before the ser
   (:func:`audioclf.inference.inference_batch_size`), on one intra-op thread and on torch's default count, with
   the server's allocator settings (:mod:`audioclf.malloc`);
 * the server floor: req/s at the highest concurrency of the same server with its forward pass replaced by constant
-  logits (:func:`stub_app`): everything but the model -- HTTP, upload, decoding, queue, model thread, answer.
+  logits (:func:`stub_app`): everything but the model -- HTTP, upload, decoding, queue, batching, answer.
 
 Any failed request (an answer other than 200) makes the command exit with status 1: its figures would not be
 requests served.
@@ -161,7 +161,7 @@ def run_async(coro):
 
 
 def stub_app(run: str, args):
-    """The server floor: the real app (upload, decoding, queue, model thread, answer) with the model's forward pass
+    """The server floor: the real app (upload, decoding, queue, batching, answer) with the model's forward pass
     replaced by constant logits, so its req/s is what the server can do when the model costs nothing."""
     from audioclf.serving import create_app
 

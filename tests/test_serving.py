@@ -329,6 +329,36 @@ def test_without_micro_batching_every_batch_is_one_request(run):
     assert dict(app.state.batch_sizes) == {1: 10}
 
 
+
+def test_short_forward_passes_run_on_the_event_loop_and_long_ones_in_the_model_thread(run, monkeypatch):
+    """A pass over at most INLINE_WINDOWS windows runs on the loop (no GIL contention with a model thread); a long
+    recording's pass, which could stall the server, goes to the model thread."""
+    calls = []
+    forward = serving_app.Batcher._forward
+
+    def spy(self, batch):
+        try:
+            asyncio.get_running_loop()
+            on_loop = True
+        except RuntimeError:
+            on_loop = False  # a worker thread has no running loop
+        calls.append((on_loop, len(batch)))
+        return forward(self, batch)
+
+    monkeypatch.setattr(serving_app.Batcher, "_forward", spy)
+    clf = load(run)
+    hops = serving_app.INLINE_WINDOWS + 2  # half-window hops: INLINE_WINDOWS + 1 windows
+    recording = np.resize(long_audio(2.0), hops * (clf.clip_samples // 2))
+    with TestClient(create_app(run)) as c:
+        assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
+        assert c.post("/v1/classify", content=wav_bytes(recording)).status_code == 200
+    assert calls == [(True, 1), (False, 1)]
+    calls.clear()
+    responses = burst(create_app(run, max_batch=8, max_wait_ms=200), [clip_bytes(i % 4) for i in range(8)])
+    assert all(r.status_code == 200 for r in responses)
+    assert calls and all(on_loop for on_loop, _ in calls) and sum(n for _, n in calls) == 8
+
+
 # --- temp files -----------------------------------------------------------------------------------------------
 
 

@@ -40,11 +40,16 @@ crash or hang, and then that request gets a 415 while the server goes on.
 Micro-batching: decoded clips go into a bounded ``asyncio.Queue``; one worker task takes what is queued, waits
 for requests still being received or decoded to join (up to ``max_batch``) until the oldest one has been queued
 for ``max_wait_ms`` (so under load, when it has waited through the previous pass, nothing waits), runs one forward
-pass over all their windows in a dedicated thread, and resolves each request's future. It does not wait when no
-other request is in flight, so a lone request pays no batching delay. ``micro_batching=False`` sends every
-request through the same worker alone (batch size 1), for comparison. ``app.state.batch_sizes`` counts batches
-by size. On a CPU, a forward pass over fewer than ``SMALL_BATCH`` windows runs on one intra-op thread, a larger one
-on all of torch's threads.
+pass over all their windows, and resolves each request's future. It does not wait when no other request is in
+flight, so a lone request pays no batching delay. ``micro_batching=False`` sends every request through the same
+worker alone (batch size 1), for comparison. ``app.state.batch_sizes`` counts batches by size.
+
+A forward pass over at most ``INLINE_WINDOWS`` windows (a full batch of short clips: about 10 ms on two CPU cores)
+runs on the event loop itself, a larger one (long recordings) in a dedicated thread. A model thread would contend
+with the event loop for the GIL, which PyTorch takes back between operators: a 16-window pass took 10 ms alone and
+over 200 ms beside a busy Python thread (``bench/gil.py``). Run inline, the pass has the GIL and every core to
+itself, and the loop then takes in the next requests at full speed: 1.3x the requests/s at concurrency 32 with
+micro-batching, and without it (``bench/serving.py``; README).
 """
 from __future__ import annotations
 
@@ -74,7 +79,7 @@ from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
 log = logging.getLogger("audioclf.serving")
 
 STATIC = Path(__file__).resolve().parent / "static"
-SMALL_BATCH = 4  # on a CPU, fewer windows than this run on one intra-op thread (see Batcher._forward)
+INLINE_WINDOWS = 32  # a forward pass over at most this many windows runs on the event loop (module docstring)
 MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
 INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size and INLINE_DECODE_SECONDS long (as declared)
 INLINE_DECODE_SECONDS = 30.0     # are decoded on the event loop (well under a millisecond for a short clip)
@@ -135,9 +140,6 @@ class Batcher:
     served: int = 0
 
     def __post_init__(self):
-        import torch
-
-        self._threads = torch.get_num_threads()  # intra-op threads for batches of SMALL_BATCH windows or more
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="audioclf-model")
         weakref.finalize(self, self._executor.shutdown, wait=False)
         self._loop = self._queue = self._task = None
@@ -213,8 +215,12 @@ class Batcher:
             if not batch:
                 continue
             self.batch_sizes[len(batch)] += 1
+            n_windows = sum(len(window_starts(len(item.clip), self.classifier.clip_samples)) for item in batch)
             try:
-                results = await loop.run_in_executor(self._executor, self._forward, batch)
+                if n_windows <= INLINE_WINDOWS:
+                    results = self._forward(batch)  # blocks the loop for one short pass: no GIL contention
+                else:
+                    results = await loop.run_in_executor(self._executor, self._forward, batch)
             except Exception as e:  # noqa: BLE001 -- every waiting request gets the error
                 log.exception("forward pass failed")
                 for item in batch:
@@ -233,10 +239,6 @@ class Batcher:
         from ..inference import inference_batch_size
 
         clf = self.classifier
-        if torch.device(clf.device).type == "cpu":
-            # A lone clip gains nothing from a second intra-op thread but pays for its synchronisation, and takes
-            # the core the event loop needs: one thread measured 1.5x the requests/s at concurrency 1.
-            torch.set_num_threads(1 if len(stacked) < SMALL_BATCH else self._threads)
         cap = inference_batch_size(clf.model, clf.clip_samples, clf.device)  # windows per model call at most
         chunk = -(-len(stacked) // -(-len(stacked) // cap))  # in equal parts: 25 windows, cap 20 -> 13 + 12
         parts = []  # clf.model is in eval mode since load() built it; nothing here switches it
