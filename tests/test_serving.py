@@ -331,8 +331,8 @@ def test_without_micro_batching_every_batch_is_one_request(run):
 
 
 def test_short_forward_passes_run_on_the_event_loop_and_long_ones_in_the_model_thread(run, monkeypatch):
-    """A pass over at most INLINE_WINDOWS windows runs on the loop (no GIL contention with a model thread); a long
-    recording's pass, which could stall the server, goes to the model thread."""
+    """A pass expected to take at most INLINE_SECONDS runs on the loop (no GIL contention with a model thread); the
+    first pass (no estimate yet) and a long recording's pass, which could stall the server, go to the model thread."""
     calls = []
     forward = serving_app.Batcher._forward
 
@@ -347,17 +347,23 @@ def test_short_forward_passes_run_on_the_event_loop_and_long_ones_in_the_model_t
 
     monkeypatch.setattr(serving_app.Batcher, "_forward", spy)
     clf = load(run)
-    hops = serving_app.INLINE_WINDOWS + 2  # half-window hops: INLINE_WINDOWS + 1 windows
-    recording = np.resize(long_audio(2.0), hops * (clf.clip_samples // 2))
-    with TestClient(create_app(run)) as c:
-        assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
+    app = create_app(run, max_batch=8, max_wait_ms=200)
+    batcher = app.state.batcher
+    with TestClient(app) as c:
+        for _ in range(5):
+            assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
+        assert calls[0] == (False, 1) and calls[-1] == (True, 1)  # measured in the thread first, then inline
+        assert 0 < batcher.window_seconds < serving_app.INLINE_SECONDS
+        monkeypatch.setattr(serving_app, "INLINE_SECONDS", 4 * batcher.window_seconds)  # 4 windows at most
+        recording = np.resize(long_audio(2.0), 200 * (clf.clip_samples // 2))  # 200 half-window hops
         assert c.post("/v1/classify", content=wav_bytes(recording)).status_code == 200
-    assert calls == [(True, 1), (False, 1)]
+        assert calls[-1] == (False, 1)
     calls.clear()
-    responses = burst(create_app(run, max_batch=8, max_wait_ms=200), [clip_bytes(i % 4) for i in range(8)])
+    monkeypatch.undo()
+    monkeypatch.setattr(serving_app.Batcher, "_forward", spy)
+    responses = burst(app, [clip_bytes(i % 4) for i in range(8)])
     assert all(r.status_code == 200 for r in responses)
     assert calls and all(on_loop for on_loop, _ in calls) and sum(n for _, n in calls) == 8
-
 
 # --- temp files -----------------------------------------------------------------------------------------------
 

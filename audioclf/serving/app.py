@@ -44,12 +44,14 @@ pass over all their windows, and resolves each request's future. It does not wai
 flight, so a lone request pays no batching delay. ``micro_batching=False`` sends every request through the same
 worker alone (batch size 1), for comparison. ``app.state.batch_sizes`` counts batches by size.
 
-A forward pass over at most ``INLINE_WINDOWS`` windows (a full batch of short clips: about 10 ms on two CPU cores)
-runs on the event loop itself, a larger one (long recordings) in a dedicated thread. A model thread would contend
-with the event loop for the GIL, which PyTorch takes back between operators: a 16-window pass took 10 ms alone and
-over 200 ms beside a busy Python thread (``bench/gil.py``). Run inline, the pass has the GIL and every core to
-itself, and the loop then takes in the next requests at full speed: 1.3x the requests/s at concurrency 32 with
-micro-batching, and without it (``bench/serving.py``; README).
+A forward pass expected to take at most ``INLINE_SECONDS`` runs on the event loop itself; a longer one (a long
+recording, a large model, and the very first pass, before there is an estimate) runs in a dedicated thread, so it
+cannot stall the server. The estimate is the lowest time a window has cost in any pass so far. A model thread
+would contend with the event loop for the GIL, which PyTorch takes back between operators: a 16-window pass took
+10 ms alone and over 200 ms beside a busy Python thread (``bench/gil.py``). Run inline, the pass has the GIL and
+every core to itself, and the loop then takes in the next requests at full speed: 1.3x the requests/s at
+concurrency 32 with micro-batching, and without it (``bench/serving.py``; README). With the default FSDD model on
+two CPU cores a full batch of 32 short clips (about 12 ms) runs inline.
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import weakref
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -79,7 +82,7 @@ from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
 log = logging.getLogger("audioclf.serving")
 
 STATIC = Path(__file__).resolve().parent / "static"
-INLINE_WINDOWS = 32  # a forward pass over at most this many windows runs on the event loop (module docstring)
+INLINE_SECONDS = 0.015  # a forward pass expected to take at most this long runs on the event loop (module docstring)
 MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
 INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size and INLINE_DECODE_SECONDS long (as declared)
 INLINE_DECODE_SECONDS = 30.0     # are decoded on the event loop (well under a millisecond for a short clip)
@@ -138,6 +141,7 @@ class Batcher:
     batch_sizes: Counter = field(default_factory=Counter)
     incoming: int = 0  # requests received but not yet queued (body upload, decoding)
     served: int = 0
+    window_seconds: float = float("inf")  # the lowest cost of one window in any forward pass so far (inf: none yet)
 
     def __post_init__(self):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="audioclf-model")
@@ -216,8 +220,9 @@ class Batcher:
                 continue
             self.batch_sizes[len(batch)] += 1
             n_windows = sum(len(window_starts(len(item.clip), self.classifier.clip_samples)) for item in batch)
+            started = time.perf_counter()
             try:
-                if n_windows <= INLINE_WINDOWS:
+                if n_windows * self.window_seconds <= INLINE_SECONDS:
                     results = self._forward(batch)  # blocks the loop for one short pass: no GIL contention
                 else:
                     results = await loop.run_in_executor(self._executor, self._forward, batch)
@@ -227,6 +232,7 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(e)
                 continue
+            self.window_seconds = min(self.window_seconds, (time.perf_counter() - started) / n_windows)
             self.served += len(batch)
             for item, result in zip(batch, results):
                 if not item.future.done():
