@@ -14,6 +14,11 @@ itself (``audioclf/serving/app.py``). On one intra-op thread this prints the med
 
 It also prints the model's arithmetic rate in that pass (``audioclf.models.summary.forward_gflops``) next to a
 square fp32 matmul's on the same thread, the ceiling for what batching can gain.
+
+Last, the other reason the server has no model thread: a lone clip on torch's default intra-op thread count, on this
+thread, before and after one forward pass has run in another thread that stays alive, as a model thread would.
+That pass leaves a second OpenMP team behind; with more OpenMP threads than cores libgomp stops spinning between
+parallel regions, and the first thread's passes slow down while the other thread lives.
 """
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import argparse
 import glob
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -57,6 +63,15 @@ def pure_python():
     return total
 
 
+def after_another_threads_pass(forward, repeats: int) -> tuple[float, float]:
+    """Median ms of ``forward()`` on this thread, then again after one ``forward()`` ran in another thread that is
+    still alive (as a model thread would be: a thread's OpenMP team lives as long as the thread)."""
+    before = median_ms(forward, repeats)
+    with ThreadPoolExecutor(1) as other:
+        other.submit(forward).result()
+        return before, median_ms(forward, repeats)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="a trained run folder (e.g. from `make demo`)")
@@ -70,6 +85,7 @@ def main() -> None:
     from audioclf.models.summary import forward_gflops
 
     keep_activations_in_heap()  # as `audioclf serve` does
+    default_threads = torch.get_num_threads()
     torch.set_num_threads(1)
     clf = load(args.run, "cpu")
     x = torch.randn(args.windows, clf.clip_samples) * 0.1
@@ -108,6 +124,17 @@ def main() -> None:
     matmul = median_ms(lambda: a @ b, 10)
     print(f"\nmodel: {gflop / alone * 1000:.0f} GFLOP/s in that pass alone; 2048x2048 fp32 matmul: "
           f"{2 * 2048 ** 3 / 1e9 / matmul * 1000:.0f} GFLOP/s (one thread)")
+
+    torch.set_num_threads(default_threads)
+    lone = torch.randn(1, clf.clip_samples) * 0.1
+
+    def forward_lone():
+        with torch.inference_mode():
+            clf.model(lone)
+
+    before, after = after_another_threads_pass(forward_lone, args.repeats * 10)
+    print(f"\na lone clip on {default_threads} intra-op threads, on this thread: {before:.2f} ms; after one pass in "
+          f"another thread: {after:.2f} ms ({after / before:.1f}x)")
 
 
 if __name__ == "__main__":

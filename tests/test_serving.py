@@ -26,6 +26,7 @@ with warnings.catch_warnings():  # starlette's "use httpx2" notice: httpx is wha
     from fastapi.testclient import TestClient  # noqa: E402
 
 from audioclf.audio import read_audio  # noqa: E402
+from audioclf.data.windows import window_starts  # noqa: E402
 from audioclf.inference import load  # noqa: E402
 from audioclf.serving import create_app  # noqa: E402
 from audioclf.serving import app as serving_app  # noqa: E402
@@ -330,40 +331,40 @@ def test_without_micro_batching_every_batch_is_one_request(run):
 
 
 
-def test_short_forward_passes_run_on_the_event_loop_and_long_ones_in_the_model_thread(run, monkeypatch):
-    """A pass expected to take at most INLINE_SECONDS runs on the loop (no GIL contention with a model thread); the
-    first pass (no estimate yet) and a long recording's pass, which could stall the server, go to the model thread."""
-    calls = []
-    forward = serving_app.Batcher._forward
+def test_forward_passes_run_on_the_event_loop_in_calls_that_let_other_requests_in(run, monkeypatch):
+    """Every model call runs on the event loop (no model thread to contend for the GIL), at most
+    ``inference_batch_size`` windows at a time, and other requests are answered between the calls of a long pass."""
+    order = []
+    logits = serving_app.Batcher._logits
 
-    def spy(self, batch):
-        try:
-            asyncio.get_running_loop()
-            on_loop = True
-        except RuntimeError:
-            on_loop = False  # a worker thread has no running loop
-        calls.append((on_loop, len(batch)))
-        return forward(self, batch)
+    def spy(self, stacked):
+        asyncio.get_running_loop()  # raises RuntimeError off the loop's thread
+        order.append(len(stacked))
+        return logits(self, stacked)
 
-    monkeypatch.setattr(serving_app.Batcher, "_forward", spy)
+    monkeypatch.setattr(serving_app.Batcher, "_logits", spy)
+    monkeypatch.setattr("audioclf.inference.inference_batch_size", lambda *a, **kw: 4)
     clf = load(run)
-    app = create_app(run, max_batch=8, max_wait_ms=200)
-    batcher = app.state.batcher
-    with TestClient(app) as c:
-        for _ in range(5):
-            assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
-        assert calls[0] == (False, 1) and calls[-1] == (True, 1)  # measured in the thread first, then inline
-        assert 0 < batcher.window_seconds < serving_app.INLINE_SECONDS
-        monkeypatch.setattr(serving_app, "INLINE_SECONDS", 4 * batcher.window_seconds)  # 4 windows at most
-        recording = np.resize(long_audio(2.0), 200 * (clf.clip_samples // 2))  # 200 half-window hops
-        assert c.post("/v1/classify", content=wav_bytes(recording)).status_code == 200
-        assert calls[-1] == (False, 1)
-    calls.clear()
-    monkeypatch.undo()
-    monkeypatch.setattr(serving_app.Batcher, "_forward", spy)
-    responses = burst(app, [clip_bytes(i % 4) for i in range(8)])
-    assert all(r.status_code == 200 for r in responses)
-    assert calls and all(on_loop for on_loop, _ in calls) and sum(n for _, n in calls) == 8
+    audio = np.resize(long_audio(2.0), 40 * (clf.clip_samples // 2))
+    n_windows = len(window_starts(len(audio), clf.clip_samples))  # 39: 10 calls
+    app = create_app(run)
+
+    async def main():
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as c:
+            async def health_during_the_pass():
+                while not order:  # the long pass has made its first model call
+                    await asyncio.sleep(0)
+                assert (await c.get("/health")).status_code == 200
+                order.append("health")
+            return (await asyncio.gather(c.post("/v1/classify", content=wav_bytes(audio)),
+                                         health_during_the_pass()))[0]
+
+    response = asyncio.run(main())
+    assert response.status_code == 200
+    calls = [n for n in order if n != "health"]
+    assert sum(calls) == n_windows and max(calls) <= 4 and len(calls) == 10
+    assert 0 < order.index("health") < len(order) - 1, order  # answered between two calls of the long pass
 
 # --- temp files -----------------------------------------------------------------------------------------------
 

@@ -44,14 +44,15 @@ pass over all their windows, and resolves each request's future. It does not wai
 flight, so a lone request pays no batching delay. ``micro_batching=False`` sends every request through the same
 worker alone (batch size 1), for comparison. ``app.state.batch_sizes`` counts batches by size.
 
-A forward pass expected to take at most ``INLINE_SECONDS`` runs on the event loop itself; a longer one (a long
-recording, a large model, and the very first pass, before there is an estimate) runs in a dedicated thread, so it
-cannot stall the server. The estimate is the lowest time a window has cost in any pass so far. A model thread
-would contend with the event loop for the GIL, which PyTorch takes back between operators: a 16-window pass took
-10 ms alone and over 200 ms beside a busy Python thread (``bench/gil.py``). Run inline, the pass has the GIL and
-every core to itself, and the loop then takes in the next requests at full speed: 1.3x the requests/s at
-concurrency 32 with micro-batching, and without it (``bench/serving.py``; README). With the default FSDD model on
-two CPU cores a full batch of 32 short clips (about 12 ms) runs inline.
+Forward passes run on the event loop itself, one model call of at most
+:func:`audioclf.inference.inference_batch_size` windows at a time (12 windows of the default FSDD model on a CPU,
+about 5 ms on two cores), and the loop takes in other requests between calls, so a long recording never stalls
+the server for more than one call. No model thread: it would contend with the event loop for the GIL, which
+PyTorch takes back between operators (a 16-window pass took 10 ms alone and over 200 ms beside a busy Python
+thread; ``bench/gil.py``), and a second thread's OpenMP team would make every later multi-threaded pass on the
+loop's thread about 3x slower (libgomp stops spinning once it has more threads than cores). Inline, a call has the
+GIL and every core to itself: 1.3x the requests/s at concurrency 32 of the model thread this replaced, with
+micro-batching and without it (``bench/serving.py``; README).
 """
 from __future__ import annotations
 
@@ -60,10 +61,8 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import weakref
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -82,7 +81,6 @@ from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
 log = logging.getLogger("audioclf.serving")
 
 STATIC = Path(__file__).resolve().parent / "static"
-INLINE_SECONDS = 0.015  # a forward pass expected to take at most this long runs on the event loop (module docstring)
 MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
 INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size and INLINE_DECODE_SECONDS long (as declared)
 INLINE_DECODE_SECONDS = 30.0     # are decoded on the event loop (well under a millisecond for a short clip)
@@ -141,11 +139,8 @@ class Batcher:
     batch_sizes: Counter = field(default_factory=Counter)
     incoming: int = 0  # requests received but not yet queued (body upload, decoding)
     served: int = 0
-    window_seconds: float = float("inf")  # the lowest cost of one window in any forward pass so far (inf: none yet)
 
     def __post_init__(self):
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="audioclf-model")
-        weakref.finalize(self, self._executor.shutdown, wait=False)
         self._loop = self._queue = self._task = None
         self._arrived: asyncio.Event | None = None
 
@@ -219,51 +214,45 @@ class Batcher:
             if not batch:
                 continue
             self.batch_sizes[len(batch)] += 1
-            n_windows = sum(len(window_starts(len(item.clip), self.classifier.clip_samples)) for item in batch)
-            started = time.perf_counter()
             try:
-                if n_windows * self.window_seconds <= INLINE_SECONDS:
-                    results = self._forward(batch)  # blocks the loop for one short pass: no GIL contention
-                else:
-                    results = await loop.run_in_executor(self._executor, self._forward, batch)
+                results = await self._forward(batch)
             except Exception as e:  # noqa: BLE001 -- every waiting request gets the error
                 log.exception("forward pass failed")
                 for item in batch:
                     if not item.future.done():
                         item.future.set_exception(e)
                 continue
-            self.window_seconds = min(self.window_seconds, (time.perf_counter() - started) / n_windows)
             self.served += len(batch)
             for item, result in zip(batch, results):
                 if not item.future.done():
                     item.future.set_result(result)
 
     def _logits(self, stacked: np.ndarray) -> np.ndarray:
-        """The model's logits ``(windows, classes)`` for float32 windows ``(windows, clip_samples)``."""
+        """One model call: logits ``(windows, classes)`` for float32 windows ``(windows, clip_samples)``."""
         import torch
 
-        from ..inference import inference_batch_size
-
-        clf = self.classifier
-        cap = inference_batch_size(clf.model, clf.clip_samples, clf.device)  # windows per model call at most
-        chunk = -(-len(stacked) // -(-len(stacked) // cap))  # in equal parts: 25 windows, cap 20 -> 13 + 12
-        parts = []  # clf.model is in eval mode since load() built it; nothing here switches it
+        clf = self.classifier  # clf.model is in eval mode since load() built it; nothing here switches it
         with torch.inference_mode():
-            for start in range(0, len(stacked), chunk):
-                x = torch.from_numpy(stacked[start:start + chunk]).to(clf.device)
-                parts.append(clf.model(x).float().cpu().numpy())
-        return np.concatenate(parts)
+            return clf.model(torch.from_numpy(stacked).to(clf.device)).float().cpu().numpy()
 
-    def _forward(self, batch: list[_Item]) -> list[_Result]:
-        """One forward pass over every window of every clip; scores as ``Classifier.scores`` computes them."""
-        from ..inference import scores_from_logits
+    async def _forward(self, batch: list[_Item]) -> list[_Result]:
+        """One forward pass over every window of every clip, in model calls of at most ``inference_batch_size``
+        windows with the event loop free between them; scores as ``Classifier.scores`` computes them."""
+        from ..inference import inference_batch_size, scores_from_logits
 
         clf = self.classifier
         length = clf.clip_samples
         per_clip = [windows(item.clip, length) for item in batch]
         owner = np.repeat(np.arange(len(batch)), [len(w) for w in per_clip])
         stacked = np.concatenate(per_clip)
-        logits = self._logits(stacked)
+        cap = inference_batch_size(clf.model, length, clf.device)  # windows per model call at most
+        chunk = -(-len(stacked) // -(-len(stacked) // cap))  # in equal parts: 25 windows, cap 20 -> 13 + 12
+        parts = []
+        for start in range(0, len(stacked), chunk):
+            if start:
+                await asyncio.sleep(0)  # other requests get the loop between model calls
+            parts.append(self._logits(stacked[start:start + chunk]))
+        logits = np.concatenate(parts)
         sums = np.zeros((len(batch), logits.shape[1]))
         np.add.at(sums, owner, logits)
         counts = np.bincount(owner, minlength=len(batch))
