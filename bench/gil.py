@@ -4,7 +4,7 @@
 
 A model thread beside the server's event loop (HTTP, upload, decoding, answers) would share one GIL with it. PyTorch
 releases the GIL inside each operator but takes it back between them, so while the event loop runs pure Python the
-model waits for its turn at every operator. This is why the server runs short forward passes on the event loop
+model waits for its turn at every operator. This is one reason the server runs its forward passes on the event loop
 itself (``audioclf/serving/app.py``). On one intra-op thread this prints the median time of a forward pass over
 ``--windows`` windows:
 
