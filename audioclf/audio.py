@@ -331,9 +331,11 @@ def _checked(path, blocks):
 
 
 def _to_layout(block: np.ndarray, mono: bool) -> np.ndarray:
-    """(channels, n) float32 block -> channel mean (1, n) if mono."""
+    """(channels, n) float32 block -> channel mean (1, n) if mono. NaN/Inf samples pass through quietly: the caller
+    (``_checked``) refuses the file for them."""
     if mono and block.shape[0] > 1:
-        return block.mean(axis=0, keepdims=True, dtype=np.float32)
+        with np.errstate(invalid="ignore", over="ignore"):
+            return block.mean(axis=0, keepdims=True, dtype=np.float32)
     return np.ascontiguousarray(block, dtype=np.float32)
 
 

@@ -279,6 +279,10 @@ def _bad(kind: str, tmp_path: Path) -> Path:
         data = tone(440, SR, 0.5)
         data[100] = np.nan if kind == "NaN" else np.inf
         return _valid_wav(tmp_path / "x.wav", "FLOAT", data)
+    if kind == "Inf in stereo":  # +Inf and -Inf in one frame: their channel mean is NaN
+        data = np.stack([tone(440, SR, 0.5)] * 2, axis=1)
+        data[100] = [np.inf, -np.inf]
+        return _valid_wav(tmp_path / "x.wav", "FLOAT", data)
     sources = {"truncated wav header": ("x.wav", 30), "truncated wav data": ("x.wav", 0.5),
                "truncated flac": ("x.flac", 0.5), "truncated ogg": ("x.ogg", 0.8)}
     name, cut = sources[kind]
@@ -298,6 +302,7 @@ BAD = {  # kind -> expected words in the reason (None: any reason)
     "no samples": "no audio samples",
     "NaN": "NaN/Inf",
     "Inf": "NaN/Inf",
+    "Inf in stereo": "NaN/Inf",
     "truncated wav header": None,
     "truncated wav data": "truncated: header says 16000 frames",
     "truncated flac": "truncated or corrupt",
@@ -305,6 +310,7 @@ BAD = {  # kind -> expected words in the reason (None: any reason)
 }
 
 
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # a clear error, and no numpy warnings on the way
 @pytest.mark.parametrize("kind", list(BAD))
 def test_bad_file_raises_audio_decode_error(tmp_path, kind):
     path = _bad(kind, tmp_path)
