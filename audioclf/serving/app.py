@@ -49,10 +49,10 @@ Forward passes run on the event loop itself, one model call of at most
 about 5 ms on two cores), and the loop takes in other requests between calls, so a long recording never stalls
 the server for more than one call. No model thread: it would contend with the event loop for the GIL, which
 PyTorch takes back between operators (a 16-window pass took 10 ms alone and over 200 ms beside a busy Python
-thread; ``bench/gil.py``), and a second thread's OpenMP team would make every later multi-threaded pass on the
-loop's thread about 3x slower (libgomp stops spinning once it has more threads than cores). Inline, a call has the
-GIL and every core to itself: 1.3x the requests/s at concurrency 32 of the model thread this replaced, with
-micro-batching and without it (``bench/serving.py``; README).
+thread; ``bench/gil.py``), and while a second thread that ran a pass lives, its OpenMP team makes every
+multi-threaded pass on the loop's thread about 3x slower (libgomp stops spinning once it has more threads than
+cores; ``bench/gil.py``). Inline, a call has the GIL and every core to itself: 1.3x the requests/s at concurrency
+32 of the model thread this replaced, with micro-batching and without it (``bench/serving.py``; README).
 """
 from __future__ import annotations
 
