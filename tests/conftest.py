@@ -119,3 +119,25 @@ def write_with_pyav(path, container_format: str, codec: str, sr: int, x: np.ndar
         frame.sample_rate = sr
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
+
+
+def write_speech_commands(root, sr: int = 8000) -> None:
+    """Speech Commands' layout, in small: ``<word>/<speaker>_nohash_<n>.wav`` (2 words x 4 speakers x 2 tones of
+    0.25 s), one second of noise in ``_background_noise_/``, and split lists naming the last speaker ``testing``
+    and the third ``validation``."""
+    import soundfile as sf
+
+    root = Path(root)
+    t = np.arange(sr // 4) / sr
+    for w, word in enumerate(("no", "yes")):
+        (root / word).mkdir(parents=True, exist_ok=True)
+        for s, speaker in enumerate(("0a1b2c3d", "4e5f6a7b", "8c9d0e1f", "a2b3c4d5")):
+            for n in range(2):
+                tone = 0.3 * np.sin(2 * np.pi * (300 + 600 * w + 10 * s) * t + n)
+                sf.write(root / word / f"{speaker}_nohash_{n}.wav", tone.astype(np.float32), sr)
+    (root / "_background_noise_").mkdir()
+    sf.write(root / "_background_noise_" / "white_noise.wav",
+             np.random.default_rng(0).normal(0, 0.1, sr).astype(np.float32), sr)
+    for name, speaker in (("testing_list.txt", "a2b3c4d5"), ("validation_list.txt", "8c9d0e1f")):
+        (root / name).write_text("".join(f"{word}/{speaker}_nohash_{n}.wav\n" for word in ("no", "yes")
+                                         for n in range(2)))

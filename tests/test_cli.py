@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 import audioclf
 from audioclf.cli import main
-from conftest import run_cli, write_with_pyav
+from conftest import run_cli, write_speech_commands, write_with_pyav
 
 REPO = Path(__file__).resolve().parents[1]
 FSDD = REPO / "datasets" / "fsdd"
@@ -373,6 +373,30 @@ def test_init_from_with_a_new_label_set(fsdd_run, tmp_path, freeze):
 
 
 # ------------------------------------------------------------------------------------ (d) cross-validation
+
+
+
+def test_train_on_speech_commands_uses_its_split_and_background_noise(tmp_path):
+    """A Speech Commands folder trains as its files say: the listed test and validation speakers, and the
+    ``_background_noise_`` recordings (cut into clip-length pieces) as the noise mixed into training examples."""
+    from audioclf.data.cache import AudioCache
+    from audioclf.training.trainer import load_noise_bank
+
+    root = tmp_path / "speech_commands"
+    write_speech_commands(root)
+    rc, stdout, err = run_cli("train", root, "--out", tmp_path / "run", "--epochs", "1",
+                              "--cache-dir", tmp_path / "cache", *TINY)
+    assert rc == 0, err
+    assert "noise: background noise for augmentation from the data set's" in stdout
+    assert "train 8, validation 4, test 4 (test = the declared fold 'testing', validation = the declared fold " \
+           "'validation')" in stdout
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["labels"] == ["no", "yes"]
+    assert config["training"]["noise_dir"] == str((root / "_background_noise_").absolute())
+    cache = AudioCache(str(tmp_path / "cache"), SR)
+    bank = load_noise_bank(root / "_background_noise_", SR, SR // 4, cache)  # 1 s of noise, 0.25 s clips
+    assert bank.shape == (4, SR // 4) and bank.std() > 0.05
+    assert load_noise_bank(root / "_background_noise_", SR, SR // 4, cache, max_samples=SR // 2).shape == (2, SR // 4)
 
 
 def test_cross_validation_on_grouped_tones(tmp_path):

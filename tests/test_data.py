@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from conftest import write_with_pyav
+from conftest import write_speech_commands, write_with_pyav
 
 import audioclf.data.cache as cache_mod
 import audioclf.isolated_decoding as isolated_decoding
@@ -379,6 +379,43 @@ def test_declared_test_fold_is_exactly_that_fold():
     assert make_split(m, test_fold=0).test == split.test
     with pytest.raises(ValueError, match="declared folds: 0, 1, 2"):
         make_split(m, test_fold="42")
+
+
+
+def test_speech_commands_layout(tmp_path, capsys):
+    """``_background_noise_`` is the run's noise, not a class; speakers are groups; the split lists are the folds,
+    and the folds named testing / validation are the test and validation sets by default."""
+    root = tmp_path / "speech_commands"
+    write_speech_commands(root)
+    m = load_manifest(root)
+    assert m.labels == ["no", "yes"] and len(m.items) == 16 and not m.skipped
+    assert m.noise_dir == str((root / "_background_noise_").absolute())
+    assert "_background_noise_ is not a class" in capsys.readouterr().err
+    assert {it.group for it in m.items} == {"0a1b2c3d", "4e5f6a7b", "8c9d0e1f", "a2b3c4d5"}
+    assert all(it.group == Path(it.path).name.split("_nohash_")[0] for it in m.items)
+    assert Counter(it.fold for it in m.items) == {"training": 8, "validation": 4, "testing": 4}
+    split = make_split(m)
+    check_partition(split, len(m.items))
+    by = lambda idx: {m.items[i].group for i in idx}  # noqa: E731
+    assert (by(split.train), by(split.val), by(split.test)) == ({"0a1b2c3d", "4e5f6a7b"}, {"8c9d0e1f"}, {"a2b3c4d5"})
+    assert "test = the declared fold 'testing'" in split.sizes() and "validation = the declared fold" in split.sizes()
+    assert make_split(m, test_fold="validation").val  # a named test fold of the user's: validation carved
+    # a split is not a set of CV folds: cross-validation makes group-aware folds instead
+    folds = kfold(m, 2)
+    assert len(folds) == 2 and sorted(i for f in folds for i in f) == list(range(16))
+    assert not by(folds[0]) & by(folds[1])
+
+
+def test_csv_split_column_names_the_test_and_validation_sets(tone_set):
+    root, rows = tone_set
+    split_of = {"bob": "val", "carol": "test"}  # by speaker; the rest train
+    csv_path = write_csv(root / "meta.csv", ["path", "label", "split"],
+                         [[rel, label, split_of.get(spk, "train")] for rel, label, spk in rows])
+    m = load_manifest(csv_path)
+    split = make_split(m)
+    check_partition(split, len(m.items))
+    assert [m.items[i].fold for i in split.test] == ["test"] * len(split.test) and split.test
+    assert {m.items[i].fold for i in split.val} == {"val"} and {m.items[i].fold for i in split.train} == {"train"}
 
 
 @pytest.mark.parametrize("speakers", [4, MIN_VALIDATION_GROUPS + 2])

@@ -1,6 +1,9 @@
 """Three ways to describe a data set, one result: a :class:`Manifest` of (path, labels, group, fold).
 
-1. a folder per class: ``root/<label>/**/<file>``;
+1. a folder per class: ``root/<label>/**/<file>``. Speech Commands' conventions are read too: a folder whose
+   name starts with ``_`` is not a class (``_background_noise_`` becomes the run's background noise), the part of
+   a file name before ``_nohash_`` is its speaker (group), and ``testing_list.txt`` / ``validation_list.txt``
+   declare the folds ``testing`` / ``validation`` (the rest: ``training``);
 2. a CSV with columns ``path,label[,group][,fold]`` (paths relative to the CSV; ``a;b`` = several labels), or
    a data set's own metadata CSV with known column names (ESC-50, UrbanSound8K, FSD50K, Hugging Face
    audiofolder; see ``CSV_COLUMNS``), whose files are found by name when they sit in a sibling folder;
@@ -21,6 +24,8 @@ from pathlib import Path
 from ..audio import SUPPORTED_EXTENSIONS
 
 LABEL_SEPARATOR = ";"
+NOISE_FOLDER = "_background_noise_"  # Speech Commands: background noise recordings, not a class
+SPLIT_LISTS = {"testing_list.txt": "testing", "validation_list.txt": "validation"}  # Speech Commands' split files
 
 
 class ManifestError(ValueError):
@@ -41,6 +46,7 @@ class Manifest:
     root: Path
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     source: str = "folder"
+    noise_dir: str | None = None  # the data set's own background-noise folder (NOISE_FOLDER), if it has one
 
     @property
     def labels(self) -> list[str]:
@@ -71,7 +77,7 @@ class Manifest:
         return self
 
     def subset(self, indices) -> "Manifest":
-        return Manifest([self.items[i] for i in indices], self.root, [], self.source)
+        return Manifest([self.items[i] for i in indices], self.root, [], self.source, self.noise_dir)
 
 
 def _natural_key(text: str):
@@ -89,21 +95,51 @@ def _audio_files(root: Path) -> list[Path]:
 
 
 def from_folders(root) -> Manifest:
-    """``root/<label>/**/<audio file>``; audio files directly in ``root`` are skipped."""
+    """``root/<label>/**/<audio file>``; audio files directly in ``root`` are skipped, folders whose name starts with
+    ``_`` are not classes (see the module docstring for Speech Commands' conventions)."""
     root = Path(root)
-    items, skipped = [], []
+    folds = _split_lists(root)
+    items, skipped, aside = [], [], Counter()
     for path in _audio_files(root):
         rel = path.relative_to(root)
         if len(rel.parts) < 2:
             skipped.append((str(path), "not inside a class folder"))
             continue
-        items.append(Item(str(path.absolute()), (rel.parts[0],)))
+        if rel.parts[0].startswith("_"):
+            aside[rel.parts[0]] += 1
+            continue
+        group = path.name.split("_nohash_")[0] if "_nohash_" in path.name else None
+        fold = folds.get(rel.as_posix(), "training") if folds else None
+        items.append(Item(str(path.absolute()), (rel.parts[0],), group, fold))
     used = {Path(it.path).relative_to(root.absolute()).parts[0] for it in items}
-    for d in sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for d in sorted(p.name for p in root.iterdir() if _is_class_folder_name(p)):
         if d not in used:  # never a silent class with no examples
             print(f"warning: class folder {root / d} contains no audio files; it is not used as a class",
                   file=sys.stderr)
-    return _checked(Manifest(items, root, skipped, "folder"))
+    for d, n in sorted(aside.items()):
+        use = "used as background noise for training" if d == NOISE_FOLDER else "left out"
+        print(f"note: {root / d} is not a class (its name starts with '_'); its {n} audio files are {use}",
+              file=sys.stderr)
+    if folds:
+        print(f"folds from {', '.join(f for f in SPLIT_LISTS if (root / f).is_file())}: "
+              f"{dict(Counter(it.fold for it in items))}", file=sys.stderr)
+    noise_dir = str((root / NOISE_FOLDER).absolute()) if NOISE_FOLDER in aside else None
+    return _checked(Manifest(items, root, skipped, "folder", noise_dir))
+
+
+def _is_class_folder_name(path: Path) -> bool:
+    return path.is_dir() and not path.name.startswith((".", "_"))
+
+
+def _split_lists(root: Path) -> dict[str, str]:
+    """Relative path -> fold (``testing``/``validation``) from Speech Commands' split files in ``root``."""
+    folds = {}
+    for name, fold in SPLIT_LISTS.items():
+        if (root / name).is_file():
+            for line in (root / name).read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    folds[line.strip().replace("\\", "/")] = fold
+    return folds
 
 
 # Column names the CSV reader understands, in order of preference (case-insensitive): ours first, then those of
@@ -115,7 +151,7 @@ CSV_COLUMNS = {
              "slice_file_name"),
     "label": ("label", "labels", "category", "class", "genre", "target", "classid", "class_id"),
     "group": ("group", "speaker", "speaker_id", "src_file", "fsid"),
-    "fold": ("fold",),
+    "fold": ("fold", "split"),
 }
 
 
@@ -282,7 +318,7 @@ _FOLD_FOLDER = re.compile(r"(fold|split)[ _-]?\d+", re.IGNORECASE)
 def _class_folders(root: Path) -> list[str]:
     """The immediate sub-folders that hold audio somewhere below them."""
     found = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    for d in sorted(p for p in root.iterdir() if _is_class_folder_name(p)):
         if next(_iter_audio(d), None) is not None:
             found.append(d.name)
     return found

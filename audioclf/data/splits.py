@@ -9,6 +9,13 @@ from .manifest import Manifest
 
 
 MIN_VALIDATION_GROUPS = 10  # fewer groups in train: validation shares them (see make_split)
+TEST_FOLD_NAMES = ("test", "testing", "eval", "evaluation")  # a declared fold so named is the default test set
+VAL_FOLD_NAMES = ("validation", "valid", "val", "dev")  # ... and one so named the validation set
+
+
+def named_fold(manifest: Manifest, names: tuple[str, ...]) -> str | None:
+    """The declared fold whose name (any case) is one of ``names``, if there is one."""
+    return next((f for f in manifest.folds if f.lower() in names), None)
 
 
 @dataclass
@@ -17,9 +24,11 @@ class Split:
     val: list[int]
     test: list[int]
     val_shares_groups: bool = False  # validation was carved within train's groups
+    declared: str = ""  # which declared folds were used, e.g. "test = fold 'testing'"
 
     def sizes(self) -> str:
-        return f"train {len(self.train)}, validation {len(self.val)}, test {len(self.test)}"
+        return (f"train {len(self.train)}, validation {len(self.val)}, test {len(self.test)}"
+                + (f" ({self.declared})" if self.declared else ""))
 
 
 def label_matrix(manifest: Manifest, labels: list[str] | None = None) -> np.ndarray:
@@ -72,16 +81,22 @@ def holdout(indices: list[int], y: np.ndarray, groups: list, fraction: float, se
 
 def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: float = 0.2,
                val_fraction: float = 0.1, seed: int = 0) -> Split:
-    """Test = the declared ``test_fold`` or a stratified, group-aware hold-out; validation is carved from train.
+    """Test = the declared ``test_fold`` (default: a fold named as in ``TEST_FOLD_NAMES``, e.g. Speech Commands'
+    ``testing``) or a stratified, group-aware hold-out; validation = a declared fold named as in ``VAL_FOLD_NAMES``
+    (other than the test fold), else carved from train.
 
     The test split never shares a group with train unless a declared fold does (FSDD's take-based split).
-    Validation keeps groups whole too, unless the test split shares groups, or train holds fewer than
+    Carved validation keeps groups whole too, unless the test split shares groups, or train holds fewer than
     ``MIN_VALIDATION_GROUPS`` groups: holding out one of five speakers for validation would take a fifth of
     the speakers the model learns from, and validation only picks the best epoch (the test stays honest).
     """
     y = label_matrix(manifest)
     groups = [item.group for item in manifest.items]
     everything = list(range(len(manifest.items)))
+    declared = []  # the folds used without being asked for (printed with the split sizes)
+    if test_fold is None and named_fold(manifest, TEST_FOLD_NAMES) is not None:
+        test_fold = named_fold(manifest, TEST_FOLD_NAMES)
+        declared = [f"test = the declared fold {test_fold!r}"]
     if test_fold is not None:
         test = [i for i, item in enumerate(manifest.items) if item.fold == str(test_fold)]
         if not test:
@@ -92,15 +107,28 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
     else:
         train, test = holdout(everything, y, groups, test_fraction, seed)
         shared = False
+    val_fold = named_fold(manifest, VAL_FOLD_NAMES)
+    if val_fold is not None and val_fold != str(test_fold):
+        val = [i for i in train if manifest.items[i].fold == val_fold]
+        declared.append(f"validation = the declared fold {val_fold!r}")
+        return Split([i for i in train if manifest.items[i].fold != val_fold], val, sorted(test), False,
+                     ", ".join(declared))
     train_groups = {groups[i] for i in train} - {None}
     within = shared or 0 < len(train_groups) < MIN_VALIDATION_GROUPS
     train, val = holdout(train, y, [None] * len(groups) if within else groups, val_fraction, seed + 1)
-    return Split(sorted(train), sorted(val), sorted(test), within and bool(train_groups) and bool(val))
+    return Split(sorted(train), sorted(val), sorted(test), within and bool(train_groups) and bool(val),
+                 ", ".join(declared))
+
+
+def is_split(manifest: Manifest) -> bool:
+    """Whether the declared folds are a train/validation/test split (e.g. Speech Commands'), not CV folds."""
+    return named_fold(manifest, TEST_FOLD_NAMES + VAL_FOLD_NAMES) is not None
 
 
 def kfold(manifest: Manifest, k: int, seed: int = 0) -> list[list[int]]:
-    """Test indices of each fold: the declared folds when there are any, else stratified group K-fold."""
-    if manifest.folds:
+    """Test indices of each fold: the declared folds when there are any (other than a train/validation/test split),
+    else stratified group K-fold."""
+    if manifest.folds and not is_split(manifest):
         return [[i for i, item in enumerate(manifest.items) if item.fold == f] for f in manifest.folds]
     folds = stratified_group_folds(label_matrix(manifest), [item.group for item in manifest.items], k, seed)
     return [list(np.flatnonzero(folds == f)) for f in range(k)]

@@ -25,7 +25,8 @@ class TrainConfig:
     level_norm: bool = field(default=True, metadata={"help": "normalise each window's level (loudest frame at "
                                                              "0 dB): predictions that do not depend on gain"})
     pattern: str | None = field(default=None, metadata={"help": "regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths"})
-    test_fold: str | None = field(default=None, metadata={"help": "declared fold used as the test set"})
+    test_fold: str | None = field(default=None, metadata={"help": "declared fold used as the test set (default: a fold named "
+                                                                "test/testing/eval, else a stratified hold-out)"})
     test_fraction: float = field(default=0.2, metadata={"help": "stratified hold-out test fraction when no --test-fold"})
     val_fraction: float = field(default=0.1, metadata={"help": "validation fraction carved from train"})
     balance: str = field(default="auto", metadata={"help": "class-balanced loss weights: auto|on|off"})

@@ -183,6 +183,9 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool) -> TrainingData:
     if source:  # the shards' audio is already decoded at one rate
         cfg.sample_rate, cfg.clip_seconds = source.sample_rate, cfg.clip_seconds or source.clip_seconds
     labels, multilabel = manifest.labels, manifest.multilabel
+    if cfg.noise_dir is None and manifest.noise_dir:
+        cfg.noise_dir = manifest.noise_dir
+        print(f"noise: background noise for augmentation from the data set's {cfg.noise_dir}")
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, cfg.seed)
     print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label"
           + ("; validation shares train's groups (the test fold does, or train has under 10 groups)"
@@ -392,8 +395,12 @@ def train(data, out, **settings) -> dict:
     return report
 
 
-def load_noise_bank(folder, sample_rate: int, clip_samples: int, cache: AudioCache, limit: int = 512) -> torch.Tensor:
-    """Background-noise clips from every audio file under ``folder``: ``(clips, clip_samples)``."""
+def load_noise_bank(folder, sample_rate: int, clip_samples: int, cache: AudioCache, limit: int = 512,
+                    max_samples: int = 16_000_000) -> torch.Tensor:
+    """Background-noise clips ``(clips, clip_samples)`` from the audio files under ``folder``: each file cut into
+    clip-length pieces (a shorter one zero-padded), so a few long recordings (Speech Commands' six minutes of
+    ``_background_noise_``) give many clips; at most ``limit`` pieces and ``max_samples`` samples (64 MB), drawn
+    at random."""
     from ..data.manifest import _audio_files
     paths = [str(p) for p in _audio_files(Path(folder))][:limit]
     clips, bad = cache.load(paths)
@@ -401,4 +408,11 @@ def load_noise_bank(folder, sample_rate: int, clip_samples: int, cache: AudioCac
         raise TrainError(f"--noise-dir {folder}: no decodable audio files")
     from ..data.clips import fit_length
     rng = np.random.default_rng(0)
-    return torch.from_numpy(np.stack([fit_length(c, clip_samples, rng) for c in clips.values()]))
+    pieces = []
+    for c in clips.values():
+        k = len(c) // clip_samples
+        pieces.extend(c[:k * clip_samples].reshape(k, clip_samples) if k else [fit_length(c, clip_samples, rng)])
+    keep = min(limit, max(1, max_samples // clip_samples))
+    if len(pieces) > keep:
+        pieces = [pieces[i] for i in sorted(rng.choice(len(pieces), keep, replace=False))]
+    return torch.from_numpy(np.stack(pieces).astype(np.float32))
