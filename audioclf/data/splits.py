@@ -24,7 +24,7 @@ class Split:
     val: list[int]
     test: list[int]
     val_shares_groups: bool = False  # validation was carved within train's groups
-    declared: str = ""  # which declared folds were used, e.g. "test = fold 'testing'"
+    declared: str = ""  # the named folds used by default, e.g. "test = the declared fold 'testing'"
 
     def sizes(self) -> str:
         return (f"train {len(self.train)}, validation {len(self.val)}, test {len(self.test)}"
