@@ -98,7 +98,8 @@ def from_folders(root) -> Manifest:
     """``root/<label>/**/<audio file>``; audio files directly in ``root`` are skipped, folders whose name starts with
     ``_`` are not classes (see the module docstring for Speech Commands' conventions)."""
     root = Path(root)
-    folds = _split_lists(root)
+    lists = [name for name in SPLIT_LISTS if (root / name).is_file()]
+    folds = _split_lists(root, lists)
     items, skipped, aside = [], [], Counter()
     for path in _audio_files(root):
         rel = path.relative_to(root)
@@ -121,7 +122,7 @@ def from_folders(root) -> Manifest:
         print(f"note: {root / d} is not a class (its name starts with '_'); its {n} audio files are {use}",
               file=sys.stderr)
     if folds:
-        print(f"folds from {', '.join(f for f in SPLIT_LISTS if (root / f).is_file())}: "
+        print(f"folds from {', '.join(lists)}: "
               f"{dict(Counter(it.fold for it in items))}", file=sys.stderr)
     noise_dir = str((root / NOISE_FOLDER).absolute()) if NOISE_FOLDER in aside else None
     return _checked(Manifest(items, root, skipped, "folder", noise_dir))
@@ -131,14 +132,14 @@ def _is_class_folder_name(path: Path) -> bool:
     return path.is_dir() and not path.name.startswith((".", "_"))
 
 
-def _split_lists(root: Path) -> dict[str, str]:
-    """Relative path -> fold (``testing``/``validation``) from Speech Commands' split files in ``root``."""
+def _split_lists(root: Path, lists: list[str]) -> dict[str, str]:
+    """Relative path -> fold (``testing``/``validation``) from the Speech Commands split files ``lists`` in
+    ``root``."""
     folds = {}
-    for name, fold in SPLIT_LISTS.items():
-        if (root / name).is_file():
-            for line in (root / name).read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    folds[line.strip().replace("\\", "/")] = fold
+    for name in lists:
+        for line in (root / name).read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                folds[line.strip().replace("\\", "/")] = SPLIT_LISTS[name]
     return folds
 
 

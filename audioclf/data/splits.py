@@ -94,9 +94,9 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
     groups = [item.group for item in manifest.items]
     everything = list(range(len(manifest.items)))
     declared = []  # the folds used without being asked for (printed with the split sizes)
-    if test_fold is None and named_fold(manifest, TEST_FOLD_NAMES) is not None:
+    if test_fold is None:
         test_fold = named_fold(manifest, TEST_FOLD_NAMES)
-        declared = [f"test = the declared fold {test_fold!r}"]
+        declared = [] if test_fold is None else [f"test = the declared fold {test_fold!r}"]
     if test_fold is not None:
         test = [i for i, item in enumerate(manifest.items) if item.fold == str(test_fold)]
         if not test:
@@ -120,15 +120,16 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
                  ", ".join(declared))
 
 
-def is_split(manifest: Manifest) -> bool:
-    """Whether the declared folds are a train/validation/test split (e.g. Speech Commands'), not CV folds."""
-    return named_fold(manifest, TEST_FOLD_NAMES + VAL_FOLD_NAMES) is not None
+def declared_cv_folds(manifest: Manifest) -> list[str]:
+    """The declared folds cross-validation uses: all of them, unless they are a train/validation/test split
+    (e.g. Speech Commands'); then none."""
+    return [] if named_fold(manifest, TEST_FOLD_NAMES + VAL_FOLD_NAMES) is not None else manifest.folds
 
 
 def kfold(manifest: Manifest, k: int, seed: int = 0) -> list[list[int]]:
-    """Test indices of each fold: the declared folds when there are any (other than a train/validation/test split),
-    else stratified group K-fold."""
-    if manifest.folds and not is_split(manifest):
-        return [[i for i, item in enumerate(manifest.items) if item.fold == f] for f in manifest.folds]
+    """Test indices of each fold: the :func:`declared_cv_folds` when there are any, else stratified group K-fold."""
+    declared = declared_cv_folds(manifest)
+    if declared:
+        return [[i for i, item in enumerate(manifest.items) if item.fold == f] for f in declared]
     folds = stratified_group_folds(label_matrix(manifest), [item.group for item in manifest.items], k, seed)
     return [list(np.flatnonzero(folds == f)) for f in range(k)]

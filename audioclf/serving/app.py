@@ -141,6 +141,10 @@ class Batcher:
     served: int = 0
 
     def __post_init__(self):
+        from ..inference import inference_batch_size
+
+        clf = self.classifier
+        self._cap = inference_batch_size(clf.model, clf.clip_samples, clf.device)  # windows per model call at most
         self._loop = self._queue = self._task = None
         self._arrived: asyncio.Event | None = None
 
@@ -238,15 +242,14 @@ class Batcher:
     async def _forward(self, batch: list[_Item]) -> list[_Result]:
         """One forward pass over every window of every clip, in model calls of at most ``inference_batch_size``
         windows with the event loop free between them; scores as ``Classifier.scores`` computes them."""
-        from ..inference import inference_batch_size, scores_from_logits
+        from ..inference import scores_from_logits
 
         clf = self.classifier
         length = clf.clip_samples
         per_clip = [windows(item.clip, length) for item in batch]
         owner = np.repeat(np.arange(len(batch)), [len(w) for w in per_clip])
         stacked = np.concatenate(per_clip)
-        cap = inference_batch_size(clf.model, length, clf.device)  # windows per model call at most
-        chunk = -(-len(stacked) // -(-len(stacked) // cap))  # in equal parts: 25 windows, cap 20 -> 13 + 12
+        chunk = -(-len(stacked) // -(-len(stacked) // self._cap))  # in equal parts: 25 windows, cap 20 -> 13 + 12
         parts = []
         for start in range(0, len(stacked), chunk):
             if start:

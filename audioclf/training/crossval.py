@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.manifest import load_manifest
-from ..data.splits import is_split, kfold
+from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
@@ -19,8 +19,8 @@ def cross_validate(data, out, folds: int = 5, **settings) -> dict:
     out = Path(out)
     manifest = load_manifest(data, settings.get("pattern")).require_classes()
     fold_tests = kfold(manifest, folds, settings.get("seed", 0))
-    declared = bool(manifest.folds) and not is_split(manifest)  # a train/validation/test split is not CV folds
-    names = manifest.folds if declared else [str(k) for k in range(len(fold_tests))]
+    declared = declared_cv_folds(manifest)  # kfold's test folds, when the data declares them
+    names = declared or [str(k) for k in range(len(fold_tests))]
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
     out.mkdir(parents=True, exist_ok=True)

@@ -415,4 +415,4 @@ def load_noise_bank(folder, sample_rate: int, clip_samples: int, cache: AudioCac
     keep = min(limit, max(1, max_samples // clip_samples))
     if len(pieces) > keep:
         pieces = [pieces[i] for i in sorted(rng.choice(len(pieces), keep, replace=False))]
-    return torch.from_numpy(np.stack(pieces).astype(np.float32))
+    return torch.from_numpy(np.stack(pieces).astype(np.float32, copy=False))
