@@ -40,6 +40,8 @@ def cmd_train(args) -> int:
     from .training.config import TrainConfig
     from .training.trainer import train
     if args.nproc > 1 and "RANK" not in os.environ:
+        from .training.distributed import uses_gpus
+        uses_gpus(args.device, args.nproc)  # fewer GPUs than processes: say so before starting them
         return _relaunch(args.nproc)
     keep_activations_in_heap()  # training steps reuse heap blocks: make demo about 5% faster (audioclf.malloc)
     settings = {name: getattr(args, name) for name in TrainConfig.field_names()}

@@ -1,4 +1,5 @@
-"""Data-parallel training: ``audioclf train --nproc 2`` (two gloo CPU processes) gives a valid run, as good as one process."""
+"""Data-parallel training: ``audioclf train --nproc 2 --device cpu`` (two gloo CPU processes) gives a valid run, as good
+as one process; more processes than GPUs is refused with a clear error."""
 from __future__ import annotations
 
 import json
@@ -33,7 +34,7 @@ def train(tmp_path: Path, csv: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     cmd = [sys.executable, "-m", "audioclf", "train", str(csv), "--out", str(out), "--test-fold", "test",
            "--epochs", "8", "--model", "cnn", "--width", "0.25", "--batch-size", "32",
-           "--cache-dir", str(tmp_path / "cache"), *extra]
+           "--cache-dir", str(tmp_path / "cache"), "--device", "cpu", *extra]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {"out": out, "stdout": proc.stdout, "report": json.loads((out / "report.json").read_text())}
@@ -54,3 +55,24 @@ def test_two_processes_match_one(tmp_path):
     assert abs(acc2 - acc1) <= 0.2
     config = json.loads((two["out"] / "config.json").read_text())
     assert config["training"]["nproc"] == 2 and config["training"]["batch_size"] == 32
+
+
+def test_more_processes_than_gpus_is_refused_before_any_starts(tmp_path, monkeypatch, capsys):
+    """One GPU and ``--nproc 2``: NCCL cannot give two ranks one GPU (the child failed with "invalid device
+    ordinal" on a 1-GPU machine), so the command says what to do instead, and starts nothing."""
+    import torch
+
+    from audioclf import cli
+    from audioclf.training.distributed import uses_gpus
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cli, "_relaunch", lambda nproc: pytest.fail("launched processes"))
+    assert uses_gpus("auto", 1) and uses_gpus("cuda", 1) and not uses_gpus("cpu", 2)
+    with pytest.raises(ValueError, match="2 processes on this machine need 2 GPUs .* has 1"):
+        uses_gpus("auto", 2)
+    assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "audioclf train: error: 2 processes" in err and "--device cpu" in err
+    monkeypatch.setattr(cli, "_relaunch", lambda nproc: 0)  # CPU processes are not limited by the GPUs
+    assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--nproc", "2", "--device", "cpu"]) == 0

@@ -45,7 +45,7 @@ def setup_from_env(device: str = "auto") -> tuple[DistInfo, torch.device | None]
         _INFO = DistInfo()
         return _INFO, None
     info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]))
-    cuda = torch.cuda.is_available() and device != "cpu"
+    cuda = uses_gpus(device, int(os.environ.get("LOCAL_WORLD_SIZE", info.local_rank + 1)))
     dev = None
     if cuda:
         dev = torch.device("cuda", info.local_rank)
@@ -56,6 +56,18 @@ def setup_from_env(device: str = "auto") -> tuple[DistInfo, torch.device | None]
     if not info.main:
         sys.stdout = open(os.devnull, "w")
     return info, dev
+
+
+def uses_gpus(device: str, nproc: int) -> bool:
+    """Whether ``nproc`` processes on this machine each take a GPU (``device`` auto or cuda, GPUs present); raises
+    ValueError when there are fewer GPUs than processes (NCCL cannot put two ranks on one GPU)."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return False
+    gpus = torch.cuda.device_count()
+    if nproc > gpus:
+        raise ValueError(f"{nproc} processes on this machine need {nproc} GPUs (one each) and it has {gpus}: "
+                         f"start at most {gpus} (--nproc / --nproc_per_node), or pass --device cpu for CPU processes")
+    return True
 
 
 def info() -> DistInfo:
