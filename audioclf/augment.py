@@ -167,6 +167,15 @@ class TrainingOnly(nn.Module):
         raise NotImplementedError
 
 
+def run_augmentations_eagerly(model: nn.Module) -> None:
+    """For ``torch.compile``: leave every augmentation module of ``model`` out of the compiled graphs. Their
+    per-batch random choices (how many bands, whether this batch is mixed) are Python values that would break
+    the graph and recompile it for each new value; compiled this way the network itself stays one graph."""
+    for m in model.modules():
+        if isinstance(m, TrainingOnly):
+            m.augment = torch.compiler.disable(m.augment)
+
+
 class WaveformAugment(TrainingOnly):
     """Training-only waveform augmentations; identity in eval mode.
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from audioclf.augment import (AugmentConfig, ChannelAugment, SpecAugment, WaveformAugment, filter_augment,
-                              freq_mixstyle, mask_along, mix_at_snr, mixup,
-                              random_gain, speed_perturb, time_shift)
+                              freq_mixstyle, mask_along, mix_at_snr, mixup, random_gain,
+                              run_augmentations_eagerly, speed_perturb, time_shift)
 from audioclf.features import FrontendConfig
 from audioclf.models import AudioClassifier, create_model, list_models, register_model
 from audioclf.models.base import Frontend
@@ -446,3 +446,21 @@ def test_inference_batch_size_keeps_cpu_batches_in_cache():
     assert inference_batch_size(model, SR * 600, "cpu") == 1  # ten-minute windows: one at a time
     assert inference_batch_size(model, SAMPLES, "cuda") == 64  # accelerators are not capped
     assert inference_batch_size(torch.nn.Linear(2, 2), SAMPLES, "cpu") == 64  # no front end to size it by
+
+
+def test_compiled_training_keeps_the_augmentations_out_of_the_graphs():
+    """``--compile``: the augmentations' per-batch random choices (``.item()`` counts and branches, the jittered
+    filter bank's index) would break the graph at each and recompile it for each new value; after
+    :func:`run_augmentations_eagerly` the only breaks are the calls into the eager augmentation modules, which
+    still augment."""
+    torch.manual_seed(0)
+    model = create_model("cnn", 10, FrontendConfig(sample_rate=8000)).train()
+    x = torch.randn(4, 6000)
+    run_augmentations_eagerly(model)
+    explanation = torch._dynamo.explain(model)(x)
+    reasons = [str(b.reason) for b in explanation.break_reasons]
+    assert reasons and all("disable()" in r for r in reasons), reasons
+    spec = torch.randn(4, 64, 76)
+    assert not torch.equal(model.frontend.spec_augment(spec), spec)  # still augmenting in training mode
+    model.eval()
+    assert torch.equal(model.frontend.spec_augment(spec), spec)

@@ -42,7 +42,8 @@ class Frontend(nn.Module):
         waveform = self.wave_augment(waveform)
         fb = None
         if self.training and hasattr(self, "jittered_fb"):
-            fb = self.jittered_fb[torch.randint(0, self.jittered_fb.shape[0], ()).item()]
+            # a tensor index, not .item(): no host sync on a GPU and no graph break under torch.compile
+            fb = self.jittered_fb[torch.randint(0, self.jittered_fb.shape[0], (1,), device=self.jittered_fb.device)][0]
         return self.channel_augment(self.logmel(waveform, fb))
 
     def normalise(self, spec: torch.Tensor) -> torch.Tensor:

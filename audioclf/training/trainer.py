@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..augment import AugmentConfig, mixup
+from ..augment import AugmentConfig, mixup, run_augmentations_eagerly
 from ..checkpoint import load_run, save_run
 from ..data.cache import AudioCache
 from ..data.clips import ClipDataset
@@ -288,7 +288,10 @@ def train(data, out, **settings) -> dict:
     if cfg.noise_dir:
         model.frontend.wave_augment.set_noise(load_noise_bank(cfg.noise_dir, sr, clip_samples, d.cache))
     ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    step_model = torch.compile(model) if cfg.compile else model
+    step_model = model
+    if cfg.compile:
+        run_augmentations_eagerly(model)
+        step_model = torch.compile(model)
     if world > 1:  # gradients averaged across ranks; EMA, evaluation and checkpoints use the unwrapped `model`
         step_model = torch.nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
