@@ -12,6 +12,7 @@ import io
 import os
 import stat
 import struct
+import sys
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -133,7 +134,7 @@ def audio_info(path) -> AudioInfo:
     MP3 frame counts without a Xing/LAME header are estimates."""
     _check_path(path)
     try:
-        info = sf.info(_source(path))
+        info = sf.info(_sf_source(path))
         rate, channels, frames = info.samplerate, info.channels, info.frames
     except Exception as sf_error:
         av = _import_av(path, sf_error)
@@ -221,6 +222,19 @@ def _source(path):
     return io.BytesIO(path) if _in_memory(path) else str(path)
 
 
+def _sf_source(path):
+    """What libsndfile opens: :func:`_source`, except that a file name the file-system encoding cannot encode (a
+    Latin-1 name on a UTF-8 system, which Python holds with surrogates) goes as its raw bytes, which libsndfile
+    opens as they are; soundfile would fail to encode it."""
+    src = _source(path)
+    if isinstance(src, str) and os.name == "posix":
+        try:
+            src.encode(sys.getfilesystemencoding())
+        except UnicodeEncodeError:
+            return os.fsencode(src)
+    return src
+
+
 def _check_rate(rate):
     if rate is not None and rate <= 0:
         raise ValueError(f"sample rate must be positive, got {rate}")
@@ -288,7 +302,7 @@ def _decode(path, mono, ffmpeg: bool = True) -> tuple[int, int, Iterator[np.ndar
     _check_path(path)
     opened = None
     try:
-        opened = sf.SoundFile(_source(path))  # opened once: the header is parsed once
+        opened = sf.SoundFile(_sf_source(path))  # opened once: the header is parsed once
         sf_error = None if opened.frames > 0 else "no frames"
     except Exception as e:
         sf_error = e
