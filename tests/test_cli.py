@@ -330,6 +330,31 @@ def test_best_epoch_ranks_single_label_runs_by_validation_loss():
     assert selection_score(0.2, 0.80, True) > selection_score(0.3, 0.80, True)
 
 
+def test_ema_averages_the_weights_and_copies_the_batch_norm_statistics_only():
+    """The EMA copies the buffers a checkpoint keeps (BN statistics), not the front end's constants: the trainer
+    sets the noise bank after making the EMA, so the EMA holds no copy of it and an update does not copy it."""
+    from audioclf.features import FrontendConfig
+    from audioclf.models import create_model
+    from audioclf.training.ema import ModelEma
+    torch.manual_seed(0)
+    model = create_model("cnn", 3, FrontendConfig(sample_rate=8000)).train()
+    ema = ModelEma(model, decay=0.5)
+    model.frontend.wave_augment.set_noise(torch.randn(4, 6000))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model(torch.randn(4, 6000))  # moves the BN running statistics
+    before = [p.clone() for p in ema.module.parameters()]
+    ema.update(model)
+    d = min(0.5, 2 / 11)  # the warm-up decay at step 1
+    for old, new, p in zip(before, ema.module.parameters(), model.parameters()):
+        torch.testing.assert_close(new, d * old + (1 - d) * p)
+    ours = dict(model.named_buffers())
+    stats = [(n, b) for n, b in ema.module.named_buffers() if n.rsplit(".", 1)[-1].startswith(("running_", "num_"))]
+    assert stats and all(torch.equal(b, ours[n]) for n, b in stats)
+    assert ema.module.frontend.wave_augment.noise_bank.numel() == 0
+
+
 # ------------------------------------------------------------------------------------ (c) fine-tuning
 
 

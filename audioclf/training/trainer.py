@@ -285,9 +285,9 @@ def train(data, out, **settings) -> dict:
     if init:
         init.apply(model, cfg.freeze_backbone)
     model.to(device, memory_format=torch.channels_last)  # ~1.5x faster conv training steps on CPU
+    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None  # before the noise: the EMA needs no copy
     if cfg.noise_dir:
         model.frontend.wave_augment.set_noise(load_noise_bank(cfg.noise_dir, sr, clip_samples, d.cache))
-    ema = ModelEma(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     step_model = model
     if cfg.compile:
         run_augmentations_eagerly(model)
