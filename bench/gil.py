@@ -39,6 +39,14 @@ def median_ms(fn, repeats: int) -> float:
     return timed(fn, repeats)[0] * 1000
 
 
+def model_call(model, batch: torch.Tensor):
+    """A forward pass over ``batch`` ``(windows, samples)`` as a function of no arguments, for timing."""
+    def call():
+        with torch.inference_mode():
+            model(batch)
+    return call
+
+
 def with_busy_thread(work, measure):
     """``measure()`` while another thread repeats ``work()``."""
     stop = threading.Event()
@@ -93,10 +101,7 @@ def main() -> None:
     if not clips:
         raise SystemExit("no FSDD recordings under datasets/fsdd/recordings")
 
-    def forward():
-        with torch.inference_mode():
-            clf.model(x)
-
+    forward = model_call(clf.model, x)
     def decode():
         for data in clips:
             read_mono_limited(data, clf.sample_rate, 600)
@@ -126,13 +131,8 @@ def main() -> None:
           f"{2 * 2048 ** 3 / 1e9 / matmul * 1000:.0f} GFLOP/s (one thread)")
 
     torch.set_num_threads(default_threads)
-    lone = torch.randn(1, clf.clip_samples) * 0.1
-
-    def forward_lone():
-        with torch.inference_mode():
-            clf.model(lone)
-
-    before, after = after_another_threads_pass(forward_lone, args.repeats * 10)
+    lone = model_call(clf.model, torch.randn(1, clf.clip_samples) * 0.1)
+    before, after = after_another_threads_pass(lone, args.repeats * 10)
     print(f"\na lone clip on {default_threads} intra-op threads, on this thread: {before:.2f} ms; after one pass in "
           f"another thread: {after:.2f} ms ({after / before:.1f}x)")
 

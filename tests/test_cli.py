@@ -400,7 +400,6 @@ def test_init_from_with_a_new_label_set(fsdd_run, tmp_path, freeze):
 # ------------------------------------------------------------------------------------ (d) cross-validation
 
 
-
 def test_train_on_speech_commands_uses_its_split_and_background_noise(tmp_path):
     """A Speech Commands folder trains as its files say: the listed test and validation speakers, and the
     ``_background_noise_`` recordings (cut into clip-length pieces) as the noise mixed into training examples."""

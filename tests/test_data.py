@@ -381,7 +381,6 @@ def test_declared_test_fold_is_exactly_that_fold():
         make_split(m, test_fold="42")
 
 
-
 def test_speech_commands_layout(tmp_path, capsys):
     """``_background_noise_`` is the run's noise, not a class; speakers are groups; the split lists are the folds,
     and the folds named testing / validation are the test and validation sets by default."""

@@ -330,7 +330,6 @@ def test_without_micro_batching_every_batch_is_one_request(run):
     assert dict(app.state.batch_sizes) == {1: 10}
 
 
-
 def test_forward_passes_run_on_the_event_loop_in_calls_that_let_other_requests_in(run, monkeypatch):
     """Every model call runs on the event loop (no model thread to contend for the GIL), at most
     ``inference_batch_size`` windows at a time, and other requests are answered between the calls of a long pass."""
@@ -365,6 +364,7 @@ def test_forward_passes_run_on_the_event_loop_in_calls_that_let_other_requests_i
     calls = [n for n in order if n != "health"]
     assert sum(calls) == n_windows and max(calls) <= 4 and len(calls) == 10
     assert 0 < order.index("health") < len(order) - 1, order  # answered between two calls of the long pass
+
 
 # --- temp files -----------------------------------------------------------------------------------------------
 
