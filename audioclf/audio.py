@@ -311,7 +311,9 @@ def _decode(path, mono, ffmpeg: bool = True) -> tuple[int, int, Iterator[np.ndar
     if sf_error is None:
         blocks = _sf_blocks(path, opened, mono)
     elif isinstance(sf_error, str) and importlib.util.find_spec("av") is None:
-        raise AudioDecodeError(path, "contains no audio samples")
+        # an empty recording, or one cut short (an Ogg missing its last page has no frame count): only FFmpeg tells
+        raise AudioDecodeError(path, "contains no audio samples that libsndfile can read: empty, or truncated or "
+                                     "corrupt data (PyAV, pip install av, reads more; it is not installed)")
     elif not ffmpeg:
         why = sf_error if isinstance(sf_error, str) else _brief(sf_error)
         raise NeedsFFmpeg(path, f"libsndfile cannot read it ({why})")

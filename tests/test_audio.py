@@ -324,6 +324,19 @@ def test_bad_file_raises_audio_decode_error(tmp_path, kind):
         list(iter_blocks(path, 8000, 1000))
 
 
+@pytest.mark.parametrize("kind", ["no samples", "truncated ogg", "truncated flac", "random bytes"])
+def test_bad_file_without_pyav_says_what_it_may_be(tmp_path, monkeypatch, kind):
+    """Without PyAV, a file libsndfile finds no frames in (an empty WAV, an Ogg missing its last page) is refused
+    with a reason that names both causes and the missing decoder, not just "no audio samples"."""
+    monkeypatch.setitem(sys.modules, "av", None)
+    path = _bad(kind, tmp_path)
+    with pytest.raises(AudioDecodeError) as info:
+        read_audio(path, 8000)
+    assert BAD[kind] in info.value.reason
+    if kind in ("no samples", "truncated ogg"):
+        assert "PyAV" in info.value.reason
+
+
 @pytest.mark.parametrize("kind", ["missing", "directory", "empty", "random bytes", "text as mp3"])
 def test_audio_info_bad_file(tmp_path, kind):
     with pytest.raises(AudioDecodeError, match=BAD[kind]):
