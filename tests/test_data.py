@@ -229,8 +229,8 @@ def test_csv_rows_with_extra_or_missing_cells(tone_set):
 
 def test_csv_relative_to_its_folder_and_groups_folds(tone_set, monkeypatch, tmp_path):
     root, rows = tone_set
-    path = write_csv(root / "m.csv", ["path", "label", "group", "fold"],
-                     [[rel, label, speaker, str(SPEAKERS.index(speaker))] for rel, label, speaker in rows])
+    write_csv(root / "m.csv", ["path", "label", "group", "fold"],
+              [[rel, label, speaker, str(SPEAKERS.index(speaker))] for rel, label, speaker in rows])
     monkeypatch.chdir(tmp_path)
     m = from_csv(Path("tones") / "m.csv")
     assert all(os.path.isabs(it.path) and os.path.isfile(it.path) for it in m.items)
