@@ -211,6 +211,20 @@ def test_frontend_augmentations_only_in_training_mode():
     assert front.jittered_fb.shape == (16, 32, FRONTEND.n_fft // 2 + 1)
 
 
+def test_frontend_stays_float32_under_bf16_autocast():
+    # bf16 autocast (the training default where the CPU or GPU computes bf16) covers the network, not the features:
+    # a model trains on the same float32 log-mel it is evaluated, served and exported with
+    x = waves(batch=3)
+    model = build("cnn", augment=AugmentConfig.off()).eval()
+    with torch.no_grad():
+        plain = model.frontend(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_amp = model.frontend(x)
+            logits = model(x)
+    assert under_amp.dtype == torch.float32 and torch.equal(under_amp, plain)
+    assert logits.dtype == torch.bfloat16  # the network itself does run in bf16
+
+
 def test_waveform_and_spec_augment_are_identity_in_eval():
     x = waves(batch=3)
     wa = WaveformAugment(AugmentConfig(noise_prob=1.0), SR).eval()

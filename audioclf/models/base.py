@@ -53,6 +53,11 @@ class Frontend(nn.Module):
         return self.spec_augment(self.norm(spec)).unsqueeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Always float32, also under bf16 autocast: the features a model trains on are the ones it is evaluated,
+        served and exported with (a bf16 mel matmul would round the log-mel to 3 significant digits)."""
+        if torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return self.forward(x.float())
         return self.normalise(x[:, 0] if x.dim() == 4 else self.spectrogram(x))
 
 
