@@ -5,8 +5,10 @@
 1. decode + resample (soundfile + soxr) vs ``librosa.load``            files/s
 2. log-mel (our torch front end, batched) vs ``librosa.feature.melspectrogram``  clips/s
 3. training clips/s: our pipeline (decoded-audio cache, front end inside the model, batched on the
-   device) vs the naive recipe (a Dataset that decodes, resamples and computes the spectrogram per item)
-4. the default model's training GFLOP/s as a fraction of a float32 matmul's GFLOP/s (the practical limit)
+   device, bf16 autocast where the CPU computes bf16 natively, as ``audioclf train`` does) vs the naive recipe
+   (a Dataset that decodes, resamples and computes the spectrogram per item; float32)
+4. the default model's training GFLOP/s as a fraction of a matmul's GFLOP/s in the same precision (the
+   practical limit)
 5. training with 2 DDP processes vs 1 on the CPU (gloo), and tar-shard streaming vs the in-memory cache
    (``bench/scale.py``; skip with ``--no-scale``)
 """
@@ -96,7 +98,9 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
     from audioclf.features import FrontendConfig
     from audioclf.models import create_model
     from audioclf.training.autoconfig import choose_model
+    from audioclf.training.trainer import resolve_amp
     name, args = choose_model(len(files))
+    amp = resolve_amp(None, torch.device("cpu"))  # as `audioclf train` decides: bf16 autocast where native
     batch_size = min(batch_size, len(files) // 2)  # at least two batches per pass over the files
     cfg = FrontendConfig(sample_rate=TARGET_SR)
     clip_samples = TARGET_SR  # 1 s windows
@@ -108,7 +112,7 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
         model = create_model(name, 10, cfg, **args).train()
         return model.to(memory_format=torch.channels_last) if channels_last else model
 
-    def run_steps(model, batches, warmup: int = 2):
+    def run_steps(model, batches, warmup: int = 2, bf16: bool = False):
         """Training clips/s over ``steps`` steps, loading included, after ``warmup`` untimed steps."""
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
         n, t = 0, time.perf_counter()
@@ -117,7 +121,9 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
                 n, t = 0, time.perf_counter()
             if i == warmup + steps:
                 break
-            loss = torch.nn.functional.cross_entropy(model(x), y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            loss = torch.nn.functional.cross_entropy(logits.float(), y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -130,7 +136,7 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
         loader = DataLoader(ours_ds, batch_size=batch_size, shuffle=True, drop_last=True)
         cycle = lambda dl: (b for _ in range(100) for b in dl)  # noqa: E731
         model = make_model()
-        ours = run_steps(model, cycle(loader))
+        ours = run_steps(model, cycle(loader), bf16=amp)
 
     naive_model = make_model(channels_last=False)
     backbone = naive_model.body  # the same network, fed the precomputed spectrograms
@@ -145,9 +151,10 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
 
     naive_loader = DataLoader(NaiveDataset(files, clip_samples, cfg), batch_size=batch_size, shuffle=True, drop_last=True)
     naive = run_steps(SpecModel().train(), cycle(naive_loader))
-    train_row = f"{'training, default model (' + name + ')':<44}{ours:>12.1f}{naive:>12.1f}  {'clips/s':<10}{ours / naive:>7.2f}x"
+    precision = "bf16 autocast" if amp else "fp32"
+    train_row = f"{'training, default model (' + name + ', ' + precision + ')':<44}{ours:>12.1f}{naive:>12.1f}  {'clips/s':<10}{ours / naive:>7.2f}x"
 
-    # training GFLOP/s of the default model vs a matmul's GFLOP/s, both measured here
+    # training GFLOP/s of the default model vs a matmul's GFLOP/s in the same precision, both measured here
     model = make_model()
     x = torch.from_numpy(np.stack([ours_ds[i][0].numpy() for i in range(batch_size)]))
     y = torch.from_numpy(labels[:batch_size].argmax(1))
@@ -157,17 +164,20 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
 
     def step():
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
         opt.zero_grad()
         loss.backward()
         opt.step()
     step()
     t_step, _ = timed(step, 5)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    dtype = torch.bfloat16 if amp else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     torch.mm(a, b)
     t_mm, _ = timed(lambda: torch.mm(a, b), 5)
     model_gflops, mm_gflops = flops_per_step / t_step / 1e9, 2 * 2048 ** 3 / t_mm / 1e9
-    flop_row = (f"{'training GFLOP/s (' + name + ') vs fp32 matmul':<44}{model_gflops:>12.1f}{mm_gflops:>12.1f}  "
+    flop_row = (f"{'training GFLOP/s (' + name + ') vs ' + ('bf16' if amp else 'fp32') + ' matmul':<44}{model_gflops:>12.1f}{mm_gflops:>12.1f}  "
                 f"{'GFLOP/s':<10}{model_gflops / mm_gflops:>7.3f}x")
     return train_row, flop_row
 

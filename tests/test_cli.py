@@ -103,6 +103,9 @@ def test_train_writes_a_complete_run_folder(fsdd_run):
     assert config["model"] == "cnn" and config["model_args"] == {"width": 1.0}
     assert config["split_sizes"] == {"train": 270, "val": 30, "test": 100}
     assert config["skipped_files"] == 0
+    from audioclf.training.trainer import resolve_amp
+    amp = resolve_amp(None, torch.device("cpu"))  # the default: what ran is stored, not "auto"
+    assert config["training"]["amp"] is amp and ("with bf16 autocast" in out) == amp
 
     report = json.loads((run / "report.json").read_text())
     for key in ("accuracy", "balanced_accuracy", "macro_f1", "per_class", "confusion_matrix", "labels", "n"):
@@ -317,6 +320,26 @@ def test_augmentation_overrides_reach_the_model(tmp_path):
     assert (cfg.gain_db, cfg.mixstyle_prob, cfg.freq_masks) == (6.0, 0.0, 3)
     assert augment_config(TrainConfig(augment=False, aug="noise_prob=0.5")).noise_prob == 0.5  # on top of all-off
     assert augment_config(TrainConfig(augment=False, aug="noise_prob=0.5")).gain_db == 0
+
+
+def test_bf16_autocast_is_on_by_default_only_where_the_hardware_computes_bf16(monkeypatch):
+    from audioclf.training.trainer import resolve_amp
+    cpu = torch.device("cpu")
+    for native in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+            monkeypatch.setattr(torch.cpu, flag, lambda f=flag: f == native)
+        assert resolve_amp(None, cpu) is True
+    for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, flag, lambda: False)
+    assert resolve_amp(None, cpu) is False  # emulated bf16 is slower than float32
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a PyTorch without the check: no crash
+    assert resolve_amp(None, cpu) is False
+    assert resolve_amp(True, cpu) is True and resolve_amp(False, cpu) is False  # --amp / --no-amp decide
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: not including_emulation)
+    assert resolve_amp(None, torch.device("cuda")) is True  # native bf16 units, not emulation
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
+    assert resolve_amp(None, torch.device("cuda")) is False
+    assert resolve_amp(None, torch.device("meta")) is False
 
 
 def test_best_epoch_ranks_single_label_runs_by_validation_loss():

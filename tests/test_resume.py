@@ -144,3 +144,24 @@ def test_state_files_are_not_pickle_and_name_the_tensors(tones, reference, tmp_p
     bad = subprocess.run(_cmd(data, run, cache, "--resume", "--lr", "0.1"), env=_env(),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "cannot resume: settings differ" in bad.stderr and "lr" in bad.stderr
+
+
+def test_resume_keeps_the_precision_the_run_started_with(tones, tmp_path):
+    # bf16 autocast is chosen from the hardware; a run resumed elsewhere (or saved before that default) goes on in
+    # the precision it started with, unless --amp / --no-amp says otherwise, which is refused as a changed setting
+    from audioclf.training.trainer import resolve_amp
+
+    data, cache = tones
+    started = not resolve_amp(None, torch.device("cpu"))  # what this machine would not pick by itself
+    run, flag = tmp_path / "p", "--amp" if started else "--no-amp"
+    first = subprocess.run(_cmd(data, run, cache, flag, "--epochs", "1"), env=_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = subprocess.run(_cmd(data, run, cache, "--resume", "--epochs", "1"), env=_env(), capture_output=True,
+                           text=True, timeout=120)
+    assert again.returncode == 0 and "resumed from" in again.stdout, again.stderr[-3000:]
+    assert json.loads((run / "config.json").read_text())["training"]["amp"] is started
+    other = "--no-amp" if started else "--amp"
+    bad = subprocess.run(_cmd(data, run, cache, "--resume", "--epochs", "1", other), env=_env(),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and f"amp {started!r} -> {not started!r}" in bad.stderr

@@ -40,7 +40,9 @@ class TrainConfig:
     freeze_backbone: bool = field(default=False, metadata={"help": "train the head alone (with --init-from)"})
     seed: int = field(default=0, metadata={"help": "random seed (CPU runs are reproducible)"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N"})
-    amp: bool = field(default=False, metadata={"help": "bf16 autocast"})
+    amp: bool | None = field(default=None, metadata={"help": "bf16 autocast in training (default: on where the GPU or "
+                                                             "CPU computes bf16 natively, e.g. AVX-512 BF16 or AMX; "
+                                                             "a resumed run keeps its own)"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
     cache_dir: str | None = field(default=None, metadata={"help": "decoded-audio cache (default ~/.cache/audioclf)"})

@@ -44,6 +44,24 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def resolve_amp(amp: bool | None, device: torch.device) -> bool:
+    """bf16 autocast: as asked, or (``None``) wherever the hardware computes bf16 natively: a CUDA GPU with bf16
+    units, or a CPU with AVX-512 BF16 or AMX. Where bf16 is only emulated it is slower than float32, so it stays
+    off. Default ``cnn`` on FSDD, 2-core AMD EPYC with AVX-512 BF16 (README): 66.0 s of training instead of 92.2 s,
+    100% / 99.67% test accuracy."""
+    if amp is not None:
+        return amp
+    if device.type == "cuda":
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # older PyTorch: no emulation check
+            return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        native = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(check() for check in native if check is not None)
+    return False
+
+
 def resolve_settings(cfg: TrainConfig, manifest, n_train: int) -> dict:
     """Fill every ``None`` in ``cfg`` from the data; returns the concrete settings."""
     summary = autoconfig.summarise(manifest, cfg.seed)
@@ -272,6 +290,10 @@ def train(data, out, **settings) -> dict:
     dist_info, dist_device = distributed.setup_from_env(cfg.device)  # torchrun: one process per device
     device, main, world = dist_device or device, dist_info.main, dist_info.world_size
     cfg.nproc = world  # recorded in config.json: the processes that actually trained
+    saved_state = load_state(run) if cfg.resume else None
+    if cfg.amp is None and saved_state:  # an automatic choice resumes as it ran, even on other hardware
+        cfg.amp = saved_state[1]["config"].get("amp")
+    cfg.amp = resolve_amp(cfg.amp, device)  # recorded too: what ran, not "auto"
 
     # --- data: manifest, split, settings, decoded clips
     d = prepare_data(cfg, data, run, main)
@@ -308,7 +330,8 @@ def train(data, out, **settings) -> dict:
               "clip_seconds": s["clip_seconds"], "training": {**cfg.to_dict(), **{k: v for k, v in s.items()}},
               "data": str(data), "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}}
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {s['model']} {s['model_args']} ({n_params / 1e6:.2f} M parameters) on {device}; "
+    print(f"model: {s['model']} {s['model_args']} ({n_params / 1e6:.2f} M parameters) on {device}"
+          f"{' with bf16 autocast' if cfg.amp else ''}; "
           f"{epochs} epochs x {steps_per_epoch} steps")
 
     # --- epochs
@@ -316,7 +339,6 @@ def train(data, out, **settings) -> dict:
     val_audio, val_y = d.audio(val_idx), y[val_idx]
     rows, best, best_epoch, step, thresholds = [], None, 0, 0, None
     start_epoch, start_batch, running = 1, 0, (0.0, 0)
-    saved_state = load_state(run) if cfg.resume else None
     if cfg.resume and saved_state is None:
         print(f"--resume: no saved state in {run / 'state'}; starting from the beginning")
     if saved_state:
