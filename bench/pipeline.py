@@ -101,6 +101,7 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
     from audioclf.training.trainer import resolve_amp
     name, args = choose_model(len(files))
     amp = resolve_amp(None, torch.device("cpu"))  # as `audioclf train` decides: bf16 autocast where native
+    precision = "bf16" if amp else "fp32"
     batch_size = min(batch_size, len(files) // 2)  # at least two batches per pass over the files
     cfg = FrontendConfig(sample_rate=TARGET_SR)
     clip_samples = TARGET_SR  # 1 s windows
@@ -112,6 +113,15 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
         model = create_model(name, 10, cfg, **args).train()
         return model.to(memory_format=torch.channels_last) if channels_last else model
 
+    def train_step(model, opt, x, y, bf16: bool) -> None:
+        """One optimiser step, the network under bf16 autocast when ``bf16`` (as ``audioclf train`` runs it)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
     def run_steps(model, batches, warmup: int = 2, bf16: bool = False):
         """Training clips/s over ``steps`` steps, loading included, after ``warmup`` untimed steps."""
         opt = torch.optim.AdamW(model.parameters(), 1e-3)
@@ -121,12 +131,7 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
                 n, t = 0, time.perf_counter()
             if i == warmup + steps:
                 break
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = torch.nn.functional.cross_entropy(logits.float(), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            train_step(model, opt, x, y, bf16)
             n += len(x)
         return n / (time.perf_counter() - t)
 
@@ -151,7 +156,6 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
 
     naive_loader = DataLoader(NaiveDataset(files, clip_samples, cfg), batch_size=batch_size, shuffle=True, drop_last=True)
     naive = run_steps(SpecModel().train(), cycle(naive_loader))
-    precision = "bf16 autocast" if amp else "fp32"
     train_row = f"{'training, default model (' + name + ', ' + precision + ')':<44}{ours:>12.1f}{naive:>12.1f}  {'clips/s':<10}{ours / naive:>7.2f}x"
 
     # training GFLOP/s of the default model vs a matmul's GFLOP/s in the same precision, both measured here
@@ -163,21 +167,13 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
     flops_per_step = counter.get_total_flops()
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    step()
-    t_step, _ = timed(step, 5)
+    t_step, _ = timed(lambda: train_step(model, opt, x, y, amp), 5)  # timed() runs one untimed warm-up step
     dtype = torch.bfloat16 if amp else torch.float32
     a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     torch.mm(a, b)
     t_mm, _ = timed(lambda: torch.mm(a, b), 5)
     model_gflops, mm_gflops = flops_per_step / t_step / 1e9, 2 * 2048 ** 3 / t_mm / 1e9
-    flop_row = (f"{'training GFLOP/s (' + name + ') vs ' + ('bf16' if amp else 'fp32') + ' matmul':<44}{model_gflops:>12.1f}{mm_gflops:>12.1f}  "
+    flop_row = (f"{'training GFLOP/s (' + name + ') vs ' + precision + ' matmul':<44}{model_gflops:>12.1f}{mm_gflops:>12.1f}  "
                 f"{'GFLOP/s':<10}{model_gflops / mm_gflops:>7.3f}x")
     return train_row, flop_row
 

@@ -149,6 +149,17 @@ def _check_png(path):
     assert not list(path.parent.glob(".*.tmp"))  # atomic write left no temporary file
 
 
+def _colour_pixels(path) -> dict:
+    """Pixels of each line colour ``plot_curves`` uses (train loss blue, val loss orange, val accuracy green, val
+    mAP purple, lr gray), matched within 0.02 per channel."""
+    import matplotlib.image as mpimg
+    from matplotlib.colors import to_rgb
+
+    img = mpimg.imread(path)[..., :3]
+    colours = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:gray")
+    return {c: int((np.abs(img - np.array(to_rgb(c))).max(-1) < 0.02).sum()) for c in colours}
+
+
 def test_plot_confusion_and_csv(tmp_path):
     from audioclf.evaluation.plots import plot_confusion, write_confusion_csv
 
@@ -173,6 +184,10 @@ def test_plot_curves(tmp_path):
     ]
     plot_curves(single, tmp_path / "curves.png")
     _check_png(tmp_path / "curves.png")
+    drawn = _colour_pixels(tmp_path / "curves.png")
+    # train loss, val loss, val accuracy and the lr are drawn; there is no mAP curve
+    assert min(drawn["tab:blue"], drawn["tab:orange"], drawn["tab:green"], drawn["tab:gray"]) > 200, drawn
+    assert drawn["tab:purple"] == 0, drawn
     # multi-label rows as read back from metrics.csv: strings, val_accuracy empty/None
     multi = [
         {"epoch": str(e), "train_loss": str(1 / e), "val_loss": "", "val_accuracy": None, "val_mAP": str(0.1 * e), "lr": "0.001"}
@@ -180,6 +195,10 @@ def test_plot_curves(tmp_path):
     ]
     plot_curves(multi, tmp_path / "curves_ml.png")
     _check_png(tmp_path / "curves_ml.png")
+    drawn = _colour_pixels(tmp_path / "curves_ml.png")
+    # train loss, mAP and lr are drawn; the empty val loss and val accuracy columns draw nothing
+    assert min(drawn["tab:blue"], drawn["tab:purple"], drawn["tab:gray"]) > 200, drawn
+    assert drawn["tab:orange"] == 0 and drawn["tab:green"] == 0, drawn
 
 
 def test_plots_module_import_is_lazy():
