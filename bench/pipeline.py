@@ -9,6 +9,7 @@
    (a Dataset that decodes, resamples and computes the spectrogram per item; float32)
 4. the default model's training GFLOP/s as a fraction of a matmul's GFLOP/s in the same precision (the
    practical limit)
+All rows run under the allocator settings ``audioclf train`` applies (:mod:`audioclf.malloc`).
 5. training with 2 DDP processes vs 1 on the CPU (gloo), and tar-shard streaming vs the in-memory cache
    (``bench/scale.py``; skip with ``--no-scale``)
 """
@@ -184,6 +185,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--no-scale", action="store_true", help="skip the DDP and shard rows")
     args = parser.parse_args()
+    from audioclf.malloc import keep_activations_in_heap
+    keep_activations_in_heap()  # as `audioclf train` does; process-wide, so the references run under it too
     rng = np.random.default_rng(0)
     files = [FSDD[i] for i in rng.choice(len(FSDD), args.files, replace=False)]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(files)} FSDD files (8 kHz -> {TARGET_SR} Hz)")
