@@ -26,6 +26,9 @@ class AugmentConfig:
     noise_prob: float = 0.3      # chance an example gets background noise
     snr_db: tuple[float, float] = (10.0, 40.0)  # noise SNR range
     speed: float = 0.1           # per-example speed perturbation factor in [1 - speed, 1 + speed]
+    reverb_prob: float = 0.0     # chance an example is convolved with a synthetic room response (off by default)
+    reverb_seconds: float = 0.8  # its reverberation time (RT60) is drawn in [0.1, reverb_seconds] s
+    stretch: float = 0.15        # per-example tempo change of the log-mel in [1 - stretch, 1 + stretch], pitch kept
     fb_jitter: float = 0.05      # filter-bank edge jitter, fraction of the band (0: off)
     filter_db: float = 6.0       # FilterAugment: random gain in [-filter_db, filter_db] dB on 2-5 random mel bands
     mixstyle_prob: float = 0.4   # Freq-MixStyle: chance a batch mixes per-mel-bin statistics between examples
@@ -89,11 +92,48 @@ def speed_perturb(wave: torch.Tensor, max_change: float) -> torch.Tensor:
     b, n = wave.shape
     factor = 1.0 + (torch.rand(b, 1, device=wave.device) * 2 - 1) * max_change
     pos = torch.arange(n, device=wave.device, dtype=torch.float32)[None, :] * factor  # source sample of each output
+    return read_at(wave, pos) * (pos <= n - 1).to(wave.dtype)
+
+
+def read_at(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """``x`` ``(batch, ..., n)`` read at fractional positions ``pos`` ``(batch, n)`` along its last axis, each
+    example at its own positions, by linear interpolation (positions past the end read the last value)."""
+    n = x.shape[-1]
     lo = pos.floor().long().clamp_(max=n - 1)
-    frac = (pos - lo).clamp_(0, 1).to(wave.dtype)
     hi = (lo + 1).clamp_(max=n - 1)
-    out = torch.gather(wave, 1, lo) * (1 - frac) + torch.gather(wave, 1, hi) * frac
-    return out * (pos <= n - 1).to(wave.dtype)
+    frac = (pos - lo).clamp_(0, 1)
+    shape = (x.shape[0],) + (1,) * (x.dim() - 2) + (n,)  # the same positions for every row of an example
+    lo, hi = lo.view(shape).expand_as(x), hi.view(shape).expand_as(x)
+    frac = frac.view(shape).to(x.dtype)
+    return torch.gather(x, -1, lo) * (1 - frac) + torch.gather(x, -1, hi) * frac
+
+
+def synthetic_reverb(wave: torch.Tensor, sample_rate: int, rt60: torch.Tensor, drr_db: torch.Tensor) -> torch.Tensor:
+    """Convolve each example with its own synthetic room impulse response: a direct path plus Gaussian noise
+    decaying by 60 dB in ``rt60`` seconds (the statistical model of late reverberation), the tail scaled so the
+    direct-to-reverberant energy ratio is ``drr_db``. The result keeps the input's length and its power.
+    ``wave``: ``(batch, samples)``; ``rt60``, ``drr_db``: ``(batch,)``."""
+    b, n = wave.shape
+    taps = max(2, int(rt60.max().item() * sample_rate))
+    t = torch.arange(1, taps, device=wave.device, dtype=torch.float32)[None, :] / sample_rate
+    tail = torch.randn(b, taps - 1, device=wave.device) * torch.exp(-6.9078 * t / rt60[:, None])  # ln(1000)
+    tail = tail * torch.sqrt(torch.pow(10.0, -drr_db / 10) / tail.square().sum(-1).clamp_min(1e-12))[:, None]
+    rir = torch.cat([torch.ones(b, 1, device=wave.device), tail], dim=1)
+    size = 1 << (n + taps - 1).bit_length()
+    out = torch.fft.irfft(torch.fft.rfft(wave.float(), size) * torch.fft.rfft(rir, size), size)[:, :n]
+    gain = torch.sqrt(wave.float().square().sum(-1) / out.square().sum(-1).clamp_min(1e-12))
+    return (out * gain[:, None]).to(wave.dtype)
+
+
+def time_stretch(spec: torch.Tensor, max_change: float) -> torch.Tensor:
+    """Stretch each example's log-mel ``(batch, n_mels, frames)`` in time by its own factor in
+    ``[1 - max_change, 1 + max_change]`` (tempo changes, pitch and formants do not), keeping the frame count: a
+    sped-up example ends in its quietest value, a slowed one is cut. Linear interpolation between frames."""
+    b, _, f = spec.shape
+    factor = 1.0 + (torch.rand(b, 1, device=spec.device) * 2 - 1) * max_change
+    pos = torch.arange(f, device=spec.device, dtype=torch.float32)[None, :] * factor  # source frame of each output
+    floor = spec.amin(dim=(1, 2), keepdim=True)
+    return torch.where((pos <= f - 1)[:, None, :], read_at(spec, pos), floor)
 
 
 def mask_along(spec: torch.Tensor, dim: int, count: int, max_width: int) -> torch.Tensor:
@@ -206,6 +246,12 @@ class WaveformAugment(TrainingOnly):
         c = self.config
         if c.speed > 0:
             wave = speed_perturb(wave, c.speed)
+        if c.reverb_prob > 0 and c.reverb_seconds > 0:
+            rows = (torch.rand(wave.shape[0], device=wave.device) < c.reverb_prob).nonzero()[:, 0]
+            if len(rows):  # only the picked rows: the FFT convolution is the costliest waveform augmentation
+                rt60 = 0.1 + torch.rand(len(rows), device=wave.device) * max(c.reverb_seconds - 0.1, 0.0)
+                drr = torch.rand(len(rows), device=wave.device) * 15.0  # direct-to-reverberant ratio, dB
+                wave = wave.index_copy(0, rows, synthetic_reverb(wave[rows], self.sample_rate, rt60, drr))
         if c.shift_seconds > 0:
             wave = time_shift(wave, int(c.shift_seconds * self.sample_rate))
         if c.noise_prob > 0 and wave.shape[0] > 1:
@@ -217,6 +263,14 @@ class WaveformAugment(TrainingOnly):
         if c.gain_db > 0:
             wave = random_gain(wave, c.gain_db)
         return wave
+
+
+class TimeStretch(TrainingOnly):
+    """Tempo-only change of log-mel ``(batch, n_mels, frames)`` before normalisation (:func:`time_stretch`): speaking
+    rate, and the pace of any sound, varies independently of its pitch, which speed perturbation changes with it."""
+
+    def augment(self, spec: torch.Tensor) -> torch.Tensor:
+        return time_stretch(spec, self.config.stretch) if self.config.stretch > 0 else spec
 
 
 class ChannelAugment(TrainingOnly):

@@ -8,9 +8,10 @@ import re
 import pytest
 import torch
 
-from audioclf.augment import (AugmentConfig, ChannelAugment, SpecAugment, WaveformAugment, filter_augment,
+from audioclf.augment import (AugmentConfig, ChannelAugment, SpecAugment, TimeStretch, WaveformAugment, filter_augment,
                               freq_mixstyle, mask_along, mix_at_snr, mixup, random_gain,
-                              run_augmentations_eagerly, speed_perturb, time_shift)
+                              run_augmentations_eagerly, speed_perturb, synthetic_reverb, time_shift,
+                              time_stretch)
 from audioclf.features import FrontendConfig
 from audioclf.models import AudioClassifier, create_model, list_models, register_model
 from audioclf.models.base import Frontend
@@ -324,6 +325,62 @@ def test_speed_perturb_scales_each_example_frequency_by_its_own_factor():
     assert ((ratio > 0.85 - 0.01) & (ratio < 1.15 + 0.01)).all(), ratio
     assert ratio.std() > 0.03  # not one factor for the whole batch
     assert torch.equal(speed_perturb(x, 0.0), x)
+
+
+def _t20_rt60(impulse_response: torch.Tensor, sample_rate: int) -> float:
+    """RT60 from a room response by Schroeder's backward integration: the -5 to -25 dB slope, extrapolated."""
+    energy = impulse_response.double().square()
+    edc = torch.flip(torch.cumsum(torch.flip(energy, [0]), 0), [0])
+    db = 10 * torch.log10(edc / edc[0])
+    t5, t25 = int((db > -5).sum()), int((db > -25).sum())
+    return (t25 - t5) / sample_rate * 60 / 20
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_synthetic_reverb_has_the_requested_decay_and_direct_to_reverberant_ratio(seed):
+    torch.manual_seed(seed)
+    rt60, drr = torch.tensor([0.2, 0.5, 0.8]), torch.tensor([0.0, 6.0, 12.0])
+    impulse = torch.zeros(3, SR)
+    impulse[:, 0] = 1.0
+    rir = synthetic_reverb(impulse, SR, rt60, drr)  # the response itself (its power is rescaled to the input's)
+    for row, want_rt60, want_drr in zip(rir, rt60, drr):
+        direct, tail = row[0].square(), row[1:].square().sum()
+        assert abs(10 * math.log10(direct / tail) - want_drr) < 0.1
+        assert abs(_t20_rt60(row[1:], SR) - want_rt60) < 0.1 * want_rt60
+    x = waves(batch=3)
+    out = synthetic_reverb(x, SR, rt60, drr)
+    assert out.shape == x.shape
+    torch.testing.assert_close(out.square().mean(1), x.square().mean(1))  # the level is kept
+    assert not torch.allclose(out, x, atol=1e-3)
+
+
+def test_reverb_touches_only_the_examples_it_picks():
+    torch.manual_seed(0)
+    off = dict(gain_db=0, shift_seconds=0, noise_prob=0, speed=0)
+    x = waves(batch=4).repeat(16, 1)
+    out = WaveformAugment(AugmentConfig(reverb_prob=0.5, **off), SR).train()(x)
+    changed = (out - x).abs().amax(1) > 1e-6
+    assert 16 < int(changed.sum()) < 48  # about half, each example on its own draw
+    assert torch.equal(WaveformAugment(AugmentConfig(reverb_prob=0.0, **off), SR).train()(x), x)
+
+
+def test_time_stretch_changes_each_examples_tempo_by_its_own_factor():
+    torch.manual_seed(0)
+    frames = 100
+    ramp = torch.arange(frames, dtype=torch.float32).repeat(16, 8, 1)  # value = frame index, every mel bin
+    out = time_stretch(ramp, 0.2)
+    assert out.shape == ramp.shape
+    assert torch.equal(out, out[:, :1].expand_as(out))  # the same warp for every mel bin of an example
+    factor = out[:, 0, 10] / 10  # output frame j reads input frame j * factor
+    assert ((factor > 0.8 - 1e-5) & (factor < 1.2 + 1e-5)).all() and factor.std() > 0.05
+    for row, f in zip(out[:, 0], factor):
+        inside = torch.arange(frames) * f <= frames - 1
+        torch.testing.assert_close(row[inside], torch.arange(frames)[inside] * f)
+        assert (row[~inside] == 0).all()  # past the end: the example's quietest value
+    assert torch.equal(time_stretch(ramp, 0.0), ramp)
+    module = TimeStretch(AugmentConfig(stretch=0.2))
+    assert torch.equal(module.eval()(ramp), ramp) and not torch.equal(module.train()(ramp), ramp)
+    assert torch.equal(TimeStretch(AugmentConfig(stretch=0.0)).train()(ramp), ramp)
 
 
 # ------------------------------------------------------------------------------------ channel augmentation

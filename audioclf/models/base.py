@@ -10,15 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..augment import AugmentConfig, ChannelAugment, SpecAugment, WaveformAugment
+from ..augment import AugmentConfig, ChannelAugment, SpecAugment, TimeStretch, WaveformAugment
 from ..features import FrontendConfig, LogMel, mel_filterbank, normalize_level
 
 
 class Frontend(nn.Module):
     """Waveform ``(batch, samples)`` -> normalised log-mel ``(batch, 1, n_mels, frames)``, in two steps:
 
-    * :meth:`spectrogram`: log-mel, with waveform augmentation, filter-bank jitter and channel augmentation in
-      training mode; frame by frame, so long-recording inference computes it once per block and slices it;
+    * :meth:`spectrogram`: log-mel, with waveform augmentation, filter-bank jitter, time stretch and channel
+      augmentation in training mode; frame by frame, so long-recording inference computes it once per block and
+      slices it;
     * :meth:`normalise`: per window, the level normalisation (``config.level_norm``), a per-mel-bin batch norm
       (learned statistics, frozen in eval mode) and, in training mode, SpecAugment.
 
@@ -32,6 +33,7 @@ class Frontend(nn.Module):
         self.logmel = LogMel(config)
         self.norm = nn.BatchNorm1d(config.n_mels)
         self.wave_augment = WaveformAugment(augment, config.sample_rate)
+        self.time_stretch = TimeStretch(augment)
         self.channel_augment = ChannelAugment(augment)
         self.spec_augment = SpecAugment(augment)
         if augment.fb_jitter > 0:
@@ -44,7 +46,7 @@ class Frontend(nn.Module):
         if self.training and hasattr(self, "jittered_fb"):
             # a tensor index, not .item(): no host sync on a GPU and no graph break under torch.compile
             fb = self.jittered_fb[torch.randint(0, self.jittered_fb.shape[0], (1,), device=self.jittered_fb.device)][0]
-        return self.channel_augment(self.logmel(waveform, fb))
+        return self.channel_augment(self.time_stretch(self.logmel(waveform, fb)))
 
     def normalise(self, spec: torch.Tensor) -> torch.Tensor:
         """One window's ``(batch, n_mels, frames)`` log-mel -> model input ``(batch, 1, n_mels, frames)``."""
