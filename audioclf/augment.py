@@ -89,10 +89,15 @@ def speed_perturb(wave: torch.Tensor, max_change: float) -> torch.Tensor:
     """Play each example at its own random speed in ``[1-max_change, 1+max_change]`` (pitch and tempo change
     together, as between speakers' vocal tracts), keeping the length: a sped-up example ends in zeros, a
     slowed one is cut. Linear interpolation, ``(batch, samples)`` -> same shape."""
-    b, n = wave.shape
-    factor = 1.0 + (torch.rand(b, 1, device=wave.device) * 2 - 1) * max_change
-    pos = torch.arange(n, device=wave.device, dtype=torch.float32)[None, :] * factor  # source sample of each output
-    return read_at(wave, pos) * (pos <= n - 1).to(wave.dtype)
+    pos = scaled_positions(wave, max_change)  # source sample of each output
+    return read_at(wave, pos) * (pos <= wave.shape[-1] - 1).to(wave.dtype)
+
+
+def scaled_positions(x: torch.Tensor, max_change: float) -> torch.Tensor:
+    """For ``x`` ``(batch, ..., n)``: the positions ``(batch, n)`` that play each example at its own rate, drawn
+    uniformly in ``[1 - max_change, 1 + max_change]``: output step ``j`` reads input position ``j * rate``."""
+    factor = 1.0 + (torch.rand(x.shape[0], 1, device=x.device) * 2 - 1) * max_change
+    return torch.arange(x.shape[-1], device=x.device, dtype=torch.float32)[None, :] * factor
 
 
 def read_at(x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -114,14 +119,15 @@ def synthetic_reverb(wave: torch.Tensor, sample_rate: int, rt60: torch.Tensor, d
     direct-to-reverberant energy ratio is ``drr_db``. The result keeps the input's length and its power.
     ``wave``: ``(batch, samples)``; ``rt60``, ``drr_db``: ``(batch,)``."""
     b, n = wave.shape
+    x = wave.float()
     taps = max(2, int(rt60.max().item() * sample_rate))
     t = torch.arange(1, taps, device=wave.device, dtype=torch.float32)[None, :] / sample_rate
-    tail = torch.randn(b, taps - 1, device=wave.device) * torch.exp(-6.9078 * t / rt60[:, None])  # ln(1000)
+    tail = torch.randn(b, taps - 1, device=wave.device) * torch.exp(-math.log(1000.0) * t / rt60[:, None])  # -60 dB
     tail = tail * torch.sqrt(torch.pow(10.0, -drr_db / 10) / tail.square().sum(-1).clamp_min(1e-12))[:, None]
     rir = torch.cat([torch.ones(b, 1, device=wave.device), tail], dim=1)
     size = 1 << (n + taps - 1).bit_length()
-    out = torch.fft.irfft(torch.fft.rfft(wave.float(), size) * torch.fft.rfft(rir, size), size)[:, :n]
-    gain = torch.sqrt(wave.float().square().sum(-1) / out.square().sum(-1).clamp_min(1e-12))
+    out = torch.fft.irfft(torch.fft.rfft(x, size) * torch.fft.rfft(rir, size), size)[:, :n]
+    gain = torch.sqrt(x.square().sum(-1) / out.square().sum(-1).clamp_min(1e-12))
     return (out * gain[:, None]).to(wave.dtype)
 
 
@@ -129,11 +135,9 @@ def time_stretch(spec: torch.Tensor, max_change: float) -> torch.Tensor:
     """Stretch each example's log-mel ``(batch, n_mels, frames)`` in time by its own factor in
     ``[1 - max_change, 1 + max_change]`` (tempo changes, pitch and formants do not), keeping the frame count: a
     sped-up example ends in its quietest value, a slowed one is cut. Linear interpolation between frames."""
-    b, _, f = spec.shape
-    factor = 1.0 + (torch.rand(b, 1, device=spec.device) * 2 - 1) * max_change
-    pos = torch.arange(f, device=spec.device, dtype=torch.float32)[None, :] * factor  # source frame of each output
+    pos = scaled_positions(spec, max_change)  # source frame of each output
     floor = spec.amin(dim=(1, 2), keepdim=True)
-    return torch.where((pos <= f - 1)[:, None, :], read_at(spec, pos), floor)
+    return torch.where((pos <= spec.shape[-1] - 1)[:, None, :], read_at(spec, pos), floor)
 
 
 def mask_along(spec: torch.Tensor, dim: int, count: int, max_width: int) -> torch.Tensor:

@@ -9,9 +9,10 @@
    (a Dataset that decodes, resamples and computes the spectrogram per item; float32)
 4. the default model's training GFLOP/s as a fraction of a matmul's GFLOP/s in the same precision (the
    practical limit)
-All rows run under the allocator settings ``audioclf train`` applies (:mod:`audioclf.malloc`).
 5. training with 2 DDP processes vs 1 on the CPU (gloo), and tar-shard streaming vs the in-memory cache
    (``bench/scale.py``; skip with ``--no-scale``)
+
+All rows run under the allocator settings ``audioclf train`` applies (:mod:`audioclf.malloc`).
 """
 from __future__ import annotations
 
