@@ -83,7 +83,7 @@ def cmd_pack(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation.evaluate import evaluate
     evaluate(args.run, args.data, test_fold=args.test_fold, pattern=args.pattern, out=args.out,
-             cache_dir=args.cache_dir, device=args.device)
+             cache_dir=args.cache_dir, device=args.device, amp=args.amp)
     return 0
 
 
@@ -95,7 +95,9 @@ def _predictor(args):
         if run.suffix.lower() == ".onnx":
             raise ValueError(f"{run} is an ONNX file: use --backend onnx (the PyTorch back end needs a run folder)")
         from .inference import load
-        return load(run, args.device)
+        return load(run, args.device, args.amp)
+    if args.amp:
+        raise ValueError("--amp applies to the torch back end; an ONNX model runs as exported (float32)")
     from .onnx_predictor import OnnxClassifier
     if run.is_dir():
         from .export import ONNX_NAME, export_onnx
@@ -220,6 +222,13 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def add_amp_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--amp", action="store_true",
+                   help="run the network under bf16 autocast, as training does: about 1.6x the throughput on "
+                        "batches where bf16 is native (CPUs with AVX-512 BF16 or AMX, recent GPUs), slower where it "
+                        "is emulated; scores move by up to about 1e-2 (default: float32, as the ONNX export)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .training.config import TrainConfig
     parser = argparse.ArgumentParser(prog="audioclf", description="Train, evaluate and deploy audio classifiers.")
@@ -256,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default RUN/evaluation)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--device", default="cpu")
+    add_amp_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels for audio files or folders")
@@ -264,6 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
     p.add_argument("--device", default="cpu")
+    add_amp_flag(p)
     p.add_argument("--backend", choices=("torch", "onnx"), default=None,
                    help="torch (run folder) or onnx (RUN/model.onnx, exported if missing, or a .onnx file); "
                         "default: onnx for a .onnx path, torch otherwise")
@@ -298,6 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seconds", type=float, default=600.0, help="longest audio (413 above)")
     p.add_argument("--top-k", type=int, default=5, help="labels per answer unless the request sets top_k")
     p.add_argument("--device", default="cpu")
+    add_amp_flag(p)
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 

@@ -53,6 +53,7 @@ class _Backend:
 
     def __init__(self, obj, multilabel: bool | None):
         self.model = self.predictor = None
+        self.amp = False
         if isinstance(obj, (str, Path)):
             p = Path(obj)
             if p.suffix.lower() == ".onnx":
@@ -66,7 +67,7 @@ class _Backend:
             fe = obj.metadata.get("frontend") or {}
             self.frame_hop = max(1, int(round(self.sample_rate * fe.get("hop_ms", 10.0) / 1000)))
         elif hasattr(obj, "model") and hasattr(obj, "config"):  # audioclf.inference.Classifier
-            self.model, self.device = obj.model, getattr(obj, "device", "cpu")
+            self.model, self.device, self.amp = obj.model, getattr(obj, "device", "cpu"), getattr(obj, "amp", False)
             self.sample_rate, self.clip_seconds = obj.sample_rate, float(obj.config["clip_seconds"])
             task_multi = obj.multilabel
         elif hasattr(obj, "forward_spectrogram") and hasattr(obj, "frontend"):  # a bare AudioClassifier
@@ -83,13 +84,10 @@ class _Backend:
         x = np.stack(batch)
         if self.predictor is not None:
             return self.predictor.logits(x)
-        import torch
+        from .inference import forward_logits
 
         self.model.eval()
-        with torch.inference_mode():
-            t = torch.from_numpy(x).to(self.device)
-            out = self.model.forward_spectrogram(t[:, None]) if kind == "spec" else self.model(t)
-        return out.float().cpu().numpy()
+        return forward_logits(self.model, x, self.device, self.amp, spectrogram=kind == "spec")
 
 
 def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float | None = None,

@@ -16,8 +16,9 @@ threshold as torch frees large activation buffers, so later ones come from the h
 process's RSS creeps up over hours (~+170 MB at 3 h) although the scan itself holds one block; the fixed threshold
 shows the streaming's own footprint.
 
-Back ends: ``torch`` (front end once per block, spectrogram sliced into windows), ``torch-wave`` (each window's
-waveform through the whole model; short file only) and ``onnx`` (onnxruntime, torch never imported).
+Back ends: ``torch`` (front end once per block, spectrogram sliced into windows), ``torch-amp`` (the same under bf16
+autocast, ``--amp``; short file only), ``torch-wave`` (each window's waveform through the whole model; short file
+only) and ``onnx`` (onnxruntime, torch never imported).
 Without ``--run`` the default model is trained for one epoch on FSDD in the temp dir first.
 """
 from __future__ import annotations
@@ -68,7 +69,7 @@ def child(backend: str, model: str, audio: str, threads: int) -> None:
         import torch
         torch.set_num_threads(threads)
         from audioclf.inference import load
-        clf = load(model)
+        clf = load(model, amp=backend == "torch-amp")
     from audioclf.longform import scan
     rss_before = _proc_status_mb("VmRSS")
     cpu0, t0 = time.process_time(), time.perf_counter()
@@ -134,9 +135,9 @@ def main() -> None:
         print(f"recordings: {short_s / 60:.0f} min and {long_s / 3600:.1f} h at {SR} Hz "
               f"({time.perf_counter() - t:.0f} s to build); model {json.loads((run / 'config.json').read_text())['model']}"
               f", {args.threads} threads", flush=True)
-        models = {"torch": run, "torch-wave": run, "onnx": onnx_path, "torch-mmap": run}
+        models = {"torch": run, "torch-amp": run, "torch-wave": run, "onnx": onnx_path, "torch-mmap": run}
         rows = {}
-        runs = {b: [] for b in ("torch", "torch-wave", "onnx")}
+        runs = {b: [] for b in ("torch", "torch-amp", "torch-wave", "onnx")}
         for _ in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits every back end
             for backend, results in runs.items():
                 r = run_case(backend, models[backend], short, args.threads)
@@ -159,7 +160,8 @@ def main() -> None:
             f"{'peak RSS ' + f'{args.minutes:g} min':>18}{'peak RSS ' + f'{args.hours:g} h':>16}{'RSS before scan':>17}")
     print(head)
     print("-" * len(head))
-    names = {"torch": "torch (spectrogram once per block)", "torch-wave": "torch (waveform per window)",
+    names = {"torch": "torch (spectrogram once per block)", "torch-amp": "torch, bf16 autocast (--amp)",
+             "torch-wave": "torch (waveform per window)",
              "onnx": "onnx (onnxruntime, no torch)", "torch-mmap": "torch, MALLOC_MMAP_THRESHOLD_=65536"}
     for backend, r in rows.items():
         short_r, long_r = r.get("short"), r.get("long")

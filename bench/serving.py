@@ -1,7 +1,7 @@
 """HTTP serving benchmark: requests/s and latency of ``audioclf serve``, micro-batching on vs off.
 
     python bench/serving.py RUN [--requests 200] [--rounds 3] [--max-seconds 20] [--concurrency 1,8,32] [--threads N]
-                               [--device cuda]
+                               [--device cuda] [--amp]
 
 Starts two servers on loopback (``--micro-batching`` and ``--no-micro-batching``, otherwise identical), then for
 each concurrency level drives both in turn with minimal asyncio HTTP/1.1 clients (:class:`Connection`): ``concurrency`` clients each POST a real
@@ -58,6 +58,7 @@ def start_server(run: str, micro_batching: bool | None, args) -> tuple[subproces
         cmd = [sys.executable, "-m", "audioclf", "serve", run, "--host", "127.0.0.1", "--port", str(port),
                "--log-level", "warning", "--max-batch", str(args.max_batch), "--max-wait-ms", str(args.max_wait_ms),
                "--device", args.device, "--micro-batching" if micro_batching else "--no-micro-batching"]
+        cmd += ["--amp"] if args.amp else []
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if args.threads:  # torch reads OMP_NUM_THREADS at start-up
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
@@ -172,32 +173,32 @@ def stub_app(run: str, args):
     return app
 
 
-def model_costs(run: str, threads: list[int], device: str) -> list[tuple[int, int, float, float]]:
+def model_costs(run: str, threads: list[int], device: str, amp: bool) -> list[tuple[int, int, float, float]]:
     """(threads, batch, ms a clip alone, ms a clip in the batch), batch = ``inference_batch_size``: medians over
-    3 rounds that each time 30 calls of one size after 5 unmeasured ones, the sizes alternating. Each call copies
-    its batch to ``device`` and the logits back, as the server does (on a GPU that also waits for the kernels)."""
+    3 rounds that each time 30 calls of one size after 5 unmeasured ones, the sizes alternating. Each call is the
+    server's model call (``Classifier.logits``): the batch to ``device``, the forward pass (bf16 autocast with
+    ``amp``), the logits back (on a GPU that also waits for the kernels)."""
     import torch
 
     from audioclf.inference import inference_batch_size, load
     from audioclf.malloc import keep_activations_in_heap
 
     keep_activations_in_heap()  # as `audioclf serve` does
-    clf = load(run, device)
+    clf = load(run, device, amp)
     batch = inference_batch_size(clf.model, clf.clip_samples, device)
-    x = torch.randn(batch, clf.clip_samples) * 0.1
+    x = (np.random.default_rng(0).standard_normal((batch, clf.clip_samples)) * 0.1).astype(np.float32)
     rows = []
-    with torch.inference_mode():
-        for n in threads:
-            torch.set_num_threads(n)
-            times = {1: [], batch: []}
-            for _ in range(3):
-                for size in times:
-                    for rep in range(35):
-                        t = time.perf_counter()
-                        clf.model(x[:size].to(device)).float().cpu()
-                        if rep >= 5:
-                            times[size].append((time.perf_counter() - t) / size * 1000)
-            rows.append((n, batch, float(np.median(times[1])), float(np.median(times[batch]))))
+    for n in threads:
+        torch.set_num_threads(n)
+        times = {1: [], batch: []}
+        for _ in range(3):
+            for size in times:
+                for rep in range(35):
+                    t = time.perf_counter()
+                    clf.logits(x[:size])
+                    if rep >= 5:
+                        times[size].append((time.perf_counter() - t) / size * 1000)
+        rows.append((n, batch, float(np.median(times[1])), float(np.median(times[batch]))))
     return rows
 
 
@@ -226,6 +227,7 @@ def main() -> None:
                          "machine 1 avoids thread-pool stalls that swamp everything else")
     ap.add_argument("--device", default="cpu", help="the servers' --device (cpu, cuda)")
     ap.add_argument("--clips", type=int, default=64, help="distinct FSDD clips sent in turn")
+    ap.add_argument("--amp", action="store_true", help="the servers' --amp (bf16 autocast), and the model alone's")
     ap.add_argument("--stub-port", type=int, help=argparse.SUPPRESS)  # internal: run the stub server
     args = ap.parse_args()
     if args.stub_port:
@@ -237,7 +239,7 @@ def main() -> None:
     bodies = [Path(p).read_bytes() for p in FSDD[::max(1, len(FSDD) // args.clips)][:args.clips]]
     levels = [int(c) for c in args.concurrency.split(",")]
     import torch
-    costs = model_costs(args.run, sorted({1, args.threads or torch.get_num_threads()}), args.device)
+    costs = model_costs(args.run, sorted({1, args.threads or torch.get_num_threads()}), args.device, args.amp)
     servers = {}
     try:
         proc, url = start_server(args.run, None, args)
@@ -266,7 +268,7 @@ def main() -> None:
 
     print(f"\naudioclf serve, {Path(args.run).name}: FSDD clips ({np.mean([len(b) for b in bodies]) / 1024:.1f} KiB "
           f"FLAC each), {os.cpu_count()} CPUs, device {args.device}, torch threads {args.threads or 'default'}, max_batch {args.max_batch}, "
-          f"max_wait_ms {args.max_wait_ms:g}")
+          f"max_wait_ms {args.max_wait_ms:g}, {'bf16 autocast' if args.amp else 'float32'}")
     print(f"{'micro-batching':>14} {'concurrency':>11} {'requests':>8} {'req/s':>8} {'(range)':>13} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'mean batch':>10} {'errors':>6}")
     for mode, c, r in rows:

@@ -257,6 +257,40 @@ def test_load_predict_and_reload_are_identical(fsdd_run):
     np.testing.assert_allclose(a.scores([audio])[0], scores_a[0], atol=1e-6)
 
 
+def test_amp_runs_inference_in_bf16_with_the_float32_labels(fsdd_run, tmp_path, monkeypatch):
+    """``--amp``: whole clips, long recordings (spectrogram windows) and the CLI run under bf16 autocast. The scores
+    move (so autocast is on) by bf16 rounding only, and the labels stay; the ONNX back end refuses the flag."""
+    from audioclf import inference
+    from audioclf.longform import scan
+
+    run = fsdd_run["run"]
+    paths = [r["path"] for r in fsdd_run["rows"] if r["fold"] == "0"][:40]
+    exact, fast = audioclf.load(run), audioclf.load(run, amp=True)
+    assert not exact.amp and fast.amp
+    s32, s16 = exact.scores(paths), fast.scores(paths)
+    assert not np.array_equal(s32, s16)
+    assert np.abs(s32 - s16).max() < 0.03
+    margin = np.sort(s32, 1)[:, -1] - np.sort(s32, 1)[:, -2]
+    clear = margin > 0.06  # a top-2 gap bf16 cannot close
+    assert clear.sum() >= 20 and (s32.argmax(1) == s16.argmax(1))[clear].all()
+
+    long = np.concatenate([sf.read(p, dtype="float32")[0] for p in paths[:8]])
+    sf.write(tmp_path / "long.wav", long, 8000)
+    (t32, w32), (t16, w16) = scan(exact, tmp_path / "long.wav"), scan(fast, tmp_path / "long.wav")
+    np.testing.assert_array_equal(t32, t16)
+    assert not np.array_equal(w32, w16) and np.abs(w32 - w16).max() < 0.03
+
+    rc, out, err = run_cli("predict", run, paths[0], "--amp", "--format", "json", "--top-k", "1")
+    assert rc == 0, err
+    assert json.loads(out)[0]["predictions"][0]["score"] == pytest.approx(s16[0].max(), abs=1e-5)
+    rc, out, err = run_cli("predict", run, paths[0], "--amp", "--backend", "onnx")
+    assert rc != 0 and "--amp applies to the torch back end" in err
+
+    monkeypatch.setattr(inference, "bf16_is_native", lambda device: False)
+    with pytest.warns(UserWarning, match="bf16 is emulated on cpu"):
+        audioclf.load(run, amp=True)
+
+
 # ------------------------------------------------------------------------------------ (b) bad files
 
 

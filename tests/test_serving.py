@@ -115,7 +115,7 @@ def assert_error(r, status: int, error: str | None = None):
 
 
 def test_health_labels_page_and_docs(client):
-    assert client.get("/health").json() == {"status": "ok", "model": "cnn", "labels": 10}
+    assert client.get("/health").json() == {"status": "ok", "model": "cnn", "labels": 10, "precision": "float32"}
     labels = client.get("/v1/labels").json()
     assert labels["labels"] == LABELS and labels["sample_rate"] == SR and labels["clip_seconds"] == 0.75
     page = client.get("/")
@@ -470,6 +470,16 @@ def test_serve_command_flags(run, monkeypatch):
     batcher = calls["app"].state.batcher
     assert (batcher.max_batch, batcher.max_wait_ms, batcher.micro_batching) == (4, 3.0, False)
     assert calls["app"].state.limits == {"max_body_bytes": 2 * 1024 * 1024, "max_seconds": 30.0}
+    assert not batcher.classifier.amp
+    cli.main(["serve", str(run), "--amp"])
+    assert calls["app"].state.batcher.classifier.amp  # bf16 autocast in every forward pass (Classifier.logits)
+    with TestClient(calls["app"]) as client:
+        assert client.get("/health").json()["precision"] == "bf16"
+        got = client.post("/v1/classify", content=clip_bytes(0)).json()
+    want, exact = load(run, amp=True).predict(CLIPS[0], top_k=5), load(run).predict(CLIPS[0], top_k=5)
+    assert [p["label"] for p in got] == [p["label"] for p in want]
+    np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], rtol=1e-5)
+    assert [p["score"] for p in got] != [p["score"] for p in exact]
 
 
 def test_slow_clients_do_not_block_the_server(run, tmp_path):

@@ -44,15 +44,16 @@ def summary_line(report: dict) -> str:
 
 
 def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None, out=None,
-             cache_dir=None, device: str = "cpu", batch_size: int | None = None) -> dict:
+             cache_dir=None, device: str = "cpu", batch_size: int | None = None, amp: bool = False) -> dict:
     """Evaluate the run on ``data`` (all of it, or its ``test_fold``); write the report to ``out``
-    (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning."""
+    (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning.
+    ``amp``: bf16 autocast in the forward passes (:class:`audioclf.inference.Classifier`)."""
     from ..data.cache import AudioCache
     from ..data.manifest import Manifest, load_manifest
     from ..data.splits import label_matrix
     from ..inference import clip_logits, load, scores_from_logits
 
-    clf = load(run, device)
+    clf = load(run, device, amp)
     manifest = load_manifest(data, pattern)
     known = set(clf.labels)
     items = [it for it in manifest.items if test_fold is None or it.fold == str(test_fold)]
@@ -70,7 +71,7 @@ def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None
         print(f"skipped {path}: {reason}")
     items = [it for it in items if it.path in clips]
     targets = label_matrix(Manifest(items, manifest.root), clf.labels)
-    logits = clip_logits(clf.model, [clips[it.path] for it in items], clf.clip_samples, batch_size, device)
+    logits = clip_logits(clf.model, [clips[it.path] for it in items], clf.clip_samples, batch_size, device, clf.amp)
     report = build_report(scores_from_logits(logits, clf.multilabel), targets, clf.labels, clf.multilabel,
                           clf.thresholds)
     report["skipped"] = len(bad) + len(unknown) + len(manifest.skipped)

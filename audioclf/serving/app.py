@@ -3,7 +3,7 @@
 Endpoints
 ---------
 ``GET /``               the web page (``static/index.html``: upload, drag-and-drop or record, bars, event timeline)
-``GET /health``         ``{"status": "ok", "model": "cnn", "labels": 10}``
+``GET /health``         ``{"status": "ok", "model": "cnn", "labels": 10, "precision": "float32"}`` (``bf16``: ``--amp``)
 ``GET /v1/labels``      ``{"labels": [...], "task", "sample_rate", "clip_seconds"}``
 ``GET /v1/stats``       requests served, forward batches run and a histogram of batch sizes
 ``POST /v1/classify``   audio in, labels out; ``/docs`` has the OpenAPI page
@@ -232,12 +232,9 @@ class Batcher:
                     item.future.set_result(result)
 
     def _logits(self, stacked: np.ndarray) -> np.ndarray:
-        """One model call: logits ``(windows, classes)`` for float32 windows ``(windows, clip_samples)``."""
-        import torch
-
-        clf = self.classifier  # clf.model is in eval mode since load() built it; nothing here switches it
-        with torch.inference_mode():
-            return clf.model(torch.from_numpy(stacked).to(clf.device)).float().cpu().numpy()
+        """One model call: logits ``(windows, classes)`` for float32 windows ``(windows, clip_samples)``. The model is
+        in eval mode since ``load`` built it; nothing here switches it."""
+        return self.classifier.logits(stacked)
 
     async def _forward(self, batch: list[_Item]) -> list[_Result]:
         """One forward pass over every window of every clip, in model calls of at most ``inference_batch_size``
@@ -547,7 +544,7 @@ _CLASSIFY_RESPONSES = {
 
 def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size: int = 256,
                max_body_mb: float = 20, max_seconds: float = 600, micro_batching: bool = True,
-               top_k: int = 5, device: str = "cpu") -> FastAPI:
+               top_k: int = 5, device: str = "cpu", amp: bool = False) -> FastAPI:
     """The service for the run in ``run_dir``; see the module docstring. The model is loaded here."""
     from contextlib import asynccontextmanager
 
@@ -556,7 +553,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
     if max_batch < 1 or queue_size < 1 or max_wait_ms < 0 or max_body_mb <= 0 or max_seconds <= 0 or top_k < 1:
         raise ValueError("max_batch, queue_size, max_body_mb, max_seconds and top_k must be positive, "
                          "max_wait_ms >= 0")
-    clf = load(run_dir, device)
+    clf = load(run_dir, device, amp)
     model_name = clf.config.get("model", "model")
     batcher = Batcher(clf, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       micro_batching=micro_batching)
@@ -611,7 +608,8 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
 
     @app.get("/health", summary="Liveness and the model served")
     async def health():
-        return {"status": "ok", "model": model_name, "labels": len(clf.labels)}
+        return {"status": "ok", "model": model_name, "labels": len(clf.labels),
+                "precision": "bf16" if clf.amp else "float32"}
 
     @app.get("/v1/labels", summary="The labels the model predicts")
     async def labels():

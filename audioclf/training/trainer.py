@@ -23,7 +23,7 @@ from ..evaluation.evaluate import build_report, summary_line, write_report
 from ..evaluation.metrics import tune_thresholds
 from ..evaluation.plots import plot_curves
 from ..features import FrontendConfig
-from ..inference import clip_logits, scores_from_logits
+from ..inference import bf16_is_native, clip_logits, scores_from_logits
 from ..io_utils import write_json_atomic, write_text_atomic
 from ..models import create_model
 from . import autoconfig, distributed
@@ -49,17 +49,7 @@ def resolve_amp(amp: bool | None, device: torch.device) -> bool:
     units, or a CPU with AVX-512 BF16 or AMX. Where bf16 is only emulated it is slower than float32, so it stays
     off. Default ``cnn`` on FSDD, 2-core AMD EPYC with AVX-512 BF16 (README): 60.1-64.5 s of training instead of
     87.7-90.2 s, the same test accuracy (seeds 0-2)."""
-    if amp is not None:
-        return amp
-    if device.type == "cuda":
-        try:
-            return torch.cuda.is_bf16_supported(including_emulation=False)
-        except TypeError:  # older PyTorch: no emulation check
-            return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        native = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-        return any(check() for check in native if check is not None)
-    return False
+    return bf16_is_native(device) if amp is None else amp
 
 
 def resolve_settings(cfg: TrainConfig, manifest, n_train: int) -> dict:
