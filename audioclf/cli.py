@@ -152,21 +152,40 @@ def _predict_windows(args, clf, paths) -> int:
     return 1 if failures and not results else 0
 
 
-def cmd_predict(args) -> int:
+PREDICT_CHUNK_FILES, PREDICT_CHUNK_SECONDS = 32, 600  # predict over many files: clips held per batched call at most
+
+
+def _decoded_chunks(paths, read, sample_rate: int, failures: list):
+    """``[(path, clip)]`` groups of at most ``PREDICT_CHUNK_FILES`` files and about ``PREDICT_CHUNK_SECONDS`` of
+    audio, decoded by ``read(path, sample_rate)``; a file that fails is reported, appended to ``failures``, skipped."""
     from .audio import AudioDecodeError
+    chunk, samples = [], 0
+    for path in paths:
+        try:
+            clip = read(path, sample_rate)
+        except AudioDecodeError as e:
+            failures.append(path)
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        chunk.append((path, clip))
+        samples += len(clip)
+        if len(chunk) == PREDICT_CHUNK_FILES or samples >= PREDICT_CHUNK_SECONDS * sample_rate:
+            yield chunk
+            chunk, samples = [], 0
+    if chunk:
+        yield chunk
+
+
+def cmd_predict(args) -> int:
     from .isolated_decoding import DecoderPool
     clf = _predictor(args)
     if getattr(args, "window", None) is not None:
         return _predict_windows(args, clf, _audio_paths(args.paths))
-    rows, failures = [], 0
+    rows, failures = [], []
     with DecoderPool(workers=1) as decoders:  # files only FFmpeg reads: a decoder crash costs that file
-        for path in _audio_paths(args.paths):
-            try:
-                clip = decoders.read_mono(path, clf.sample_rate)
-                rows.append((str(path), clf.predict(clip, top_k=args.top_k)))
-            except AudioDecodeError as e:
-                failures += 1
-                print(f"error: {e}", file=sys.stderr)
+        for chunk in _decoded_chunks(_audio_paths(args.paths), decoders.read_mono, clf.sample_rate, failures):
+            predictions = clf.predict([clip for _, clip in chunk], top_k=args.top_k)  # files share forward passes
+            rows += [(str(path), p) for (path, _), p in zip(chunk, predictions)]
     if args.format == "json":
         print(json.dumps([{"path": p, "predictions": preds} for p, preds in rows], indent=2))
     elif args.format == "csv":

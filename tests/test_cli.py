@@ -205,6 +205,38 @@ def test_predict_csv_and_folders(fsdd_run, tmp_path, capsys):
     assert ranks == ["1", "2"] * 3
 
 
+def test_predict_batches_many_files_in_chunks(fsdd_run, tmp_path, monkeypatch, capsys):
+    """Many files: decoded clips go to the model in chunks (here of 3 files), so windows of several files share a
+    forward pass; the answers are the one-file-at-a-time ones, in the files' order, and a bad file in a chunk costs
+    only itself."""
+    from audioclf import cli
+    from audioclf.inference import Classifier
+
+    paths = [r["path"] for r in fsdd_run["rows"] if r["fold"] == "0"][:7]
+    corrupt = tmp_path / "corrupt.wav"
+    corrupt.write_bytes(b"RIFF" + np.random.default_rng(1).bytes(2048))
+    files = paths[:2] + [str(corrupt)] + paths[2:]
+    calls = []
+    clip_logits = Classifier.clip_logits
+    monkeypatch.setattr(Classifier, "clip_logits", lambda self, clips: calls.append(len(clips)) or clip_logits(self, clips))
+    monkeypatch.setattr(cli, "PREDICT_CHUNK_FILES", 3)
+    assert main(["predict", str(fsdd_run["run"]), *files, "--format", "json", "--top-k", "10"]) == 0
+    out, err = capsys.readouterr()
+    results = json.loads(out)
+    assert calls == [3, 3, 1] and [r["path"] for r in results] == paths
+    assert str(corrupt) in err
+    alone = audioclf.load(fsdd_run["run"])
+    for r in results:
+        want = {p["label"]: p["score"] for p in alone.predict(r["path"], top_k=10)}
+        got = {p["label"]: p["score"] for p in r["predictions"]}
+        assert got.keys() == want.keys()
+        np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-6)
+    calls.clear()
+    monkeypatch.setattr(cli, "PREDICT_CHUNK_SECONDS", 0.05)  # a chunk also ends at this much audio
+    assert main(["predict", str(fsdd_run["run"]), *paths[:3], "--format", "json"]) == 0
+    assert calls == [1, 1, 1]
+
+
 def test_predict_skips_a_file_whose_decoder_crashes(fsdd_run, tmp_path, monkeypatch):
     """A batch of files where FFmpeg crashes on one (here: a decoder process that kills itself): that file is an
     error line naming it and the signal, the others are answered as usual."""
