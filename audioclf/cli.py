@@ -95,6 +95,7 @@ def _predictor(args):
         if run.suffix.lower() == ".onnx":
             raise ValueError(f"{run} is an ONNX file: use --backend onnx (the PyTorch back end needs a run folder)")
         from .inference import load
+        keep_activations_in_heap()  # batched forward passes reuse heap blocks (audioclf.malloc)
         return load(run, args.device, args.amp)
     if args.amp:
         raise ValueError("--amp applies to the torch back end; an ONNX model runs as exported (float32)")

@@ -1,4 +1,5 @@
-"""Allocator settings for the processes ``audioclf train``, ``cv`` and ``serve`` start (never at import time).
+"""Allocator settings for the processes ``audioclf train``, ``cv``, ``serve`` and ``predict`` (PyTorch back end) start
+(never at import time).
 
 glibc's ``malloc`` serves blocks above ``M_MMAP_THRESHOLD`` (128 KiB, raised on the fly up to 32 MiB) with fresh
 ``mmap`` pages and returns freed heap tops to the system past ``M_TRIM_THRESHOLD``. A batched forward pass allocates

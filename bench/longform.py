@@ -11,14 +11,11 @@ a short one (default 30 minutes) and a long one (default 3 hours). Then, each ca
 * peak RSS (MB, VmHWM) of a process that loads the model and scans the long file, and the same process's RSS before
   the scan: flat streaming shows as a peak that does not grow with the file.
 
-The long file is also scanned by ``torch`` with ``MALLOC_MMAP_THRESHOLD_=65536``: by default glibc raises its mmap
-threshold as torch frees large activation buffers, so later ones come from the heap and fragment it, and a torch
-process's RSS creeps up over hours (~+170 MB at 3 h) although the scan itself holds one block; the fixed threshold
-shows the streaming's own footprint.
-
-Back ends: ``torch`` (front end once per block, spectrogram sliced into windows), ``torch-amp`` (the same under bf16
-autocast, ``--amp``; short file only), ``torch-wave`` (each window's waveform through the whole model; short file
-only) and ``onnx`` (onnxruntime, torch never imported).
+Back ends: ``torch`` (front end once per block, spectrogram sliced into windows, with the allocator settings
+``audioclf predict`` applies: :mod:`audioclf.malloc`), ``torch-amp`` (the same under bf16 autocast, ``--amp``; short
+file only), ``torch-wave`` (each window's waveform through the whole model; short file only), ``torch-lib`` (``torch``
+as a Python program calls it, glibc's default allocator settings; long file only) and ``onnx`` (onnxruntime, torch
+never imported).
 Without ``--run`` the default model is trained for one epoch on FSDD in the temp dir first.
 """
 from __future__ import annotations
@@ -38,7 +35,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "datasets" / "fsdd"
 SR = 8000
-MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc: large blocks from mmap, returned to the OS when freed
 
 
 def make_recording(path: Path, seconds: float, seed: int = 0) -> float:
@@ -69,6 +65,9 @@ def child(backend: str, model: str, audio: str, threads: int) -> None:
         import torch
         torch.set_num_threads(threads)
         from audioclf.inference import load
+        from audioclf.malloc import keep_activations_in_heap
+        if backend != "torch-lib":
+            keep_activations_in_heap()  # as `audioclf predict` does
         clf = load(model, amp=backend == "torch-amp")
     from audioclf.longform import scan
     rss_before = _proc_status_mb("VmRSS")
@@ -92,9 +91,9 @@ def _proc_status_mb(field: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 if sys.platform != "darwin" else 1024 ** 2)
 
 
-def run_case(backend: str, model: Path, audio: Path, threads: int, env: dict | None = None) -> dict:
+def run_case(backend: str, model: Path, audio: Path, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--child", backend, str(model), str(audio), "--threads", str(threads)]
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), **(env or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{backend} case failed:\n{out.stderr[-3000:]}")
@@ -135,7 +134,7 @@ def main() -> None:
         print(f"recordings: {short_s / 60:.0f} min and {long_s / 3600:.1f} h at {SR} Hz "
               f"({time.perf_counter() - t:.0f} s to build); model {json.loads((run / 'config.json').read_text())['model']}"
               f", {args.threads} threads", flush=True)
-        models = {"torch": run, "torch-amp": run, "torch-wave": run, "onnx": onnx_path, "torch-mmap": run}
+        models = {"torch": run, "torch-amp": run, "torch-wave": run, "onnx": onnx_path, "torch-lib": run}
         rows = {}
         runs = {b: [] for b in ("torch", "torch-amp", "torch-wave", "onnx")}
         for _ in range(args.repeats):  # interleaved, so a busy spell on a shared machine hits every back end
@@ -148,9 +147,8 @@ def main() -> None:
             best = min(results, key=lambda r: r["compute_s"])
             rows[backend] = {"rtf": short_s / best["compute_s"], "rtf_cpu": short_s / min(r["cpu_s"] for r in results),
                              "short": {**best, "peak_rss_mb": max(r["peak_rss_mb"] for r in results)}}
-        for backend in ("torch", "onnx", "torch-mmap"):
-            env = MMAP_ENV if backend == "torch-mmap" else None
-            r = run_case(backend.replace("-mmap", ""), models[backend], long, args.threads, env)
+        for backend in ("torch", "onnx", "torch-lib"):
+            r = run_case(backend, models[backend], long, args.threads)
             rows.setdefault(backend, {})["long"] = r
             print(f"  {backend:<11} {long_s / 3600:.1f} h: {r['compute_s']:.1f} s ({r['cpu_s']:.1f} CPU s), "
                   f"{r['windows']} windows, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
@@ -162,7 +160,7 @@ def main() -> None:
     print("-" * len(head))
     names = {"torch": "torch (spectrogram once per block)", "torch-amp": "torch, bf16 autocast (--amp)",
              "torch-wave": "torch (waveform per window)",
-             "onnx": "onnx (onnxruntime, no torch)", "torch-mmap": "torch, MALLOC_MMAP_THRESHOLD_=65536"}
+             "onnx": "onnx (onnxruntime, no torch)", "torch-lib": "torch, glibc's default allocator settings"}
     for backend, r in rows.items():
         short_r, long_r = r.get("short"), r.get("long")
         cells = [f"{r['rtf']:>11.0f}x{r['rtf_cpu']:>10.0f}x{short_r['peak_rss_mb']:>15.0f} MB" if short_r
@@ -172,8 +170,6 @@ def main() -> None:
         print(f"{names[backend]:<40}" + "".join(cells))
     print(f"\nonnx / torch real-time factor: {rows['onnx']['rtf'] / rows['torch']['rtf']:.2f}x; "
           f"torch imported by the onnx case: {rows['onnx']['short']['torch_imported']}")
-    print("The torch rows' growth from the short to the long file is glibc heap fragmentation (torch allocates and "
-          "frees large activation buffers per batch), not buffered audio: with a fixed mmap threshold it stays flat.")
 
 
 if __name__ == "__main__":
