@@ -139,9 +139,10 @@ def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float |
         bounds.extend((start, end))
     if batch:
         logits.frombytes(backend.logits(batch_kind, batch).astype(np.float64).tobytes())
-    n = len(bounds) // 2
+    n = len(bounds) // 2  # windows
     times = np.frombuffer(bounds, dtype=np.int64).reshape(n, 2) / sr
-    return times, scores_from_logits(np.frombuffer(logits).reshape(n, len(logits) // max(1, n)), backend.multilabel)
+    logits = np.frombuffer(logits, dtype=np.float64).reshape(n, len(logits) // max(1, n))
+    return times, scores_from_logits(logits, backend.multilabel)
 
 
 def _with_last(it) -> Iterator[tuple[bool, np.ndarray]]:
