@@ -53,8 +53,7 @@ class _Backend:
     """What scan needs from a classifier, whatever its kind."""
 
     def __init__(self, obj, multilabel: bool | None):
-        self.model = self.predictor = None
-        self.amp = False
+        self.model = self.predictor = self.classifier = None
         if isinstance(obj, (str, Path)):
             p = Path(obj)
             if p.suffix.lower() == ".onnx":
@@ -68,7 +67,7 @@ class _Backend:
             fe = obj.metadata.get("frontend") or {}
             self.frame_hop = max(1, int(round(self.sample_rate * fe.get("hop_ms", 10.0) / 1000)))
         elif hasattr(obj, "model") and hasattr(obj, "config"):  # audioclf.inference.Classifier
-            self.model, self.device, self.amp = obj.model, getattr(obj, "device", "cpu"), getattr(obj, "amp", False)
+            self.classifier, self.model, self.device = obj, obj.model, getattr(obj, "device", "cpu")
             self.sample_rate, self.clip_seconds = obj.sample_rate, float(obj.config["clip_seconds"])
             task_multi = obj.multilabel
         elif hasattr(obj, "forward_spectrogram") and hasattr(obj, "frontend"):  # a bare AudioClassifier
@@ -85,10 +84,12 @@ class _Backend:
         x = np.stack(batch)
         if self.predictor is not None:
             return self.predictor.logits(x)
+        if self.classifier is not None:  # its own forward pass (bf16 autocast if loaded with amp)
+            return self.classifier.logits(x, spectrogram=kind == "spec")
         from .inference import forward_logits
 
         self.model.eval()
-        return forward_logits(self.model, x, self.device, self.amp, spectrogram=kind == "spec")
+        return forward_logits(self.model, x, self.device, spectrogram=kind == "spec")
 
 
 def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float | None = None,
@@ -129,19 +130,23 @@ def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float |
 
     # Results go to two growing flat buffers, not an object per window or batch: small live objects left between
     # the large blocks that each forward pass frees kept glibc from reusing them, and a scan's RSS grew ~80 MB/h.
-    bounds, logits, batch, batch_kind = array("q"), array("d"), [], None
+    bounds, logits, batch, batch_kind = array("q"), array("f"), [], None
+
+    def run(batch):  # one forward pass, its float32 logits appended to the flat buffer
+        logits.frombytes(np.asarray(backend.logits(batch_kind, batch), np.float32).tobytes())
+
     for start, end, kind, x in items:
         if batch and (kind != batch_kind or len(batch) == batch_size):
-            logits.frombytes(backend.logits(batch_kind, batch).astype(np.float64).tobytes())
+            run(batch)
             batch = []
         batch.append(x)
         batch_kind = kind
         bounds.extend((start, end))
     if batch:
-        logits.frombytes(backend.logits(batch_kind, batch).astype(np.float64).tobytes())
+        run(batch)
     n = len(bounds) // 2  # windows
     times = np.frombuffer(bounds, dtype=np.int64).reshape(n, 2) / sr
-    logits = np.frombuffer(logits, dtype=np.float64).reshape(n, len(logits) // max(1, n))
+    logits = np.frombuffer(logits, dtype=np.float32).reshape(n, len(logits) // max(1, n))
     return times, scores_from_logits(logits, backend.multilabel)
 
 
