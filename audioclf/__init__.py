@@ -11,6 +11,7 @@ _LAZY = {
     "train": ("audioclf.training.trainer", "train"),
     "load": ("audioclf.inference", "load"),
     "evaluate": ("audioclf.evaluation.evaluate", "evaluate"),
+    "adapt": ("audioclf.adaptation", "adapt_run"),
     "create_model": ("audioclf.models", "create_model"),
     "list_models": ("audioclf.models", "list_models"),
     "load_audio": ("audioclf.audio", "load_audio"),

@@ -1,4 +1,4 @@
-"""The ``audioclf`` command: train, pack, evaluate, predict, cv, serve, models."""
+"""The ``audioclf`` command: train, pack, evaluate, predict, cv, adapt, export, serve, models."""
 from __future__ import annotations
 
 import argparse
@@ -216,7 +216,18 @@ def cmd_cv(args) -> int:
     from .training.crossval import cross_validate
     settings = {name: getattr(args, name) for name in TrainConfig.field_names() if name != "test_fold"}
     keep_activations_in_heap()  # as cmd_train
-    cross_validate(args.data, args.out, folds=args.folds, **settings)
+    cross_validate(args.data, args.out, folds=args.folds, adapt=args.adapt, **settings)
+    return 0
+
+
+def cmd_adapt(args) -> int:
+    from .adaptation import ADAPT_MAX_WINDOWS, adapt_run
+    paths = _audio_paths(args.paths)
+    record = adapt_run(args.run, paths, args.out, args.max_windows or ADAPT_MAX_WINDOWS, args.cache_dir, args.device,
+                       args.seed)
+    print(f"adapted {record['batchnorm_layers']} batch-norm layer(s) of {args.run} to {record['windows']} window(s) "
+          f"from {record['files']} file(s)" + (f" ({record['skipped_files']} skipped)" if record["skipped_files"] else "")
+          + f"; run folder: {args.out}")
     return 0
 
 
@@ -265,8 +276,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--out", required=True, help="folder for the fold runs and cv_report.json")
     p.add_argument("--folds", type=int, default=5, help="K when the data declares no folds")
+    p.add_argument("--adapt", type=int, default=0, metavar="N",
+                   help="also adapt each fold's model to N unlabelled clips of its test fold (a held-out speaker, "
+                        "device or site; see `audioclf adapt`) and score the other test clips before and after")
     add_dataclass_flags(p, TrainConfig, skip=("test_fold",))
     p.set_defaults(func=cmd_cv)
+
+    p = sub.add_parser("adapt", help="adapt a run to a new recording domain from unlabelled audio (batch-norm "
+                                     "statistics)")
+    p.add_argument("run")
+    p.add_argument("paths", nargs="+", help="audio files or folders from the new domain (labels not needed)")
+    p.add_argument("--out", required=True, help="run folder to write (the source run is kept)")
+    p.add_argument("--max-windows", type=int, default=None,
+                   help="windows drawn at random from the audio at most (default: audioclf.adaptation's 4096)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("pack", help="decode a data set into tar shards (WebDataset layout) for streaming")
     p.add_argument("data", help="class folders, a CSV manifest, or a folder with --pattern")

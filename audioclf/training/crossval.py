@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..adaptation import adapted_test_report
 from ..data.manifest import load_manifest
 from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
@@ -14,13 +15,20 @@ from ..io_utils import write_json_atomic, write_text_atomic
 from .trainer import train
 
 
-def cross_validate(data, out, folds: int = 5, **settings) -> dict:
-    """Train and test once per fold; write ``OUT/cv_report.json`` and the summed confusion matrix."""
+def cross_validate(data, out, folds: int = 5, adapt: int = 0, **settings) -> dict:
+    """Train and test once per fold; write ``OUT/cv_report.json`` and the summed confusion matrix.
+
+    ``adapt``: also measure unsupervised adaptation to each test fold (:func:`adapted_test_report`): that many of
+    its clips, labels unused, adapt the fold's model; the report's ``adapted`` entry scores the others before and
+    after, and the summary gains ``adapted_mean_accuracy`` (or ``adapted_mean_mAP``) and its ``_before``."""
     out = Path(out)
     manifest = load_manifest(data, settings.get("pattern")).require_classes()
     fold_tests = kfold(manifest, folds, settings.get("seed", 0))
     declared = declared_cv_folds(manifest)  # kfold's test folds, when the data declares them
     names = declared or [str(k) for k in range(len(fold_tests))]
+    if adapt and min(map(len, fold_tests)) <= adapt:
+        raise ValueError(f"--adapt {adapt}: a test fold has only {min(map(len, fold_tests))} clip(s); adapting "
+                         "needs more, so that some are left to score")
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
     out.mkdir(parents=True, exist_ok=True)
@@ -41,8 +49,14 @@ def cross_validate(data, out, folds: int = 5, **settings) -> dict:
         fold_settings = {**settings, "pattern": None, "test_fold": "test"}
         report = train(csv_path, out / f"fold-{name}", **fold_settings)
         report["fold"] = name
+        if adapt:
+            report["adapted"] = adapted_test_report(out / f"fold-{name}", [manifest.items[i] for i in sorted(test)],
+                                                    adapt, settings.get("cache_dir"), settings.get("seed", 0))
+            print(f"fold {name}, adapted to {adapt} unlabelled test clips: {_before_after(report['adapted'])}")
         reports.append(report)
     summary = summarise_folds(reports)
+    if adapt:
+        summary.update(_adapted_summary([r["adapted"] for r in reports]))
     cv = {"folds": reports, **summary}
     labels = reports[0]["labels"]
     if all("confusion_matrix" in r and r["labels"] == labels and "mAP" not in r for r in reports):
@@ -55,4 +69,24 @@ def cross_validate(data, out, folds: int = 5, **settings) -> dict:
         print(f"fold {r['fold']}: accuracy {r.get('accuracy', float('nan')):.4f}  macro-F1 {r['macro_f1']:.4f}")
     print(f"mean accuracy {summary['mean_accuracy']:.4f} +- {summary['std_accuracy']:.4f}, "
           f"mean macro-F1 {summary['mean_macro_f1']:.4f}; report: {out / 'cv_report.json'}")
+    if adapt:
+        key = "mAP" if "adapted_mean_mAP" in summary else "accuracy"
+        print(f"adapted to {adapt} unlabelled clips of each test fold, scored on the others: mean {key} "
+              f"{summary[f'adapted_mean_{key}_before']:.4f} -> {summary[f'adapted_mean_{key}']:.4f} "
+              f"+- {summary[f'adapted_std_{key}']:.4f}")
     return cv
+
+
+def _before_after(report: dict) -> str:
+    key = "mAP" if "mAP" in report else "accuracy"
+    return f"{key} {report[f'{key}_before']:.4f} -> {report[key]:.4f} on the other {report['n']} clips"
+
+
+def _adapted_summary(adapted: list[dict]) -> dict:
+    """``adapted_mean_<metric>``, ``adapted_std_<metric>`` and ``adapted_mean_<metric>_before`` over the folds."""
+    out = {f"adapted_{k}": v for k, v in summarise_folds(adapted).items() if k != "n_folds"}
+    for key in ("accuracy", "mAP"):
+        before = [r[f"{key}_before"] for r in adapted if f"{key}_before" in r]
+        if before:
+            out[f"adapted_mean_{key}_before"] = float(np.mean(before))
+    return out
