@@ -52,6 +52,8 @@ def adapt_batchnorm(model: nn.Module, clips, clip_samples: int, max_windows: int
     is ``(w * new + prior_windows * trained) / (w + prior_windows)`` (0: the new statistics alone). The model is left
     in eval mode; on an error it keeps its previous statistics.
     """
+    if max_windows < 1:
+        raise ValueError(f"max_windows must be at least 1, not {max_windows}")
     layers = batchnorm_layers(model)
     picks = sample_windows(clips, clip_samples, max_windows, seed)
     if not picks:
@@ -82,16 +84,19 @@ def adapt_batchnorm(model: nn.Module, clips, clip_samples: int, max_windows: int
     return len(picks)
 
 
-def adapt_run(run, paths, out, max_windows: int = ADAPT_MAX_WINDOWS, cache_dir=None, device: str = "cpu",
+def adapt_run(run, paths, out, max_windows: int | None = None, cache_dir=None, device: str = "cpu",
               seed: int = 0) -> dict:
-    """Adapt the run folder ``run`` to the audio files ``paths`` and save the result as the run folder ``out``
-    (``run`` is left as it is). Files that fail to decode are skipped and listed. Returns the ``adaptation``
-    record stored in ``out/config.json``."""
+    """Adapt the run folder ``run`` to the audio files ``paths`` (at most ``max_windows`` windows, default
+    ``ADAPT_MAX_WINDOWS``) and save the result as the run folder ``out`` (``run`` is left as it is). Files that fail
+    to decode are skipped and listed. Returns the ``adaptation`` record stored in ``out/config.json``."""
     from .checkpoint import load_run, save_run
     from .data.cache import AudioCache
 
     if Path(out).resolve() == Path(run).resolve():
         raise ValueError(f"--out {out} is the source run: write the adapted run to another folder")
+    max_windows = ADAPT_MAX_WINDOWS if max_windows is None else max_windows
+    if max_windows < 1:  # before any decoding
+        raise ValueError(f"max_windows must be at least 1, not {max_windows}")
     model, config = load_run(run, device)
     sample_rate = config["frontend"]["sample_rate"]
     clip_samples = int(round(config["clip_seconds"] * sample_rate))

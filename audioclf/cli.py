@@ -221,9 +221,8 @@ def cmd_cv(args) -> int:
 
 
 def cmd_adapt(args) -> int:
-    from .adaptation import ADAPT_MAX_WINDOWS, adapt_run
-    paths = _audio_paths(args.paths)
-    record = adapt_run(args.run, paths, args.out, args.max_windows or ADAPT_MAX_WINDOWS, args.cache_dir, args.device,
+    from .adaptation import adapt_run
+    record = adapt_run(args.run, _audio_paths(args.paths), args.out, args.max_windows, args.cache_dir, args.device,
                        args.seed)
     print(f"adapted {record['batchnorm_layers']} batch-norm layer(s) of {args.run} to {record['windows']} window(s) "
           f"from {record['files']} file(s)" + (f" ({record['skipped_files']} skipped)" if record["skipped_files"] else "")

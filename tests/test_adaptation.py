@@ -98,6 +98,8 @@ def test_an_error_leaves_the_previous_statistics():
     momenta = [layer.momentum for layer in batchnorm_layers(model)]
     with pytest.raises(ValueError, match="no audio to adapt to"):
         adapt_batchnorm(model, [], CLIP)
+    with pytest.raises(ValueError, match="max_windows must be at least 1, not 0"):
+        adapt_batchnorm(model, noise_clips(4), CLIP, max_windows=0)
     bad = noise_clips(4)[:2] + [np.zeros((2, 3), np.float32)]  # a 2-D "clip" fails mid-way
     with pytest.raises(Exception):
         adapt_batchnorm(model, bad, CLIP, batch_size=1)
