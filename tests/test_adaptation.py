@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from audioclf.adaptation import adapt_batchnorm, batchnorm_layers, sample_windows
+from audioclf.adaptation import adapt_batchnorm, batchnorm_layers, check_adaptable, sample_windows
 from audioclf.augment import AugmentConfig
 from audioclf.data.windows import windows
 from audioclf.features import FrontendConfig, normalize_level
@@ -79,6 +79,18 @@ def test_the_trained_statistics_weigh_as_prior_windows():
         for name in ("running_mean", "running_var"):
             expected = (w * getattr(layer_new, name) + 6 * before[name]) / (w + 6)
             torch.testing.assert_close(getattr(layer_blend, name), expected)
+
+
+def test_a_model_without_batch_norms_after_its_front_end_is_refused():
+    """``ast_tiny`` normalises its body with layer norms; adapting its front end alone made it worse (README)."""
+    torch.manual_seed(0)
+    model = create_model("ast_tiny", 3, frontend=FrontendConfig(sample_rate=SR, n_mels=32)).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="'ast_tiny' has no batch norm after its front end"):
+        adapt_batchnorm(model, noise_clips(8), CLIP)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    check_adaptable(new_model())  # the CNN's body has batch norms
 
 
 def test_windows_are_drawn_across_clips_and_capped():

@@ -618,3 +618,6 @@ def test_cross_validation_on_grouped_tones(tmp_path):
     assert "adapted to 2 unlabelled clips of each test fold, scored on the others: mean accuracy " in stdout
     rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "cv6", "--folds", "3", "--adapt", "6", *TINY)
     assert rc == 2 and "--adapt 6: a test fold has only 6 clip(s)" in err and not (tmp_path / "cv6").exists()
+    rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "cv7", "--folds", "3", "--adapt", "2",
+                              "--model", "ast_tiny")
+    assert rc == 2 and "'ast_tiny' has no batch norm after its front end" in err and not (tmp_path / "cv7").exists()

@@ -6,12 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..adaptation import adapted_test_report
+from ..adaptation import adapted_test_report, check_adaptable
 from ..data.manifest import load_manifest
 from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
+from ..models import create_model
+from .autoconfig import choose_model
 from .trainer import train
 
 
@@ -29,6 +31,8 @@ def cross_validate(data, out, folds: int = 5, adapt: int = 0, **settings) -> dic
     if adapt and min(map(len, fold_tests)) <= adapt:
         raise ValueError(f"--adapt {adapt}: a test fold has only {min(map(len, fold_tests))} clip(s); adapting "
                          "needs more, so that some are left to score")
+    if adapt:  # a model that cannot be adapted is refused before any training
+        check_adaptable(create_model(settings.get("model") or choose_model(len(manifest.items))[0], 2))
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
     out.mkdir(parents=True, exist_ok=True)
