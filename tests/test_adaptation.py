@@ -119,3 +119,25 @@ def test_an_error_leaves_the_previous_statistics():
         assert torch.equal(v, state[k]), k
     assert [layer.momentum for layer in batchnorm_layers(model)] == momenta
     assert not any(m.training for m in model.modules())
+
+
+def test_group_batches_come_from_one_group_each_and_resume_exactly():
+    from audioclf.training.resume import GroupBatchSampler
+    groups = list(np.random.default_rng(0).choice(["ann", "ben", "cat"], 100))
+    sampler = GroupBatchSampler(groups, batch=8, seed=0)
+    counts = {g: groups.count(g) for g in set(groups)}
+    assert len(sampler) == sum(n // 8 * 8 for n in counts.values())
+    orders = []
+    for epoch in (1, 2):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert len(order) == len(sampler) and len(set(order)) == len(order)
+        batches = [order[k:k + 8] for k in range(0, len(order), 8)]
+        assert all(len({groups[i] for i in b}) == 1 for b in batches)
+        assert len({groups[b[0]] for b in batches}) == 3  # every group trains
+        orders.append(order)
+    assert orders[0] != orders[1]
+    sampler.set_epoch(2, start=16)  # resuming two batches into epoch 2
+    assert list(sampler) == orders[1][16:]
+    with pytest.raises(ValueError, match=r"--group-batches: 1 group\(s\) have fewer than a batch \(8\) of training"):
+        GroupBatchSampler(groups + ["dan"] * 7, batch=8, seed=0)

@@ -561,6 +561,29 @@ def test_train_on_speech_commands_uses_its_split_and_background_noise(tmp_path):
     assert load_noise_bank(root / "_background_noise_", SR, SR // 4, cache, max_samples=SR // 2).shape == (2, SR // 4)
 
 
+def test_group_batches(tmp_path):
+    """--group-batches: training batches of one group each; a group smaller than a batch, or a file without a
+    group, is refused."""
+    root = tmp_path / "tones"
+    rows = write_tones(root, groups=("ann", "ben"), per_group=4)
+    manifest = tmp_path / "tones.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group", "fold"])
+        w.writerows([*r, "test" if r[2] == "ann" and r[0].endswith("_0.wav") else "train"] for r in rows)
+    assert TINY[-2] == "--batch-size"
+    args = ("--epochs", "1", "--cache-dir", tmp_path / "cache", "--test-fold", "test", "--group-batches", *TINY[:-2])
+    rc, out, err = run_cli("train", manifest, "--out", tmp_path / "run", *args, "--batch-size", "4")
+    assert rc == 0, err
+    assert "group batches: 4 batches an epoch, each from one of 2 groups" in out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["training"]["group_batches"] is True
+    rc, out, err = run_cli("train", manifest, "--out", tmp_path / "run16", *args, "--batch-size", "16")
+    assert rc == 2 and "--group-batches: 2 group(s) have fewer than a batch (16) of training clips: ann, ben" in err
+    rc, out, err = run_cli("train", root, "--out", tmp_path / "nogroups", "--epochs", "1", "--group-batches",
+                           *TINY[:-2], "--batch-size", "4")
+    assert rc == 2 and "--group-batches needs a group for every training file" in err
+
+
 def test_cross_validation_on_grouped_tones(tmp_path):
     root = tmp_path / "tones"
     rows = write_tones(root, groups=("ann", "ben", "cat"), per_group=2)

@@ -35,6 +35,9 @@ class TrainConfig:
     augment: bool = field(default=True, metadata={"help": "all waveform/spectrogram augmentation"})
     aug: str | None = field(default=None, metadata={"help": "augmentation overrides KEY=VALUE[,KEY=VALUE] "
                                                          "(AugmentConfig fields, e.g. gain_db=6,mixstyle_prob=0)"})
+    group_batches: bool = field(default=False, metadata={"help": "draw each training batch from one group (speaker, "
+                                                                 "device, site), so the batch norms learn per-group "
+                                                                 "statistics; pairs with `audioclf adapt`"})
     noise_dir: str | None = field(default=None, metadata={"help": "folder of background-noise audio for augmentation"})
     init_from: str | None = field(default=None, metadata={"help": "run folder to fine-tune from (new head)"})
     freeze_backbone: bool = field(default=False, metadata={"help": "train the head alone (with --init-from)"})

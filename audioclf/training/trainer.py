@@ -30,7 +30,7 @@ from . import autoconfig, distributed
 from .config import TrainConfig
 from .ema import ModelEma
 from .finetune import init_from_run
-from .resume import EpochSampler, load_state, restore_state, save_state, seed_step
+from .resume import EpochSampler, GroupBatchSampler, load_state, restore_state, save_state, seed_step
 from .schedule import warmup_cosine
 
 
@@ -232,12 +232,22 @@ def training_loader(d: TrainingData, cfg: TrainConfig, clip_samples: int, rank: 
     """(dataset, sampler, loader) of this rank's training batches: ``batch_size`` stays the global batch, each
     rank takes its share; the order depends on (seed, epoch) only, so a run resumes mid-epoch exactly."""
     s = d.settings
+    if d.source and cfg.group_batches:
+        raise TrainError("--group-batches needs the files in memory, not streamed from tar shards")
     if d.source:
         return d.source.training_loader([d.manifest.items[i].path for i in d.train], d.y[d.train], clip_samples,
                                         s["batch_size"], rank, world, cfg.workers, cfg.shuffle_buffer, cfg.seed)
     rank_batch = max(1, s["batch_size"] // world)
     dataset = ClipDataset(d.audio(d.train), d.y[d.train], clip_samples, train=True, seed=cfg.seed)
     sampler = EpochSampler(len(dataset), cfg.seed)
+    if cfg.group_batches:
+        groups = [d.manifest.items[i].group for i in d.train]
+        if world > 1 or None in groups:
+            raise TrainError("--group-batches needs a group for every training file (a group column or pattern "
+                             "group) and one process")
+        sampler = GroupBatchSampler(groups, rank_batch, cfg.seed)
+        print(f"group batches: {len(sampler) // rank_batch} batches an epoch, each from one of "
+              f"{len(sampler.by_group)} groups")
     if world > 1:
         sampler = distributed.DistributedEpochSampler(dataset, cfg.seed, drop_last=len(dataset) > s["batch_size"])
     loader = DataLoader(dataset, batch_size=rank_batch, sampler=sampler, drop_last=len(dataset) // world > rank_batch,
