@@ -100,30 +100,30 @@ def adapt_run(run, paths, out, max_windows: int | None = None, cache_dir=None, d
     """Adapt the run folder ``run`` to the audio files ``paths`` (at most ``max_windows`` windows, default
     ``ADAPT_MAX_WINDOWS``) and save the result as the run folder ``out`` (``run`` is left as it is). Files that fail
     to decode are skipped and listed. Returns the ``adaptation`` record stored in ``out/config.json``."""
-    from .checkpoint import load_run, save_run
+    from .checkpoint import save_run
     from .data.cache import AudioCache
+    from .inference import load
 
     if Path(out).resolve() == Path(run).resolve():
         raise ValueError(f"--out {out} is the source run: write the adapted run to another folder")
     max_windows = ADAPT_MAX_WINDOWS if max_windows is None else max_windows
     if max_windows < 1:  # before any decoding
         raise ValueError(f"max_windows must be at least 1, not {max_windows}")
-    model, config = load_run(run, device)
-    check_adaptable(model)  # before any decoding
-    sample_rate = config["frontend"]["sample_rate"]
-    clip_samples = int(round(config["clip_seconds"] * sample_rate))
-    clips, bad = AudioCache(cache_dir, sample_rate).load([str(p) for p in paths])
+    clf = load(run, device)
+    check_adaptable(clf.model)  # before any decoding
+    clips, bad = AudioCache(cache_dir, clf.sample_rate).load([str(p) for p in paths])
     for path, reason in bad:
         print(f"skipped {path}: {reason}")
     if not clips:
         raise ValueError(f"no decodable audio among the {len(paths)} file(s) given: nothing to adapt to")
-    windows = adapt_batchnorm(model, list(clips.values()), clip_samples, max_windows, seed=seed, device=device)
+    windows = adapt_batchnorm(clf.model, list(clips.values()), clf.clip_samples, max_windows, seed=seed,
+                              device=device)
     record = {"source_run": str(run), "files": len(clips), "skipped_files": len(bad), "windows": windows,
-              "batchnorm_layers": len(batchnorm_layers(model)), "seed": seed}
+              "batchnorm_layers": len(batchnorm_layers(clf.model)), "seed": seed}
+    config = dict(clf.config)
     if "metrics" in config:  # the source run's test figures do not describe the adapted model
         record["source_metrics"] = config.pop("metrics")
-    config["adaptation"] = record
-    save_run(out, model, config)
+    save_run(out, clf.model, {**config, "adaptation": record})
     return record
 
 
@@ -135,33 +135,30 @@ def adapted_test_report(run, items, adapt_clips: int, cache_dir=None, seed: int 
     Returns the adapted model's report on the clips not used for adaptation, with ``<metric>_before`` (the same
     clips, unadapted), ``adapt_clips`` and ``adapt_paths``.
     """
-    from .checkpoint import load_run
     from .data.cache import AudioCache
     from .data.manifest import Manifest
     from .data.splits import label_matrix
     from .evaluation.evaluate import build_report
-    from .inference import clip_logits, scores_from_logits
+    from .inference import load, scores_from_logits
 
-    model, config = load_run(run, device)
-    labels, multilabel = config["labels"], config["task"] == "multi_label"
-    clip_samples = int(round(config["clip_seconds"] * config["frontend"]["sample_rate"]))
-    clips, _ = AudioCache(cache_dir, config["frontend"]["sample_rate"]).load([it.path for it in items])
+    clf = load(run, device)
+    clips, _ = AudioCache(cache_dir, clf.sample_rate).load([it.path for it in items])
     items = [it for it in items if it.path in clips]
     if len(items) <= adapt_clips:
         raise ValueError(f"--adapt {adapt_clips}: the test data of {run} has only {len(items)} clip(s); adapting "
                          "needs more, so that some are left to score")
     order = np.random.default_rng(seed).permutation(len(items))
     adapt, scored = [items[i] for i in order[:adapt_clips]], [items[i] for i in sorted(order[adapt_clips:])]
-    targets = label_matrix(Manifest(scored, Path(".")), labels)
-    thresholds = np.asarray(config["thresholds"]) if config.get("thresholds") else None
+    targets = label_matrix(Manifest(scored, Path(".")), clf.labels)
 
     def report() -> dict:
-        logits = clip_logits(model, [clips[it.path] for it in scored], clip_samples, device=device)
-        return build_report(scores_from_logits(logits, multilabel), targets, labels, multilabel, thresholds)
+        logits = clf.clip_logits([clips[it.path] for it in scored])
+        return build_report(scores_from_logits(logits, clf.multilabel), targets, clf.labels, clf.multilabel,
+                            clf.thresholds)
 
     before = report()
-    adapt_batchnorm(model, [clips[it.path] for it in adapt], clip_samples, seed=seed, device=device)
+    adapt_batchnorm(clf.model, [clips[it.path] for it in adapt], clf.clip_samples, seed=seed, device=device)
     after = report()
-    metrics = ("mAP", "macro_f1", "micro_f1") if multilabel else ("accuracy", "macro_f1")
+    metrics = ("mAP", "macro_f1", "micro_f1") if clf.multilabel else ("accuracy", "macro_f1")
     return {**after, **{f"{k}_before": before[k] for k in metrics}, "adapt_clips": adapt_clips,
             "adapt_paths": [it.path for it in adapt]}

@@ -68,7 +68,10 @@ class GroupBatchSampler(EpochSampler):
     def __init__(self, groups: list, batch: int, seed: int):
         super().__init__(len(groups), seed)
         self.batch = batch
-        self.by_group = {g: np.flatnonzero([x == g for x in groups]) for g in sorted(set(groups), key=str)}
+        members: dict = {}
+        for i, g in enumerate(groups):  # one pass: many groups cost no more than a few
+            members.setdefault(g, []).append(i)
+        self.by_group = {g: np.asarray(members[g]) for g in sorted(members, key=str)}
         small = sorted(str(g) for g, idx in self.by_group.items() if len(idx) < batch)
         if small:
             raise ValueError(f"--group-batches: {len(small)} group(s) have fewer than a batch ({batch}) of training "

@@ -239,7 +239,6 @@ def training_loader(d: TrainingData, cfg: TrainConfig, clip_samples: int, rank: 
                                         s["batch_size"], rank, world, cfg.workers, cfg.shuffle_buffer, cfg.seed)
     rank_batch = max(1, s["batch_size"] // world)
     dataset = ClipDataset(d.audio(d.train), d.y[d.train], clip_samples, train=True, seed=cfg.seed)
-    sampler = EpochSampler(len(dataset), cfg.seed)
     if cfg.group_batches:
         groups = [d.manifest.items[i].group for i in d.train]
         if world > 1 or None in groups:
@@ -248,8 +247,10 @@ def training_loader(d: TrainingData, cfg: TrainConfig, clip_samples: int, rank: 
         sampler = GroupBatchSampler(groups, rank_batch, cfg.seed)
         print(f"group batches: {len(sampler) // rank_batch} batches an epoch, each from one of "
               f"{len(sampler.by_group)} groups")
-    if world > 1:
+    elif world > 1:
         sampler = distributed.DistributedEpochSampler(dataset, cfg.seed, drop_last=len(dataset) > s["batch_size"])
+    else:
+        sampler = EpochSampler(len(dataset), cfg.seed)
     loader = DataLoader(dataset, batch_size=rank_batch, sampler=sampler, drop_last=len(dataset) // world > rank_batch,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0)
     return dataset, sampler, loader
