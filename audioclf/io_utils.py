@@ -14,7 +14,7 @@ import os
 import secrets
 from pathlib import Path
 
-__all__ = ["write_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["AtomicFile", "write_atomic", "write_json_atomic", "write_text_atomic"]
 
 _HINTS = {
     errno.ENOSPC: "disk full",
@@ -71,34 +71,77 @@ def _explain(e: OSError, path: Path) -> OSError:
     return new
 
 
-def write_atomic(path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably (see the module docstring)."""
-    target = Path(path)
-    folder = target.parent
-    tmp = None
-    try:
-        fd, tmp = _open_tmp(target)
+class AtomicFile:
+    """A file written in pieces that replaces ``path`` atomically and durably on :meth:`commit` (see the module
+    docstring); until then it is a temporary file next to ``path``, removed by :meth:`discard`. Used as a context
+    manager, it commits when the block ends normally and discards on an exception. ``OSError`` s name ``path``."""
+
+    def __init__(self, path):
+        self.target = Path(path)
+        self._tmp = self._file = None
         try:
-            f = os.fdopen(fd, "wb")
-        except BaseException:
-            os.close(fd)
-            raise
-        with f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-        tmp = None
-        _fsync_dir(folder)
-    except BaseException as e:
-        if tmp is not None:
+            fd, self._tmp = _open_tmp(self.target)
             try:
-                os.unlink(tmp)
+                self._file = os.fdopen(fd, "wb")
+            except BaseException:
+                os.close(fd)
+                raise
+        except BaseException as e:
+            self._fail(e)
+
+    def write(self, data) -> None:
+        """Append ``data`` (bytes or any buffer)."""
+        try:
+            self._file.write(data)
+        except BaseException as e:
+            self._fail(e)
+
+    def commit(self) -> None:
+        """Flush, fsync, rename over ``path``, fsync the folder."""
+        try:
+            with self._file:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            os.replace(self._tmp, self.target)
+            self._tmp = None
+            _fsync_dir(self.target.parent)
+        except BaseException as e:
+            self._fail(e)
+
+    def discard(self) -> None:
+        """Remove the temporary file; ``path`` is left as it was."""
+        if self._file is not None and not self._file.closed:
+            try:
+                self._file.close()
             except OSError:
                 pass
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except OSError:
+                pass
+            self._tmp = None
+
+    def _fail(self, e: BaseException):
+        self.discard()
         if isinstance(e, OSError):
-            raise _explain(e, target) from e
-        raise
+            raise _explain(e, self.target) from e
+        raise e
+
+    def __enter__(self) -> "AtomicFile":
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def write_atomic(path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (see the module docstring)."""
+    with AtomicFile(path) as f:
+        f.write(data)
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -142,6 +142,21 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path, monkeypatch, broken):
     assert listing(tmp_path) == ["file.bin"]  # no temporary file left behind
 
 
+def test_atomic_file_written_in_pieces(tmp_path):
+    target = tmp_path / "file.bin"
+    io_utils.write_atomic(target, b"old")
+    with pytest.raises(RuntimeError):
+        with io_utils.AtomicFile(target) as f:
+            f.write(b"new ")
+            raise RuntimeError("the producer failed")
+    assert target.read_bytes() == b"old" and listing(tmp_path) == ["file.bin"]  # discarded, nothing left behind
+    with io_utils.AtomicFile(target) as f:
+        f.write(b"new ")
+        assert target.read_bytes() == b"old"  # not visible before the commit
+        f.write(memoryview(b"content"))
+    assert target.read_bytes() == b"new content" and listing(tmp_path) == ["file.bin"]
+
+
 def test_atomic_write_helpers(tmp_path):
     io_utils.write_json_atomic(tmp_path / "a.json", {"b": 1, "a": [1, 2]})
     text = (tmp_path / "a.json").read_text()

@@ -490,6 +490,64 @@ def test_cache_second_load_reads_from_disk(tmp_path, clip_files, monkeypatch):
         assert second[p].dtype == np.float32 and second[p].ndim == 1
 
 
+def pack_of(cache_dir: Path, path: str) -> Path:
+    """The data file of the pack that holds ``path``."""
+    for index_file in (cache_dir / f"{SR}hz").glob("pack-*.json"):
+        if any(key.startswith(os.path.abspath(path) + "|") for key in json.loads(index_file.read_text())["entries"]):
+            return index_file.with_suffix(".f32")
+    raise AssertionError(f"{path} is in no pack")
+
+
+@pytest.mark.parametrize("pack_bytes", [1, 10**9])
+def test_cache_streams_into_packs_and_an_interrupted_decode_keeps_finished_packs(tmp_path, clip_files, monkeypatch,
+                                                                                 pack_bytes):
+    """Decoded audio goes to packs of about PACK_BYTES as it comes; stopping after two files keeps the packs already
+    written (each clip its own pack: two) or none (one pack still open), never a half-written file."""
+    reference, _ = AudioCache(tmp_path / "reference", SR).load(clip_files)
+    monkeypatch.setattr(cache_mod, "PACK_BYTES", pack_bytes)
+    cache_dir = tmp_path / "cache"
+
+    def stop_after_two(n, total):
+        if n == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        AudioCache(cache_dir, SR).load(clip_files, progress=stop_after_two, workers=1)
+    files = sorted(p.name for p in (cache_dir / f"{SR}hz").iterdir())
+    kept = 2 if pack_bytes == 1 else 0
+    assert len(files) == 2 * kept and all(f.startswith("pack-") and f.endswith((".json", ".f32")) for f in files)
+    calls = count_decoding(monkeypatch)
+    clips, bad = AudioCache(cache_dir, SR).load(clip_files)
+    assert not bad and sorted(calls) == sorted(clip_files[kept:])  # the finished packs are not decoded again
+    for p in clip_files:
+        np.testing.assert_array_equal(clips[p], reference[p])
+    assert len(list((cache_dir / f"{SR}hz").glob("pack-*.json"))) == (len(clip_files) if pack_bytes == 1 else 1)
+
+
+def test_cache_checks_only_the_packs_a_load_uses(tmp_path, clip_files, monkeypatch):
+    """A damaged pack is found when a load needs its clips (and decoded again), not by loads of other packs."""
+    monkeypatch.setattr(cache_mod, "PACK_BYTES", 1)  # one pack per clip
+    cache_dir = tmp_path / "cache"
+    reference, _ = AudioCache(cache_dir, SR).load(clip_files)
+    reference = {p: np.array(a) for p, a in reference.items()}
+    damaged = pack_of(cache_dir, clip_files[-1])
+    raw = bytearray(damaged.read_bytes())
+    raw[8] ^= 0xFF
+    damaged.write_bytes(bytes(raw))
+    forbid_decoding(monkeypatch)
+    cache = AudioCache(cache_dir, SR)
+    clips, bad = cache.load(clip_files[:-1])
+    assert not bad and cache.rejected_packs == [] and damaged.exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(cache_mod, "PACK_BYTES", 1)
+    calls = count_decoding(monkeypatch)
+    clips, bad = cache.load(clip_files)
+    assert not bad and cache.rejected_packs == [str(damaged.with_suffix(".json"))] and not damaged.exists()
+    assert calls == [clip_files[-1]]
+    for p in clip_files:
+        np.testing.assert_array_equal(clips[p], reference[p])
+
+
 def test_cache_resamples_per_rate(tmp_path, clip_files):
     clips, _ = AudioCache(tmp_path / "cache", 16000).load(clip_files[:1])
     assert abs(len(clips[clip_files[0]]) - 2 * 800) <= 2
