@@ -21,8 +21,9 @@ from .data.windows import fit_length, window_starts
 ADAPT_MAX_WINDOWS = 4096  # bounds the time on hours of audio (all 3,095 FSDD windows: 8.3 s with start-up, 2 cores)
 ADAPT_BATCH = 64  # windows per forward pass, so each batch's statistics are well estimated
 # The trained statistics weigh as much as this many windows of the new audio (Schneider et al. 2020): a few clips
-# give noisy estimates. FSDD leave-one-speaker-out, 10 clips (README; training seeds 0 / 1, three draws each):
-# 91.7% / 92.0% without the prior, 92.2% / 92.5% with it; 50 clips: 92.6% / 92.9% without, 92.7% / 92.8% with it.
+# give noisy estimates. FSDD leave-one-speaker-out, 10 clips (docs/experiments.md; training seeds 0 / 1, three
+# draws each): 91.7% / 92.0% without the prior, 92.2% / 92.5% with it; 50 clips: 92.6% / 92.9% without, 92.7% /
+# 92.8% with it.
 ADAPT_PRIOR_WINDOWS = 4.0
 
 

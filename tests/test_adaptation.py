@@ -82,7 +82,8 @@ def test_the_trained_statistics_weigh_as_prior_windows():
 
 
 def test_a_model_without_batch_norms_after_its_front_end_is_refused():
-    """``ast_tiny`` normalises its body with layer norms; adapting its front end alone made it worse (README)."""
+    """``ast_tiny`` normalises its body with layer norms; adapting its front end alone made it worse
+    (docs/experiments.md)."""
     torch.manual_seed(0)
     model = create_model("ast_tiny", 3, frontend=FrontendConfig(sample_rate=SR, n_mels=32)).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}

@@ -39,6 +39,11 @@ def file_key(path: str) -> str:
     return f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}"
 
 
+def _map(data_file: Path, samples: int) -> np.ndarray:
+    """A pack's samples as a read-only memory map (an empty file cannot be mapped)."""
+    return np.memmap(data_file, dtype=np.float32, mode="r") if samples else np.zeros(0, np.float32)
+
+
 class AudioCache:
     """Decoded mono float32 clips at ``sample_rate`` under ``root/<sample_rate>hz/``."""
 
@@ -58,9 +63,10 @@ class AudioCache:
             data_file = index_file.with_suffix(".f32")
             try:
                 meta = json.loads(index_file.read_text())
-                data = np.memmap(data_file, dtype=np.float32, mode="r") if meta["samples"] else np.zeros(0, np.float32)
-                ok = meta["format"] == FORMAT and meta["sample_rate"] == self.sample_rate and len(data) == meta["samples"]
-                entries = {key: (data_file, int(offset), int(length)) for key, (offset, length) in meta["entries"].items()}
+                data = _map(data_file, meta["samples"])
+                ok = (meta["format"] == FORMAT and meta["sample_rate"] == self.sample_rate
+                      and len(data) == meta["samples"])
+                entries = {key: (data_file, int(off), int(length)) for key, (off, length) in meta["entries"].items()}
                 crc = int(meta["crc32"])
             except (OSError, ValueError, KeyError, TypeError):
                 ok = False
@@ -133,7 +139,7 @@ class AudioCache:
 
     def _commit(self, pack: "_PackWriter") -> None:
         data_file, entries = pack.commit()
-        self._maps[data_file] = np.memmap(data_file, dtype=np.float32, mode="r") if pack.samples else np.zeros(0, np.float32)
+        self._maps[data_file] = _map(data_file, pack.samples)
         for key, (offset, length) in entries.items():
             self._index[key] = (data_file, offset, length)
 

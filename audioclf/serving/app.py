@@ -52,7 +52,7 @@ PyTorch takes back between operators (a 16-window pass took 10 ms alone and over
 thread; ``bench/gil.py``), and while a second thread that ran a pass lives, its OpenMP team makes every
 multi-threaded pass on the loop's thread about 3x slower (libgomp stops spinning once it has more threads than
 cores; ``bench/gil.py``). Inline, a call has the GIL and every core to itself: 1.3x the requests/s at concurrency
-32 of the model thread this replaced, with micro-batching and without it (``bench/serving.py``; README).
+32 of the model thread this replaced, with micro-batching and without it (``bench/serving.py``; docs/experiments.md).
 """
 from __future__ import annotations
 

@@ -47,8 +47,8 @@ def resolve_device(name: str) -> torch.device:
 def resolve_amp(amp: bool | None, device: torch.device) -> bool:
     """bf16 autocast: as asked, or (``None``) wherever the hardware computes bf16 natively: a CUDA GPU with bf16
     units, or a CPU with AVX-512 BF16 or AMX. Where bf16 is only emulated it is slower than float32, so it stays
-    off. Default ``cnn`` on FSDD, 2-core AMD EPYC with AVX-512 BF16 (README): 60.1-64.5 s of training instead of
-    87.7-90.2 s, the same test accuracy (seeds 0-2)."""
+    off. Default ``cnn`` on FSDD, 2-core AMD EPYC with AVX-512 BF16 (docs/experiments.md): 60.1-64.5 s of training
+    instead of 87.7-90.2 s, the same test accuracy (seeds 0-2)."""
     return bf16_is_native(device) if amp is None else amp
 
 
