@@ -29,7 +29,7 @@ class AugmentConfig:
     reverb_prob: float = 0.0     # chance an example is convolved with a synthetic room response (off by default)
     reverb_seconds: float = 0.8  # its reverberation time (RT60) is drawn in [0.1, reverb_seconds] s
     stretch: float = 0.15        # per-example tempo change of the log-mel in [1 - stretch, 1 + stretch], pitch kept
-    fb_jitter: float = 0.05      # filter-bank edge jitter, fraction of the band (0: off)
+    fb_jitter: float = 0.05      # filter-bank warp: frequencies scaled by 1/(1+x) to 1+x, centred on 1 (0: off)
     filter_db: float = 6.0       # FilterAugment: random gain in [-filter_db, filter_db] dB on 2-5 random mel bands
     mixstyle_prob: float = 0.4   # Freq-MixStyle: chance a batch mixes per-mel-bin statistics between examples
     mixstyle_alpha: float = 0.3  # Freq-MixStyle Beta(alpha, alpha) mixing weight

@@ -36,20 +36,30 @@ def mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= _MIN_LOG_MEL, _MIN_LOG_HZ * np.exp(_LOG_STEP * (mel - _MIN_LOG_MEL)), hz)
 
 
+def mel_edges(n_mels: int, f_min: float, f_max: float) -> np.ndarray:
+    """The ``n_mels + 2`` band edges in Hz (float64) of a mel filter bank: evenly spaced on the Slaney mel scale."""
+    return mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+
+
+def triangular_filters(sample_rate: int, n_fft: int, edges: np.ndarray) -> np.ndarray:
+    """Slaney-normalised triangles, float32 ``(len(edges) - 2, n_fft // 2 + 1)``: filter ``k`` rises from
+    ``edges[k]`` to ``edges[k + 1]`` Hz and falls to ``edges[k + 2]``; a filter above Nyquist is all zeros."""
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    widths = np.diff(edges)
+    ramps = edges[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
 @lru_cache(maxsize=32)
 def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
                    f_max: float | None = None) -> np.ndarray:
     """Slaney-normalised triangular filters, float32 ``(n_mels, n_fft // 2 + 1)``. Cached; do not mutate."""
     f_max = sample_rate / 2 if f_max is None else f_max
-    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
-    mel_freqs = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
-    widths = np.diff(mel_freqs)
-    ramps = mel_freqs[:, None] - fft_freqs[None, :]
-    lower = -ramps[:-2] / widths[:-1, None]
-    upper = ramps[2:] / widths[1:, None]
-    weights = np.maximum(0.0, np.minimum(lower, upper))
-    weights *= (2.0 / (mel_freqs[2:] - mel_freqs[:-2]))[:, None]
-    weights = weights.astype(np.float32)
+    weights = triangular_filters(sample_rate, n_fft, mel_edges(n_mels, f_min, f_max))
     weights.setflags(write=False)
     return weights
 

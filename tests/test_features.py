@@ -127,3 +127,28 @@ def test_filterbank_override():
     assert not torch.allclose(m(x), m(x, other))
     m2 = LogMel(FrontendConfig(sample_rate=8000, n_mels=32, f_min=200.0, f_max=3000.0))
     torch.testing.assert_close(m(x, other), m2(x))
+
+
+@pytest.mark.parametrize("freq", [150.0, 1000.0, 5000.0])
+def test_filterbank_jitter_is_centred_on_the_evaluation_bank(freq):
+    """Training's jittered banks move a tone both ways along the mel axis, around where the evaluation bank puts it
+    (banks that only narrow the band put a low tone at lower bins in training than in evaluation, a bias that
+    shifted every low class of a tone data set up by one at test time)."""
+    from audioclf.augment import AugmentConfig
+    from audioclf.models.base import Frontend
+
+    cfg = FrontendConfig(sample_rate=16000, n_mels=64)
+    front = Frontend(cfg, AugmentConfig(fb_jitter=0.05))
+    spectrum = torch.zeros(cfg.n_fft // 2 + 1)
+    spectrum[round(freq / (cfg.sample_rate / cfg.n_fft))] = 1.0  # a tone on an FFT bin
+
+    def centroid(bank: torch.Tensor) -> float:
+        energy = bank @ spectrum
+        return float((energy * torch.arange(len(energy))).sum() / energy.sum())
+
+    evaluation = centroid(torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)))
+    positions = np.array([centroid(bank) for bank in front.jittered_fb])
+    middle = len(positions) // 2
+    assert positions[middle] == pytest.approx(evaluation, abs=1e-4)  # the evaluation bank is one of them
+    assert positions.min() < evaluation - 0.1 and positions.max() > evaluation + 0.1  # moved both ways
+    assert abs(positions.mean() - evaluation) < 0.1 * (positions.max() - positions.min())  # centred

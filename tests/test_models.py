@@ -209,7 +209,7 @@ def test_frontend_augmentations_only_in_training_mode():
         assert a.shape == b.shape == (4, 1, 32, FRONTEND.frames(SAMPLES))
         assert not torch.allclose(a, b)
     assert hasattr(front, "jittered_fb") and not hasattr(plain, "jittered_fb")
-    assert front.jittered_fb.shape == (16, 32, FRONTEND.n_fft // 2 + 1)
+    assert front.jittered_fb.shape == (17, 32, FRONTEND.n_fft // 2 + 1)
 
 
 def test_frontend_stays_float32_under_bf16_autocast():

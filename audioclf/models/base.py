@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..augment import AugmentConfig, ChannelAugment, SpecAugment, TimeStretch, WaveformAugment
-from ..features import FrontendConfig, LogMel, mel_filterbank, normalize_level
+from ..features import FrontendConfig, LogMel, mel_edges, normalize_level, triangular_filters
 
 
 class Frontend(nn.Module):
@@ -63,17 +63,15 @@ class Frontend(nn.Module):
         return self.normalise(x[:, 0] if x.dim() == 4 else self.spectrogram(x))
 
 
-def _jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 16) -> torch.Tensor:
-    """``count`` filter banks with f_min/f_max moved by up to ``jitter`` of the band: (count, n_mels, freqs)."""
-    rng = np.random.default_rng(0)
+def _jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 17) -> torch.Tensor:
+    """``count`` mel filter banks whose band edges are the evaluation bank's divided by a warp ``alpha``, the
+    warps spaced evenly in log between ``1 / (1 + jitter)`` and ``1 + jitter``; the middle bank is the evaluation
+    bank. A tone at ``f`` Hz lands where ``alpha * f`` lands in the evaluation bank, so training sees the frequency
+    axis shifted both ways, centred on what evaluation sees: ``(count, n_mels, freqs)``."""
     f_max = config.f_max or config.sample_rate / 2
-    band = f_max - config.f_min
-    banks = []
-    for _ in range(count):
-        lo = max(0.0, config.f_min + rng.uniform(0, jitter) * band)
-        hi = min(config.sample_rate / 2, f_max - rng.uniform(0, jitter) * band)
-        banks.append(mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, lo, hi))
-    return torch.from_numpy(np.stack(banks))
+    edges = mel_edges(config.n_mels, config.f_min, f_max)
+    warps = (1.0 + jitter) ** np.linspace(-1.0, 1.0, count)
+    return torch.from_numpy(np.stack([triangular_filters(config.sample_rate, config.n_fft, edges / a) for a in warps]))
 
 
 class AudioClassifier(nn.Module):
