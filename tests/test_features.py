@@ -146,7 +146,7 @@ def test_filterbank_jitter_is_centred_on_the_evaluation_bank(freq):
         energy = bank @ spectrum
         return float((energy * torch.arange(len(energy))).sum() / energy.sum())
 
-    evaluation = centroid(torch.from_numpy(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)))
+    evaluation = centroid(torch.tensor(mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)))
     positions = np.array([centroid(bank) for bank in front.jittered_fb])
     middle = len(positions) // 2
     assert positions[middle] == pytest.approx(evaluation, abs=1e-4)  # the evaluation bank is one of them
