@@ -63,7 +63,8 @@ class AudioCache:
             data_file = index_file.with_suffix(".f32")
             try:
                 meta = json.loads(index_file.read_text())
-                data = _map(data_file, meta["samples"])
+                known = data_file in self._maps  # packs never change once written: keep the map
+                data = self._maps[data_file] if known else _map(data_file, meta["samples"])
                 ok = (meta["format"] == FORMAT and meta["sample_rate"] == self.sample_rate
                       and len(data) == meta["samples"])
                 entries = {key: (data_file, int(off), int(length)) for key, (off, length) in meta["entries"].items()}
@@ -73,20 +74,19 @@ class AudioCache:
             if not ok:
                 self._reject(data_file)
                 continue
-            if data_file not in self._maps:
+            if not known:
                 self._crc[data_file] = crc
-            self._maps[data_file] = data
+                self._maps[data_file] = data
             self._index.update(entries)
 
-    def _verify(self, data_file: Path) -> bool:
+    def _verify(self, data_file: Path) -> None:
         """Check a pack's data against its index's crc32 once; a damaged pack is deleted and its clips unindexed."""
         crc = self._crc.pop(data_file, None)
         if crc is None or zlib.crc32(memoryview(self._maps[data_file]).cast("B")) == crc:
-            return True
+            return
         del self._maps[data_file]
         self._index = {key: entry for key, entry in self._index.items() if entry[0] != data_file}
         self._reject(data_file)
-        return False
 
     def _reject(self, data_file: Path) -> None:
         index_file = data_file.with_suffix(".json")
@@ -108,7 +108,7 @@ class AudioCache:
                 keys[path] = file_key(path)
             except OSError as e:
                 bad.append((path, f"cannot read: {e.strerror}"))
-        for data_file in {self._index[key][0] for key in keys.values() if key in self._index}:
+        for data_file in sorted({self._index[key][0] for key in keys.values() if key in self._index}):
             self._verify(data_file)
         todo = [(path, key) for path, key in keys.items() if key not in self._index]
         if todo:
