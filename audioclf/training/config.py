@@ -16,7 +16,9 @@ class TrainConfig:
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length in epochs"})
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing (single-label)"})
-    ema_decay: float = field(default=0.995, metadata={"help": "weight EMA decay; 0 disables the EMA"})
+    ema_decay: float = field(default=0.995, metadata={"help": "most the weight-EMA decay reaches: it warms up as "
+                                                                  "(1+step)/(10+step), which passes 0.995 after "
+                                                                  "1,790 steps; 0 disables the EMA"})
     grad_clip: float = field(default=5.0, metadata={"help": "gradient norm clip; 0 disables"})
     patience: int | None = field(default=None, metadata={"help": "early stopping after this many epochs without improvement"})
     sample_rate: int | None = field(default=None, metadata={"help": "audio sample rate in Hz"})
