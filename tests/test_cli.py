@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -406,6 +407,17 @@ def test_bf16_autocast_is_on_by_default_only_where_the_hardware_computes_bf16(mo
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: False)
     assert resolve_amp(None, torch.device("cuda")) is False
     assert resolve_amp(None, torch.device("meta")) is False
+
+
+def test_training_stops_with_a_clear_error_when_the_gradients_are_not_finite(tmp_path):
+    """A learning rate that blows the weights up makes the second step's gradients NaN: the run stops there with an
+    error naming the step, instead of training NaN weights to the end and reporting a chance-level model."""
+    root = tmp_path / "tones"
+    write_tones(root)
+    rc, out, err = run_cli("train", root, "--out", tmp_path / "run", "--epochs", "2", "--lr", "1e30",
+                           "--cache-dir", tmp_path / "cache", *TINY)
+    assert rc == 2 and re.search(r"epoch \d, step 2: the gradients are not finite \(norm nan", err), err
+    assert "test (" not in out and not (tmp_path / "run" / "report.json").exists()
 
 
 def test_best_epoch_ranks_single_label_runs_by_validation_loss():

@@ -519,6 +519,25 @@ def test_inference_batch_size_keeps_cpu_batches_in_cache():
     assert inference_batch_size(torch.nn.Linear(2, 2), SAMPLES, "cpu") == 64  # no front end to size it by
 
 
+@pytest.mark.parametrize("name", ["cnn", "crnn"])  # time_pool (every CNN, resnet, mobilenet) and the GRU's pool
+def test_pooling_compiles_to_the_eager_gradients_under_bf16(name):
+    """``torch.compile`` (PyTorch 2.13, CPU) turned every gradient of a bf16 ``mean(...).amax(...)`` into NaN, so
+    ``--compile`` under bf16 autocast trained a model of NaNs; the pools now run in float32."""
+    torch.manual_seed(0)
+    model = create_model(name, 10, FRONTEND, AugmentConfig.off(), width=0.25).eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.forward_features(torch.randn(4, SAMPLES))
+    assert features.dtype == torch.bfloat16  # what the network hands its pool under autocast
+    grads = []
+    for pool in (model.pool, torch.compile(model.pool)):
+        x = features.detach().clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pool(x).square().sum().backward()
+        grads.append(x.grad)
+    assert torch.isfinite(grads[1]).all()
+    torch.testing.assert_close(grads[1], grads[0])
+
+
 def test_compiled_training_keeps_the_augmentations_out_of_the_graphs():
     """``--compile``: the augmentations' per-batch random choices (``.item()`` counts and branches, the jittered
     filter bank's index) would break the graph at each and recompile it for each new value; after

@@ -126,6 +126,10 @@ class AudioClassifier(nn.Module):
 
 
 def time_pool(x: torch.Tensor) -> torch.Tensor:
-    """PANNs pooling: ``(batch, channels, freq, time)`` -> mean over freq, then max + mean over time."""
-    x = x.mean(dim=2)
+    """PANNs pooling: ``(batch, channels, freq, time)`` -> mean over freq, then max + mean over time, in float32.
+
+    Float32 also under bf16 autocast: ``torch.compile`` (inductor, CPU, PyTorch 2.13) computes the backward of a bf16
+    ``mean(...).amax(...)`` against an unrounded float32 copy of the mean, so no element equals the saved bf16 maximum
+    and every gradient comes out NaN (``tests/test_models.py``)."""
+    x = x.float().mean(dim=2)
     return x.amax(dim=2) + x.mean(dim=2)

@@ -59,6 +59,7 @@ class ConvRNN(AudioClassifier):
         return self.rnn(x.transpose(1, 2))[0]
 
     def pool(self, features):
+        features = features.float()  # as in time_pool: a bf16 amax after a mean breaks under torch.compile
         return features.amax(dim=1) + features.mean(dim=1)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,9 @@ def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, smoot
 
 def train_step(step_model, model, optimizer, ema, wave, target, lr: float, cfg: TrainConfig, multilabel: bool,
                class_weights) -> float:
-    """One optimiser step on a batch (mixup, autocast, clipping, EMA update); returns the batch loss."""
+    """One optimiser step on a batch (mixup, autocast, clipping, EMA update); returns the batch loss. Raises
+    ``TrainError`` before the step when the gradients are not finite: the weights would turn NaN and every later
+    epoch, checkpoint and report with them."""
     if not multilabel and cfg.mixup > 0 and cfg.augment and torch.rand(()) < model.frontend.augment_config.mixup_prob:
         wave, target = mixup(wave, target, cfg.mixup)
     for group in optimizer.param_groups:
@@ -118,8 +121,12 @@ def train_step(step_model, model, optimizer, ema, wave, target, lr: float, cfg: 
     loss = loss_fn(logits.float(), target, multilabel, cfg.label_smoothing, class_weights)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    # the norm before clipping (an infinite limit clips nothing): one reduction, checked on every step
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    if not torch.isfinite(norm):
+        raise TrainError(f"the gradients are not finite (norm {norm.item()}, loss {loss.item():.4g}): training "
+                         "diverged or a kernel computed them wrongly; nothing of this step was applied. Try a lower "
+                         "--lr, or --no-amp / --no-compile")
     optimizer.step()
     if ema:
         ema.update(model)
@@ -377,7 +384,10 @@ def train(data, out, **settings) -> dict:
             seed_step(cfg.seed + 7919 * dist_info.rank, step)  # mixup/augmentation randomness from (seed, step): resumes identically
             wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
             lr = warmup_cosine(step, total_steps, warmup_steps, cfg.lr)
-            loss = train_step(step_model, model, optimizer, ema, wave, target, lr, cfg, multilabel, class_weights)
+            try:
+                loss = train_step(step_model, model, optimizer, ema, wave, target, lr, cfg, multilabel, class_weights)
+            except TrainError as e:
+                raise TrainError(f"epoch {epoch}, step {step + 1}: {e}") from None
             total, count, step = total + loss * len(wave), count + len(wave), step + 1
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
                 checkpoint(epoch, batch + 1, False, (total, count))
