@@ -131,5 +131,10 @@ def time_pool(x: torch.Tensor) -> torch.Tensor:
     Float32 also under bf16 autocast: ``torch.compile`` (inductor, CPU, PyTorch 2.13) computes the backward of a bf16
     ``mean(...).amax(...)`` against an unrounded float32 copy of the mean, so no element equals the saved bf16 maximum
     and every gradient comes out NaN (``tests/test_models.py``)."""
-    x = x.float().mean(dim=2)
+    x = at_least_float32(x).mean(dim=2)
     return x.amax(dim=2) + x.mean(dim=2)
+
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` upcast to float32 if it is in a lower precision (bf16 under autocast); float32 and float64 unchanged."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
