@@ -15,20 +15,23 @@ from .data.windows import window_average
 from .predictions import Predictor, scores_from_logits  # noqa: F401  (re-exported)
 
 
-CPU_BATCH_CELLS = 60_000  # mel bins x frames per forward pass on a CPU (see inference_batch_size)
+CPU_BATCH_CELLS = 60_000  # float32 mel bins x frames per forward pass on a CPU (see inference_batch_size)
 
 
-def inference_batch_size(model: torch.nn.Module, samples: int, device: str | torch.device = "cpu") -> int:
+def inference_batch_size(model: torch.nn.Module, samples: int, device: str | torch.device = "cpu",
+                         amp: bool = False) -> int:
     """Windows of ``samples`` per forward pass: 64 on an accelerator; on a CPU as many as make about
-    ``CPU_BATCH_CELLS`` mel x frame cells, so the activations stay in cache. Measured with the default ``cnn``
-    (64 mels, 0.75 s at 8 kHz: 76 frames, 4,864 cells) on the 2-core machine, ms a window: on 2 threads 0.42-0.43
-    for batches of 8-12, 0.73-0.74 for 16-20 (another day: 0.44 at 16, 0.78 at 32, so the cliff moves with the
-    machine's load); on 1 thread 0.73-0.76 for 12-20, 1.29 for 32. 60k cells (12 such windows) stays clear of
-    it."""
+    ``CPU_BATCH_CELLS`` mel x frame cells in float32, so the activations stay in cache, and twice as many under bf16
+    autocast (``amp``), whose activations take half the bytes. Measured with the default ``cnn`` (64 mels, 0.75 s at
+    8 kHz: 76 frames, 4,864 cells) on the 2-core machine, ms a window: float32 on 2 threads 0.42-0.43 for batches of
+    8-12, 0.73-0.74 for 16-20 (another day: 0.44 at 16, 0.78 at 32, so the cliff moves with the machine's load); on
+    1 thread 0.73-0.76 for 12-20, 1.29 for 32. 60k cells (12 such windows) stays clear of it. bf16 on 2 threads of
+    an AMX CPU: 0.42-0.44 at 12, 0.35-0.36 at 24, 0.33-0.34 at 32 (``bench/serving.py --amp``)."""
     config = getattr(getattr(model, "frontend", None), "config", None)
     if torch.device(device).type != "cpu" or config is None:
         return 64
-    return max(1, min(64, CPU_BATCH_CELLS // (config.n_mels * config.frames(samples))))
+    cells = CPU_BATCH_CELLS * (2 if amp else 1)
+    return max(1, min(64, cells // (config.n_mels * config.frames(samples))))
 
 
 def bf16_is_native(device: str | torch.device) -> bool:
@@ -61,7 +64,7 @@ def clip_logits(model: torch.nn.Module, clips: Sequence[np.ndarray], clip_sample
                 device: str | torch.device = "cpu", amp: bool = False) -> np.ndarray:
     """Logits ``(clips, classes)``: each clip is covered by half-overlapping windows whose logits are averaged.
     ``batch_size``: windows per forward pass (default :func:`inference_batch_size`); ``amp``: bf16 autocast."""
-    batch_size = batch_size or inference_batch_size(model, clip_samples, device)
+    batch_size = batch_size or inference_batch_size(model, clip_samples, device, amp)
     model.eval()
     forward = lambda batch: forward_logits(model, batch, device, amp)  # noqa: E731
     return window_average(clips, clip_samples, forward, model.num_classes, batch_size)

@@ -112,7 +112,8 @@ def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float |
         window_s = backend.clip_seconds
     if batch_size is None and backend.model is not None and window_s > 0:
         from .inference import inference_batch_size
-        batch_size = inference_batch_size(backend.model, int(round(window_s * sr)), backend.device)
+        batch_size = inference_batch_size(backend.model, int(round(window_s * sr)), backend.device,
+                                          getattr(backend.classifier, "amp", False))
     batch_size = 32 if batch_size is None else batch_size
     if window_s <= 0 or (hop_s is not None and hop_s <= 0) or block_s <= 0 or batch_size < 1:
         raise ValueError(f"window_s, hop_s, block_s and batch_size must be positive "

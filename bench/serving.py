@@ -185,7 +185,7 @@ def model_costs(run: str, threads: list[int], device: str, amp: bool) -> list[tu
 
     keep_activations_in_heap()  # as `audioclf serve` does
     clf = load(run, device, amp)
-    batch = inference_batch_size(clf.model, clf.clip_samples, device)
+    batch = inference_batch_size(clf.model, clf.clip_samples, device, amp)
     x = (np.random.default_rng(0).standard_normal((batch, clf.clip_samples)) * 0.1).astype(np.float32)
     rows = []
     for n in threads:

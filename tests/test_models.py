@@ -515,6 +515,8 @@ def test_inference_batch_size_keeps_cpu_batches_in_cache():
     assert size == min(64, CPU_BATCH_CELLS // (32 * frames))
     assert size * 32 * frames <= CPU_BATCH_CELLS < (size + 1) * 32 * frames or size == 64
     assert inference_batch_size(model, SR * 600, "cpu") == 1  # ten-minute windows: one at a time
+    bf16 = inference_batch_size(model, SAMPLES, "cpu", amp=True)  # activations of half the bytes: twice the cells
+    assert bf16 == min(64, 2 * CPU_BATCH_CELLS // (32 * frames)) and (bf16 > size or size == 64)
     assert inference_batch_size(model, SAMPLES, "cuda") == 64  # accelerators are not capped
     assert inference_batch_size(torch.nn.Linear(2, 2), SAMPLES, "cpu") == 64  # no front end to size it by
 
