@@ -58,10 +58,11 @@ def main() -> None:
                     with contextlib.redirect_stdout(log):
                         report = audioclf.train(manifest, run, epochs=None if epochs == "auto" else int(epochs))
                     config = audioclf.load(run).config
-                    steps = config["training"]["epochs"] * (config["split_sizes"]["train"] // config["training"]["batch_size"])
-                    rows.append((fraction, draw, config["split_sizes"]["train"], epochs, config["training"]["epochs"],
-                                 steps, report["accuracy"], config["metrics"]["train_seconds"]))
-                    print(f"fraction {fraction:g}, draw {draw}: {files} files, epochs {epochs}: "
+                    train, settings = config["split_sizes"]["train"], config["training"]
+                    steps = settings["epochs"] * (train // settings["batch_size"])  # the loader drops a partial batch
+                    rows.append((fraction, draw, train, epochs, settings["epochs"], steps, report["accuracy"],
+                                 config["metrics"]["train_seconds"]))
+                    print(f"fraction {fraction:g}, draw {draw}: {files} files picked, epochs {epochs}: "
                           f"{report['accuracy']:.2%}", flush=True)
     print(f"\n{'fraction':>8} {'draw':>4} {'train':>5} {'epochs':>11} {'steps':>5} {'test acc':>8} {'train s':>7}")
     for fraction, draw, train, asked, epochs, steps, acc, seconds in rows:

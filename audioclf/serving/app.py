@@ -47,9 +47,9 @@ worker alone (batch size 1), for comparison. ``app.state.batch_sizes`` counts ba
 Forward passes run on the event loop itself, one model call of at most
 :func:`audioclf.inference.inference_batch_size` windows at a time (12 windows of the default FSDD model on a CPU,
 24 under ``--amp``; about 5 ms on two cores), and the loop takes in other requests between calls, so a long
-recording never stalls the server for more than one call. No model thread: it would contend with the event loop for the GIL, which
-PyTorch takes back between operators (a 16-window pass took 10 ms alone and over 200 ms beside a busy Python
-thread; ``bench/gil.py``), and while a second thread that ran a pass lives, its OpenMP team makes every
+recording never stalls the server for more than one call. No model thread: it would contend with the event loop
+for the GIL, which PyTorch takes back between operators (a 16-window pass took 10 ms alone and over 200 ms beside a
+busy Python thread; ``bench/gil.py``), and while a second thread that ran a pass lives, its OpenMP team makes every
 multi-threaded pass on the loop's thread about 3x slower (libgomp stops spinning once it has more threads than
 cores; ``bench/gil.py``). Inline, a call has the GIL and every core to itself: 1.3x the requests/s at concurrency
 32 of the model thread this replaced, with micro-batching and without it (``bench/serving.py``; docs/experiments.md).
@@ -144,7 +144,8 @@ class Batcher:
         from ..inference import inference_batch_size
 
         clf = self.classifier
-        self._cap = inference_batch_size(clf.model, clf.clip_samples, clf.device, clf.amp)  # windows per model call at most
+        # windows per model call at most
+        self._cap = inference_batch_size(clf.model, clf.clip_samples, clf.device, clf.amp)
         self._loop = self._queue = self._task = None
         self._arrived: asyncio.Event | None = None
 
