@@ -165,3 +165,22 @@ def test_resume_keeps_the_precision_the_run_started_with(tones, tmp_path):
     bad = subprocess.run(_cmd(data, run, cache, "--resume", "--epochs", "1", other), env=_env(),
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and f"amp {started!r} -> {not started!r}" in bad.stderr
+
+
+def test_resume_keeps_the_automatic_settings_the_run_started_with(tones, tmp_path, monkeypatch, capsys):
+    # the epochs (and the other settings chosen from the data) resume as the interrupted run chose them, also when
+    # this version would choose otherwise: the schedule it was following ends where it would have
+    import audioclf
+    from audioclf.training import autoconfig
+
+    data, cache = tones
+    run = tmp_path / "auto"
+    settings = dict(cache_dir=str(cache), batch_size=8, device="cpu", seed=0, amp=False)
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch: 2)
+    audioclf.train(data, run, **settings)
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch: 4)  # another version's choice
+    audioclf.train(data, run, resume=True, **settings)
+    assert "epochs=2 (auto, kept from the interrupted run)" in capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    assert config["training"]["epochs"] == 2
+    assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2  # no epoch trained past the old schedule

@@ -53,8 +53,13 @@ def resolve_amp(amp: bool | None, device: torch.device) -> bool:
     return bf16_is_native(device) if amp is None else amp
 
 
-def resolve_settings(cfg: TrainConfig, manifest, n_train: int) -> dict:
-    """Fill every ``None`` in ``cfg`` from the data; returns the concrete settings."""
+AUTO_SETTINGS = ("sample_rate", "clip_seconds", "model", "model_args", "batch_size", "epochs")  # chosen from the data
+
+
+def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | None = None) -> dict:
+    """Fill every ``None`` in ``cfg`` from the data; returns the concrete settings. ``resumed``: the interrupted run's
+    ``AUTO_SETTINGS`` (``--resume``), which its automatic choices keep, so that it ends as it would have, also when
+    this version of audioclf would choose otherwise (as the precision does)."""
     summary = autoconfig.summarise(manifest, cfg.seed)
     print(f"data: {summary.describe()}")
     batch_size = cfg.batch_size or autoconfig.choose_batch_size(n_train)
@@ -72,7 +77,11 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int) -> dict:
     }
     auto = [k for k, v in (("sample_rate", cfg.sample_rate), ("clip_seconds", cfg.clip_seconds), ("model", cfg.model),
                            ("batch_size", cfg.batch_size), ("epochs", cfg.epochs)) if v is None]
-    print("settings: " + ", ".join(f"{k}={chosen[k]}" + (" (auto)" if k in auto else "")
+    if resumed:
+        chosen.update({k: resumed[k] for k in auto + ["model_args"] * ("model" in auto) if k in resumed})
+        model_args = chosen["model_args"]
+    tag = " (auto, kept from the interrupted run)" if resumed else " (auto)"
+    print("settings: " + ", ".join(f"{k}={chosen[k]}" + (tag if k in auto else "")
                                    for k in ("sample_rate", "clip_seconds", "model", "batch_size", "epochs"))
           + f", model_args={model_args}, class-balanced loss={'on' if chosen['balance'] else 'off'}")
     chosen["auto"] = auto
@@ -189,9 +198,10 @@ class TrainingData:
         return [self.clips[self.manifest.items[i].path] for i in idx]
 
 
-def prepare_data(cfg: TrainConfig, data, run: Path, main: bool) -> TrainingData:
-    """Manifest, split, settings (filled from the data, or from the --init-from run) and decoded clips; writes
-    ``skipped.csv`` (rank 0). Fills ``cfg``'s audio settings when shards or a fine-tune fix them."""
+def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | None = None) -> TrainingData:
+    """Manifest, split, settings (filled from the data, or from the --init-from run; ``resumed``: as in
+    :func:`resolve_settings`) and decoded clips; writes ``skipped.csv`` (rank 0). Fills ``cfg``'s audio settings when
+    shards or a fine-tune fix them."""
     from ..data import shards as shard_data
     source = shard_data.ShardSource(data) if shard_data.is_shard_source(data) else None  # tar shards: streamed
     manifest = (source.manifest() if source else load_manifest(data, cfg.pattern)).require_classes()
@@ -211,7 +221,7 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool) -> TrainingData:
         cfg.sample_rate, cfg.clip_seconds = settings_from["frontend"]["sample_rate"], settings_from["clip_seconds"]
         cfg.model, cfg.n_mels = settings_from["model"], settings_from["frontend"]["n_mels"]
         cfg.level_norm = settings_from["frontend"]["level_norm"]  # read_config fills it for older runs
-    s = resolve_settings(cfg, manifest, len(split.train))
+    s = resolve_settings(cfg, manifest, len(split.train), resumed)
     if init:
         s["model_args"] = dict(init.config["model_args"])
     cache = AudioCache(cfg.cache_dir, s["sample_rate"])
@@ -304,7 +314,7 @@ def train(data, out, **settings) -> dict:
     cfg.amp = resolve_amp(cfg.amp, device)  # recorded too: what ran, not "auto"
 
     # --- data: manifest, split, settings, decoded clips
-    d = prepare_data(cfg, data, run, main)
+    d = prepare_data(cfg, data, run, main, saved_state[1].get("settings") if saved_state else None)
     s, labels, multilabel, y = d.settings, d.labels, d.multilabel, d.y
     train_idx, val_idx, test_idx, init = d.train, d.val, d.test, d.init
     sr, clip_samples = s["sample_rate"], int(round(s["clip_seconds"] * s["sample_rate"]))
@@ -366,7 +376,8 @@ def train(data, out, **settings) -> dict:
         save_state(run, model, optimizer, ema, cfg, {
             "epoch": epoch, "batches_done": batches_done, "epoch_done": epoch_done, "step": step,
             "best": list(best) if best is not None else None, "best_epoch": best_epoch,
-            "thresholds": thresholds, "rows": rows, "running": list(running)})
+            "thresholds": thresholds, "rows": rows, "running": list(running),
+            "settings": {k: s[k] for k in AUTO_SETTINGS}})
     t_start = time.perf_counter()
     for epoch in range(start_epoch, epochs + 1):
         t_epoch = time.perf_counter()
