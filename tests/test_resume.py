@@ -128,7 +128,11 @@ def test_state_files_are_not_pickle_and_name_the_tensors(tones, reference, tmp_p
     meta = json.loads((run / "state" / "state.json").read_text())
     assert meta["epoch"] == 3 and meta["epoch_done"] and meta["step"] == 3 * meta["batches_done"] > 0
     blob = (run / "state" / "state.safetensors").read_bytes()
-    assert meta["safetensors_size"] == len(blob) and not blob.startswith(b"\x80")  # no pickle protocol header
+    # the safetensors layout (a little-endian u64 header length, then the JSON header), not a pickle or zip: the
+    # first byte alone is the header length's lowest byte, which can be anything, 0x80 (pickle's mark) included
+    header = int.from_bytes(blob[:8], "little")
+    assert meta["safetensors_size"] == len(blob) and blob[8:9] == b"{" and 8 + header <= len(blob)
+    assert json.loads(blob[8:8 + header])["__metadata__"]["audioclf_state"]
     tensors = load_file(run / "state" / "state.safetensors")
     assert tensors["rng.torch"].dtype == torch.uint8
     assert any(k.startswith("optimizer.") and k.endswith(".exp_avg") for k in tensors)
