@@ -78,7 +78,8 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
     auto = [k for k, v in (("sample_rate", cfg.sample_rate), ("clip_seconds", cfg.clip_seconds), ("model", cfg.model),
                            ("batch_size", cfg.batch_size), ("epochs", cfg.epochs)) if v is None]
     if resumed:
-        chosen.update({k: resumed[k] for k in auto + ["model_args"] * ("model" in auto) if k in resumed})
+        kept = auto + (["model_args"] if "model" in auto else [])  # an automatic model comes with its arguments
+        chosen.update({k: resumed[k] for k in kept if k in resumed})
         model_args = chosen["model_args"]
     tag = " (auto, kept from the interrupted run)" if resumed else " (auto)"
     print("settings: " + ", ".join(f"{k}={chosen[k]}" + (tag if k in auto else "")
