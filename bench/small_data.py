@@ -22,9 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "datasets/fsdd"
 
 
-def subset_manifest(path: Path, fraction: float, draw: int) -> int:
-    """Write the subset's manifest to ``path``; returns its number of training files."""
-    rows = list(csv.DictReader(open(FSDD / "manifest.csv", newline="")))
+def subset_manifest(rows: list[dict], path: Path, fraction: float, draw: int) -> int:
+    """Write the subset of FSDD's manifest ``rows`` to ``path``; returns its number of training files."""
     train = [r for r in rows if r["fold"] != "0"]
     picked = random.Random(draw).sample(train, int(len(train) * fraction))
     with open(path, "w", newline="") as f:
@@ -37,6 +36,7 @@ def subset_manifest(path: Path, fraction: float, draw: int) -> int:
 
 def main() -> None:
     import audioclf
+    from audioclf.checkpoint import read_config
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fractions", default="0.05,0.1", help="fractions of the 2,700 training clips")
@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--epochs", default="auto,50", help="'auto' and/or epoch counts, one run each")
     ap.add_argument("--out", default=None, help="folder for the manifests and run folders (default: a temporary one)")
     args = ap.parse_args()
+    with open(FSDD / "manifest.csv", newline="") as f:
+        fsdd = list(csv.DictReader(f))
     with contextlib.ExitStack() as stack:
         out = Path(args.out or stack.enter_context(tempfile.TemporaryDirectory(prefix="audioclf-small-")))
         out.mkdir(parents=True, exist_ok=True)
@@ -51,13 +53,13 @@ def main() -> None:
         for fraction in (float(x) for x in args.fractions.split(",")):
             for draw in (int(x) for x in args.draws.split(",")):
                 manifest = out / f"fsdd-{fraction:g}-{draw}.csv"
-                files = subset_manifest(manifest, fraction, draw)
+                files = subset_manifest(fsdd, manifest, fraction, draw)
                 for epochs in args.epochs.split(","):
                     run = out / f"{manifest.stem}-{epochs}"
                     log = io.StringIO()
                     with contextlib.redirect_stdout(log):
                         report = audioclf.train(manifest, run, epochs=None if epochs == "auto" else int(epochs))
-                    config = audioclf.load(run).config
+                    config = read_config(run)
                     train, settings = config["split_sizes"]["train"], config["training"]
                     steps = settings["epochs"] * (train // settings["batch_size"])  # the loader drops a partial batch
                     rows.append((fraction, draw, train, epochs, settings["epochs"], steps, report["accuracy"],

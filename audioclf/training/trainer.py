@@ -75,8 +75,7 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
         "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size),
         "balance": cfg.balance == "on" or (cfg.balance == "auto" and summary.imbalance > 3),
     }
-    auto = [k for k, v in (("sample_rate", cfg.sample_rate), ("clip_seconds", cfg.clip_seconds), ("model", cfg.model),
-                           ("batch_size", cfg.batch_size), ("epochs", cfg.epochs)) if v is None]
+    auto = [k for k in AUTO_SETTINGS if k != "model_args" and getattr(cfg, k) is None]
     if resumed:
         kept = auto + (["model_args"] if "model" in auto else [])  # an automatic model comes with its arguments
         chosen.update({k: resumed[k] for k in kept if k in resumed})
