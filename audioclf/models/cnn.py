@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import AudioClassifier, at_least_float32, time_pool
+from .base import AudioClassifier, pooling_precision, time_pool
 from .registry import register_model
 
 
@@ -59,7 +59,7 @@ class ConvRNN(AudioClassifier):
         return self.rnn(x.transpose(1, 2))[0]
 
     def pool(self, features):
-        features = at_least_float32(features)  # as in time_pool: a bf16 amax after a mean breaks under torch.compile
+        features = pooling_precision(features)  # as in time_pool
         return features.amax(dim=1) + features.mean(dim=1)
 
 
