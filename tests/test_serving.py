@@ -243,6 +243,27 @@ def test_a_decoder_crash_fails_that_request_and_the_server_goes_on(run, clf, mon
         assert r.status_code == 200 and r.json()[0]["label"] == clf.predict(CLIPS[3])[0]["label"]
 
 
+def test_a_failing_forward_pass_is_a_json_500_and_the_server_goes_on(run, clf, monkeypatch, caplog):
+    app = create_app(run)
+    batcher, real, calls = app.state.batcher, app.state.batcher._logits, []
+
+    def logits(stacked):
+        calls.append(len(stacked))
+        if len(calls) == 1:
+            raise RuntimeError("simulated kernel failure")
+        return real(stacked)
+
+    monkeypatch.setattr(batcher, "_logits", logits)
+    with TestClient(app) as c:
+        r = c.post("/v1/classify", content=clip_bytes(2))
+        assert_error(r, 500, "internal_error")
+        assert r.json()["detail"] == "RuntimeError: simulated kernel failure"
+        assert any(rec.exc_info and "simulated kernel failure" in str(rec.exc_info[1]) for rec in caplog.records)
+        r = c.post("/v1/classify", content=clip_bytes(2))
+        assert r.status_code == 200 and r.json()[0]["label"] == clf.predict(CLIPS[2])[0]["label"]
+    assert calls == [1, 1]
+
+
 def test_bad_multipart_and_empty_bodies_are_400(client):
     mp = "multipart/form-data; boundary=XyZ"
     cases = [

@@ -53,6 +53,9 @@ busy Python thread; ``bench/gil.py``), and while a second thread that ran a pass
 multi-threaded pass on the loop's thread about 3x slower (libgomp stops spinning once it has more threads than
 cores; ``bench/gil.py``). Inline, a call has the GIL and every core to itself: 1.3x the requests/s at concurrency
 32 of the model thread this replaced, with micro-batching and without it (``bench/serving.py``; docs/experiments.md).
+
+``POST /v1/classify`` is dispatched to its endpoint before FastAPI's and Starlette's middleware and routing
+(:class:`_Service`): the server floor (everything but the model) went from about 3,300 to 4,500 requests/s.
 """
 from __future__ import annotations
 
@@ -81,6 +84,7 @@ from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
 log = logging.getLogger("audioclf.serving")
 
 STATIC = Path(__file__).resolve().parent / "static"
+CLASSIFY_PATH = "/v1/classify"
 MEMORY_BODY_BYTES = 1 << 20  # uploads up to this size stay in memory; larger ones spool to a private temp file
 INLINE_DECODE_BYTES = 256 << 10  # in-memory uploads up to this size and INLINE_DECODE_SECONDS long (as declared)
 INLINE_DECODE_SECONDS = 30.0     # are decoded on the event loop (well under a millisecond for a short clip)
@@ -104,6 +108,15 @@ class ApiError(Exception):
 
 def _error(status: int, error: str, detail, headers=None) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail}, status_code=status, headers=headers)
+
+
+def error_response(exc: Exception) -> JSONResponse:
+    """The answer to an exception raised by an endpoint: an :class:`ApiError`'s own status, anything else a 500
+    (logged with its traceback)."""
+    if isinstance(exc, ApiError):
+        return _error(exc.status, exc.error, exc.detail, exc.headers)
+    log.error("unhandled error", exc_info=exc)
+    return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
 _SLUGS = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large",
@@ -573,10 +586,10 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
             decoders.close()
             shutil.rmtree(upload_dir, ignore_errors=True)
 
-    app = FastAPI(title="audioclf", version=_version(),
-                  description=f"Audio classification with the `{model_name}` model of `{Path(run_dir).name}` "
-                              f"({len(clf.labels)} labels). POST audio to `/v1/classify`.",
-                  lifespan=lifespan)
+    app = _Service(title="audioclf", version=_version(),
+                   description=f"Audio classification with the `{model_name}` model of `{Path(run_dir).name}` "
+                               f"({len(clf.labels)} labels). POST audio to `/v1/classify`.",
+                   lifespan=lifespan)
     app.state.classifier, app.state.batcher, app.state.upload_dir = clf, batcher, upload_dir
     app.state.decoders = decoders
     app.state.batch_sizes = batcher.batch_sizes
@@ -585,8 +598,9 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
     weakref.finalize(app, decoders.close)
 
     @app.exception_handler(ApiError)
-    async def _api_error(request, exc: ApiError):
-        return _error(exc.status, exc.error, exc.detail, exc.headers)
+    @app.exception_handler(Exception)
+    async def _answer_error(request, exc: Exception):
+        return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request, exc: StarletteHTTPException):
@@ -597,11 +611,6 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
     async def _validation_error(request, exc: RequestValidationError):
         detail = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
         return _error(400, "bad_request", detail)
-
-    @app.exception_handler(Exception)
-    async def _internal_error(request, exc: Exception):
-        log.exception("unhandled error")
-        return _error(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index():
@@ -626,7 +635,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
                 "micro_batching": batcher.micro_batching, "max_batch": batcher.max_batch,
                 "max_wait_ms": batcher.max_wait_ms}
 
-    @app.post("/v1/classify", summary="Classify an audio file", responses=_CLASSIFY_RESPONSES,
+    @app.post(CLASSIFY_PATH, summary="Classify an audio file", responses=_CLASSIFY_RESPONSES,
               openapi_extra={"requestBody": _CLASSIFY_BODY, "parameters": _query_openapi(top_k)})
     async def classify(request: Request):
         """Audio as the multipart field `file`, or as the raw request body (any content type).
@@ -664,7 +673,28 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         return JSONResponse({"predictions": preds, "events": found, "duration": len(clip) / clf.sample_rate,
                              "window": clf.clip_samples / clf.sample_rate})
 
+    app.classify = classify
     return app
+
+
+class _Service(FastAPI):
+    """The FastAPI app, with ``POST /v1/classify`` handed straight to its endpoint (:attr:`classify`) before
+    FastAPI's and Starlette's middleware and routing, which took 17% of the event loop's samples under load
+    (docs/experiments.md, sessions 18-19). The route stays declared for the OpenAPI page; other methods on its path
+    reach the router as usual (405). Errors are answered as the app's exception handlers answer them
+    (:func:`error_response`)."""
+
+    classify = None  # async (Request) -> Response, set by create_app
+
+    async def __call__(self, scope, receive, send):
+        if (self.classify is None or scope["type"] != "http" or scope["method"] != "POST"
+                or scope["path"] != CLASSIFY_PATH):
+            return await super().__call__(scope, receive, send)
+        try:
+            response = await self.classify(Request(scope, receive, send))
+        except Exception as exc:  # noqa: BLE001 -- answered as the app's handlers answer it
+            response = error_response(exc)
+        await response(scope, receive, send)
 
 
 def _version() -> str:
