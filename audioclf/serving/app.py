@@ -69,11 +69,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -684,11 +685,10 @@ class _Service(FastAPI):
     reach the router as usual (405). Errors are answered as the app's exception handlers answer them
     (:func:`error_response`)."""
 
-    classify = None  # async (Request) -> Response, set by create_app
+    classify: Callable[[Request], Awaitable[Response]]  # the endpoint, set by create_app
 
     async def __call__(self, scope, receive, send):
-        if (self.classify is None or scope["type"] != "http" or scope["method"] != "POST"
-                or scope["path"] != CLASSIFY_PATH):
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != CLASSIFY_PATH:
             return await super().__call__(scope, receive, send)
         try:
             response = await self.classify(Request(scope, receive, send))
