@@ -1,13 +1,14 @@
 """HTTP serving benchmark: requests/s and latency of ``audioclf serve``, micro-batching on vs off.
 
     python bench/serving.py RUN [--requests 200] [--rounds 3] [--max-seconds 20] [--concurrency 1,8,32] [--threads N]
-                               [--device cuda] [--amp]
+                               [--device cuda] [--amp] [--upload wav|flac]
 
 Starts two servers on loopback (``--micro-batching`` and ``--no-micro-batching``, otherwise identical), then for
-each concurrency level drives both in turn with minimal asyncio HTTP/1.1 clients (:class:`Connection`): ``concurrency`` clients each POST a real
-FSDD clip (raw body), wait for the answer and send the next, until ``--requests`` answers or ``--max-seconds``
-(after an unmeasured warm-up of 2 requests per client, which opens the connections). ``--rounds`` repeats every
-case, interleaving on/off, so slow drift in the machine's load affects both alike. Prints one table (median
+each concurrency level drives both in turn with minimal asyncio HTTP/1.1 clients (:class:`Connection`):
+``concurrency`` clients each POST a real FSDD clip (raw body: 16-bit WAV, as FSDD publishes its recordings, or with
+``--upload flac`` the bundle's FLAC), wait for the answer and send the next, until ``--requests`` answers or
+``--max-seconds`` (after an unmeasured warm-up of 2 requests per client, which opens the connections). ``--rounds``
+repeats every case, interleaving on/off, so slow drift in the machine's load affects both alike. Prints one table (median
 req/s over the rounds and its range, pooled p50/p99 latency, mean forward batch from ``/v1/stats``) and the
 on/off throughput ratio at the highest concurrency. The client shares the machine with the server, as a local
 client would, so on a small machine its CPU use is part of what is measured.
@@ -41,6 +42,20 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = sorted(glob.glob(str(ROOT / "datasets/fsdd/recordings/*.flac")))
+
+
+def upload_body(path: str, upload: str) -> bytes:
+    """A bundled FSDD clip as the client sends it: the FLAC file's bytes, or the same samples as 16-bit PCM WAV."""
+    if upload == "flac":
+        return Path(path).read_bytes()
+    import io
+
+    import soundfile as sf
+
+    samples, rate = sf.read(path, dtype="int16")
+    out = io.BytesIO()
+    sf.write(out, samples, rate, format="WAV", subtype="PCM_16")
+    return out.getvalue()
 
 
 def free_port() -> int:
@@ -94,7 +109,7 @@ class Connection:
         return cls(reader, writer, host)
 
     @staticmethod
-    def request(method: str, path: str, body: bytes = b"", content_type: str = "audio/flac") -> bytes:
+    def request(method: str, path: str, body: bytes = b"", content_type: str = "audio/wav") -> bytes:
         head = f"{method} {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n"
         return (head + (f"Content-Type: {content_type}\r\n" if body else "") + "\r\n").encode() + body
 
@@ -120,8 +135,10 @@ class Connection:
 async def drive(url: str, bodies: list[bytes], concurrency: int, requests: int, max_seconds: float,
                 warmup: int | None = None) -> dict:
     """``concurrency`` closed-loop clients, each on its own keep-alive connection, each sending the next request
-    when its answer is in; the first ``warmup`` answers (default 2 per client) are not measured."""
-    raws = [Connection.request("POST", "/v1/classify", body) for body in bodies]
+    when its answer is in; the first ``warmup`` answers (default 2 per client) are not measured. ``bodies``: WAV or
+    FLAC files (the content type follows the first bytes)."""
+    raws = [Connection.request("POST", "/v1/classify", body, "audio/flac" if body[:4] == b"fLaC" else "audio/wav")
+            for body in bodies]
     conns = [await Connection.open(url) for _ in range(concurrency)]
     try:
         async def phase(n: int, seconds: float) -> tuple[list[float], int, float]:
@@ -228,6 +245,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="the servers' --device (cpu, cuda)")
     ap.add_argument("--clips", type=int, default=64, help="distinct FSDD clips sent in turn")
     ap.add_argument("--amp", action="store_true", help="the servers' --amp (bf16 autocast), and the model alone's")
+    ap.add_argument("--upload", choices=("wav", "flac"), default="wav",
+                    help="what the clients send: 16-bit PCM WAV (FSDD's own format) or the bundle's FLAC")
     ap.add_argument("--stub-port", type=int, help=argparse.SUPPRESS)  # internal: run the stub server
     args = ap.parse_args()
     if args.stub_port:
@@ -236,7 +255,7 @@ def main() -> None:
         return
     if not FSDD:
         raise SystemExit("no FSDD recordings under datasets/fsdd/recordings")
-    bodies = [Path(p).read_bytes() for p in FSDD[::max(1, len(FSDD) // args.clips)][:args.clips]]
+    bodies = [upload_body(p, args.upload) for p in FSDD[::max(1, len(FSDD) // args.clips)][:args.clips]]
     levels = [int(c) for c in args.concurrency.split(",")]
     import torch
     costs = model_costs(args.run, sorted({1, args.threads or torch.get_num_threads()}), args.device, args.amp)
@@ -267,7 +286,7 @@ def main() -> None:
             proc.wait(10)
 
     print(f"\naudioclf serve, {Path(args.run).name}: FSDD clips ({np.mean([len(b) for b in bodies]) / 1024:.1f} KiB "
-          f"FLAC each), {os.cpu_count()} CPUs, device {args.device}, torch threads {args.threads or 'default'}, max_batch {args.max_batch}, "
+          f"{args.upload.upper()} each), {os.cpu_count()} CPUs, device {args.device}, torch threads {args.threads or 'default'}, max_batch {args.max_batch}, "
           f"max_wait_ms {args.max_wait_ms:g}, {'bf16 autocast' if args.amp else 'float32'}")
     print(f"{'micro-batching':>14} {'concurrency':>11} {'requests':>8} {'req/s':>8} {'(range)':>13} {'p50 ms':>8} "
           f"{'p99 ms':>8} {'mean batch':>10} {'errors':>6}")

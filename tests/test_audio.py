@@ -1,6 +1,7 @@
 """Tests for audioclf.audio: decoding across formats, resampling, streaming and bad files."""
 from __future__ import annotations
 
+import io
 import pickle
 import subprocess
 import sys
@@ -367,6 +368,29 @@ def test_bytes_decode_like_the_file(tmp_path, kind):
         assert audio_info(source) == audio_info(path)
         np.testing.assert_array_equal(np.concatenate(list(iter_blocks(source, SR, 1000)), axis=1),
                                       read_audio(path, SR))
+
+
+@pytest.mark.parametrize("subtype", ["PCM_U8", "PCM_16", "PCM_24", "PCM_32", "FLOAT", "DOUBLE"])
+@pytest.mark.parametrize("channels", [1, 2, 6])  # six: WAVE_FORMAT_EXTENSIBLE
+def test_wav_bytes_are_read_without_libsndfile_as_libsndfile_reads_them(monkeypatch, subtype, channels):
+    """A WAV upload held in memory is parsed in place (no libsndfile open): the same float32 values libsndfile
+    gives, bit for bit, across sample formats, channel counts and a length over one read block; read_mono_limited
+    still refuses it past the limit."""
+    x = np.random.default_rng(channels).uniform(-1, 1, (70001, channels)).astype(np.float32)
+    x[0] = 1.0
+    x[1] = -1.0
+    buf = io.BytesIO()
+    sf.write(buf, x, 11025, format="WAV", subtype=subtype)
+    data = buf.getvalue()
+    expected = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)[0].T
+    monkeypatch.setattr(audio_module.sf, "SoundFile", _CountingSoundFile)
+    _CountingSoundFile.opened = 0
+    np.testing.assert_array_equal(read_audio(data, mono=False), expected)
+    np.testing.assert_array_equal(read_audio(data), expected.mean(axis=0, keepdims=True, dtype=np.float32))
+    np.testing.assert_array_equal(read_mono_limited(data, 16000, 7.0), read_audio(data, 16000)[0])
+    with pytest.raises(AudioTooLong, match="exceeds the limit of 6 s"):
+        read_mono_limited(data, 16000, 6.0)
+    assert _CountingSoundFile.opened == 0
 
 
 @pytest.mark.parametrize("kind", [k for k in BAD if k not in ("missing", "directory")])
