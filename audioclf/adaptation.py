@@ -110,7 +110,7 @@ def adapt_run(run, paths, out, max_windows: int | None = None, cache_dir=None, d
     max_windows = ADAPT_MAX_WINDOWS if max_windows is None else max_windows
     if max_windows < 1:  # before any decoding
         raise ValueError(f"max_windows must be at least 1, not {max_windows}")
-    clf = load(run, device)
+    clf = load(run, device, fold_batchnorm=False)  # the batch norms are what adapts
     check_adaptable(clf.model)  # before any decoding
     clips, bad = AudioCache(cache_dir, clf.sample_rate).load([str(p) for p in paths])
     for path, reason in bad:
@@ -142,7 +142,7 @@ def adapted_test_report(run, items, adapt_clips: int, cache_dir=None, seed: int 
     from .evaluation.evaluate import build_report
     from .inference import load, scores_from_logits
 
-    clf = load(run, device)
+    clf = load(run, device, fold_batchnorm=False)  # the batch norms are what adapts
     clips, _ = AudioCache(cache_dir, clf.sample_rate).load([it.path for it in items])
     items = [it for it in items if it.path in clips]
     if len(items) <= adapt_clips:

@@ -95,8 +95,14 @@ class Classifier(Predictor):
         return forward_logits(self.model, batch, self.device, self.amp, spectrogram)
 
 
-def load(run_dir, device: str = "cpu", amp: bool = False) -> Classifier:
+def load(run_dir, device: str = "cpu", amp: bool = False, fold_batchnorm: bool = True) -> Classifier:
     """Rebuild the classifier saved in ``run_dir`` (``model.safetensors`` + ``config.json``); ``amp``: bf16
-    autocast in its forward passes (default float32)."""
+    autocast in its forward passes (default float32). ``fold_batchnorm``: batch norms after convolutions folded
+    into them (:func:`audioclf.models.fusion.fold_batchnorm`; faster, the same scores); False keeps them, for code
+    that changes them (:mod:`audioclf.adaptation`)."""
+    from .models.fusion import fold_batchnorm as fold
+
     model, config = load_run(run_dir, device)
+    if fold_batchnorm:
+        fold(model.eval())
     return Classifier(model, config, device, amp)

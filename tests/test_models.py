@@ -15,6 +15,7 @@ from audioclf.augment import (AugmentConfig, ChannelAugment, SpecAugment, TimeSt
 from audioclf.features import FrontendConfig
 from audioclf.models import AudioClassifier, create_model, list_models, register_model
 from audioclf.models.base import Frontend
+from audioclf.models.fusion import fold_batchnorm
 from audioclf.models.summary import forward_gflops, model_table
 
 SR = 8000
@@ -109,6 +110,33 @@ def test_eval_is_deterministic_and_batch_independent(name):
         single = model(x[1:2])
     assert torch.equal(a, b)
     torch.testing.assert_close(single[0], a[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_folding_batch_norms_into_convs_keeps_the_logits(name):
+    """``fold_batchnorm`` (what ``audioclf.load`` does for inference) removes every conv-then-batch-norm pair's norm
+    and leaves the eval-mode logits as they were; with statistics far from the identity, so a wrong fold shows."""
+    model = build(name)
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) * 4 + 0.1)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g))
+    with pytest.raises(ValueError, match="eval mode"):
+        fold_batchnorm(model.train())
+    model.eval()
+    x = waves(batch=3)
+    pairs = sum(isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.BatchNorm2d)
+                for seq in model.modules() if isinstance(seq, torch.nn.Sequential) for a, b in zip(seq, seq[1:]))
+    with torch.no_grad():
+        before = model(x)
+        assert fold_batchnorm(model) == pairs
+        after = model(x)
+    if name.startswith("cnn") or name == "crnn":
+        assert pairs > 0 and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.body.modules())
+    torch.testing.assert_close(after, before, atol=1e-4 * before.abs().max().item(), rtol=1e-4)
 
 
 def test_unknown_model_lists_registered_models():
