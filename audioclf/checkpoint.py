@@ -31,6 +31,7 @@ __all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "FORMAT_VERSION", "CheckpointError", "
 _MAX_CLASSES = 100_000
 _MAX_ARG = 1e6
 _MAX_PARAMS = 2_000_000_000  # a run whose config describes a bigger model is refused before allocation
+_MAX_MEMBERS = 64  # models in an ensemble run
 _TASKS = ("single_label", "multi_label")
 _RESERVED_ARGS = {"name", "num_classes", "frontend", "augment"}
 
@@ -57,8 +58,10 @@ def _jsonable(value):
 
 
 def model_config(model) -> dict:
-    """What :func:`load_run` needs to rebuild ``model``: name, constructor args, class count, front end, augment."""
-    return {
+    """What :func:`load_run` needs to rebuild ``model``: name, constructor args, class count, front end, augment,
+    and for an :class:`~audioclf.models.ensemble.Ensemble` its member count (``ensemble``)."""
+    members = getattr(model, "members", None)
+    return {**({"ensemble": len(members)} if members is not None else {}),
         "model": model.model_name,
         "model_args": _jsonable(dict(model.model_args)),
         "num_classes": int(model.num_classes),
@@ -94,8 +97,8 @@ def save_run(run_dir, model, config: dict) -> None:
     from . import __version__
 
     run = Path(run_dir)
-    full = {**dict(config), "format_version": FORMAT_VERSION, "audioclf_version": __version__,
-            **model_config(model)}
+    full = {**{k: v for k, v in dict(config).items() if k != "ensemble"},  # the model says whether it is one
+            "format_version": FORMAT_VERSION, "audioclf_version": __version__, **model_config(model)}
     validate_config(full, run)
     try:
         text = json.dumps(full, indent=2, sort_keys=False) + "\n"
@@ -245,6 +248,8 @@ def _check_config(cfg) -> list[str]:
             errors.append("key 'thresholds' must be a list of finite numbers")
         elif n is not None and len(thresholds) != n:
             errors.append(f"key 'thresholds' has {len(thresholds)} entries but num_classes is {n}")
+    if "ensemble" in cfg:
+        errors += _check_number(cfg, "ensemble", "", 2, _MAX_MEMBERS, integer=True)
     return errors
 
 
@@ -261,7 +266,8 @@ def read_config(run_dir) -> dict:
     Required: format_version (1), model (registered name), num_classes (1..100000), labels (unique strings,
     one per class), frontend (all FrontendConfig fields, nothing else, sane ranges), model_args (JSON scalars
     or lists, numbers within +-1e6), augment (AugmentConfig fields), clip_seconds (0.01..3600), task
-    (single_label / multi_label). Optional: thresholds (one number per class). Other top-level keys
+    (single_label / multi_label). Optional: thresholds (one number per class), ensemble (2..64 members of the
+    model, weights ``members.K.*``). Other top-level keys
     (training args, metrics) are allowed and returned untouched.
     """
     run = Path(run_dir)
@@ -309,14 +315,17 @@ def load_run(run_dir, device="cpu"):
     from safetensors.torch import load_file
 
     from .models import create_model
+    from .models.ensemble import Ensemble
 
     run = Path(run_dir)
     config = read_config(run)
     weights = run / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(run, f"no {WEIGHTS_NAME} in {run}")
-    build = lambda: create_model(config["model"], config["num_classes"], frontend=config["frontend"],  # noqa: E731
-                                 augment=config["augment"], **config["model_args"])
+    def build():
+        one = lambda: create_model(config["model"], config["num_classes"], frontend=config["frontend"],  # noqa: E731
+                                   augment=config["augment"], **config["model_args"])
+        return Ensemble([one() for _ in range(config["ensemble"])]) if "ensemble" in config else one()
     try:
         with torch.device("meta"):  # size the model first, without allocating anything
             n_params = sum(t.numel() for t in build().state_dict().values())

@@ -46,5 +46,10 @@ class InitSource:
 
 
 def init_from_run(run) -> InitSource:
+    """The run to start from; an ensemble run is refused (its tensors match no single model): name a member."""
     run = Path(run)
-    return InitSource(run, read_config(run))
+    config = read_config(run)
+    if "ensemble" in config:
+        raise ValueError(f"--init-from {run}: an ensemble of {config['ensemble']} models; fine-tune from one of them "
+                         f"({run / 'member-1'}, ...)")
+    return InitSource(run, config)

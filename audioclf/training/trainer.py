@@ -53,6 +53,12 @@ def resolve_amp(amp: bool | None, device: torch.device) -> bool:
     return bf16_is_native(device) if amp is None else amp
 
 
+def split_seed(cfg: TrainConfig) -> int:
+    """The seed of the hold-outs and of the data summary the automatic settings come from: ``--split-seed``, else
+    ``--seed``. The training randomness (initialisation, order, augmentation) follows ``--seed`` alone."""
+    return cfg.seed if cfg.split_seed is None else cfg.split_seed
+
+
 AUTO_SETTINGS = ("sample_rate", "clip_seconds", "model", "model_args", "batch_size", "epochs")  # chosen from the data
 
 
@@ -60,7 +66,7 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
     """Fill every ``None`` in ``cfg`` from the data; returns the concrete settings. ``resumed``: the interrupted run's
     ``AUTO_SETTINGS`` (``--resume``), which its automatic choices keep, so that it ends as it would have, also when
     this version of audioclf would choose otherwise (as the precision does)."""
-    summary = autoconfig.summarise(manifest, cfg.seed)
+    summary = autoconfig.summarise(manifest, split_seed(cfg))
     print(f"data: {summary.describe()}")
     batch_size = cfg.batch_size or autoconfig.choose_batch_size(n_train)
     model, model_args = autoconfig.choose_model(n_train)
@@ -211,7 +217,7 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
     if cfg.noise_dir is None and manifest.noise_dir:
         cfg.noise_dir = manifest.noise_dir
         print(f"noise: background noise for augmentation from the data set's {cfg.noise_dir}")
-    split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, cfg.seed)
+    split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, split_seed(cfg))
     print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label"
           + ("; validation shares train's groups (the test fold does, or train has under 10 groups)"
              if split.val_shares_groups else ""))
@@ -301,6 +307,11 @@ def train(data, out, **settings) -> dict:
     """
     cfg = TrainConfig(**settings)
     augment = augment_config(cfg)  # a bad --aug fails here, before any work
+    if cfg.ensemble < 1:
+        raise ValueError(f"--ensemble must be at least 1, got {cfg.ensemble}")
+    if cfg.ensemble > 1:
+        from .ensemble import train_ensemble
+        return train_ensemble(data, out, cfg)
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)

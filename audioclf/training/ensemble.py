@@ -1,0 +1,64 @@
+"""``audioclf train --ensemble K``: K runs that differ only in their training seed, kept as one model."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..checkpoint import load_run, read_config, save_run
+from ..evaluation.metrics import tune_thresholds
+from ..inference import clip_logits, scores_from_logits
+from ..models.ensemble import Ensemble
+from .config import TrainConfig
+
+MEMBER_SEED_STEP = 1000  # member k trains with seed + 1000 k: far from the seeds a user runs side by side
+
+
+def train_ensemble(data, out, cfg: TrainConfig) -> dict:
+    """Train ``cfg.ensemble`` members into ``OUT/member-1`` ... (complete runs with their own reports), all on the
+    split of ``--split-seed`` (default ``--seed``), then save their :class:`Ensemble` as the run in ``OUT`` and test
+    it there (``report.json``). Multi-label thresholds are tuned again on the ensemble's validation scores."""
+    from .trainer import TrainError, prepare_data, resolve_device, split_seed, test_best_checkpoint, train
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.nproc > 1:
+        raise TrainError("--ensemble trains its members one after another in one process: leave out --nproc, or "
+                         "train data-parallel members as separate runs")
+    run, k = Path(out), cfg.ensemble
+    member_settings = {**cfg.to_dict(), "ensemble": 1, "split_seed": split_seed(cfg)}
+    members, reports, seconds = [], [], 0.0
+    for i in range(k):
+        seed = cfg.seed + MEMBER_SEED_STEP * i
+        print(f"=== ensemble member {i + 1}/{k}: seed {seed}, split seed {member_settings['split_seed']}", flush=True)
+        t0 = time.perf_counter()
+        reports.append(train(data, run / f"member-{i + 1}", **{**member_settings, "seed": seed}))
+        seconds += time.perf_counter() - t0
+        members.append(run / f"member-{i + 1}")
+
+    print(f"=== ensemble of {k}: testing the mean of the members' logits", flush=True)
+    first = read_config(members[0])
+    settings = {**member_settings, **{key: first["training"][key] for key in ("sample_rate", "clip_seconds")}}
+    d = prepare_data(TrainConfig(**settings), data, run, True)  # the members' split; clips from the cache
+    device = resolve_device(cfg.device)
+    model = Ensemble([load_run(m, device)[0] for m in members])
+    clip_samples = int(round(first["clip_seconds"] * first["frontend"]["sample_rate"]))
+    thresholds = None
+    if d.multilabel and d.val:
+        scores = scores_from_logits(clip_logits(model, d.audio(d.val), clip_samples, device=device), True)
+        thresholds = tune_thresholds(d.y[d.val], scores).tolist()
+    config = {key: v for key, v in first.items() if key not in ("metrics", "best_epoch", "thresholds")}
+    config["training"] = {**first["training"], "seed": cfg.seed, "ensemble": k}
+    config["ensemble_members"] = [
+        {"run": m.name, "seed": cfg.seed + MEMBER_SEED_STEP * i, "best_epoch": read_config(m)["best_epoch"],
+         **{f"test_{key}": r[key] for key in ("accuracy", "macro_f1", "mAP") if key in r}}
+        for i, (m, r) in enumerate(zip(members, reports))]
+    save_run(run, model, {**config, **({"thresholds": thresholds} if thresholds else {})})
+    report = test_best_checkpoint(run, device, d, clip_samples, thresholds,
+                                  [m["best_epoch"] for m in config["ensemble_members"]], seconds)
+    key = "mAP" if d.multilabel else "accuracy"
+    if report and all(key in r for r in reports):
+        member_scores = [r[key] for r in reports]
+        print(f"ensemble test {key} {report[key]:.4f}; members {', '.join(f'{x:.4f}' for x in member_scores)} "
+              f"(mean {np.mean(member_scores):.4f})")
+    return report

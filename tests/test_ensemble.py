@@ -1,0 +1,118 @@
+"""``--ensemble K``: members that differ only in their training seed, one split, saved and served as one model."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from conftest import run_cli
+from test_cli import write_tones
+
+import audioclf
+import audioclf.training.trainer as trainer_module
+from audioclf.augment import AugmentConfig
+from audioclf.checkpoint import CheckpointError, load_run, save_run
+from audioclf.features import FrontendConfig
+from audioclf.models import create_model
+from audioclf.models.ensemble import Ensemble
+from audioclf.training.finetune import init_from_run
+
+SR = 8000
+
+
+def members(n: int = 3, name: str = "cnn") -> list[torch.nn.Module]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        model = create_model(name, 4, FrontendConfig(sample_rate=SR, n_mels=32), AugmentConfig(), width=0.25)
+        model.train()
+        with torch.no_grad():  # batch-norm statistics of their own
+            model(torch.randn(8, SR // 2) * (seed + 1) * 0.1)
+        out.append(model.eval())
+    return out
+
+
+def test_ensemble_logits_are_the_members_mean_with_one_spectrogram():
+    """In eval mode the log-mel is computed once and each member normalises it itself: the logits equal the mean
+    of the members' own forward passes, and long-recording inference (forward_spectrogram) agrees."""
+    parts = members()
+    ensemble = Ensemble(parts).eval()
+    x = torch.randn(3, SR // 2) * 0.2
+    with torch.no_grad():
+        expected = torch.stack([m(x) for m in parts]).mean(0)
+        torch.testing.assert_close(ensemble(x), expected, atol=1e-5, rtol=1e-5)
+        spec = ensemble.frontend.spectrogram(x)[:, None]
+        torch.testing.assert_close(ensemble.forward_spectrogram(spec), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(parts[0](x), parts[1](x))  # the members really differ
+    with pytest.raises(ValueError, match="at least 2"):
+        Ensemble(parts[:1])
+    other = create_model("mobilenet", 4, FrontendConfig(sample_rate=SR, n_mels=32), width=0.5)
+    with pytest.raises(ValueError, match="share their architecture"):
+        Ensemble([parts[0], other])
+
+
+def test_an_ensemble_run_folder_round_trips_strictly(tmp_path):
+    ensemble = Ensemble(members(2))
+    save_run(tmp_path / "run", ensemble, {"labels": list("abcd"), "clip_seconds": 0.5, "task": "single_label"})
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["ensemble"] == 2 and config["model"] == "cnn"
+    assert all(k.startswith(("members.0.", "members.1.")) for k in load_file(tmp_path / "run" / "model.safetensors"))
+    model, _ = load_run(tmp_path / "run")
+    x = torch.randn(2, SR // 2) * 0.2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ensemble.eval()(x))
+    for bad in (1, 65, "3"):  # a config that does not describe the weights is refused, never loaded partly
+        (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "ensemble": bad}))
+        with pytest.raises(CheckpointError, match="ensemble"):
+            load_run(tmp_path / "run")
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "ensemble": 3}))
+    with pytest.raises(CheckpointError, match="missing tensors"):
+        load_run(tmp_path / "run")
+    with pytest.raises(ValueError, match="fine-tune from one of them"):  # its tensors match no single model
+        init_from_run(tmp_path / "run")
+
+
+def test_train_ensemble_members_share_the_split_and_the_run_serves_their_mean(tmp_path, monkeypatch):
+    root = tmp_path / "tones"
+    write_tones(root, groups=("a", "b", "c", "d"), per_group=3)
+    split_seeds = []
+    make_split = trainer_module.make_split
+    monkeypatch.setattr(trainer_module, "make_split", lambda *a: split_seeds.append(a[-1]) or make_split(*a))
+    settings = dict(model="cnn", width=0.25, n_mels=32, sample_rate=SR, clip_seconds=0.25, batch_size=8, epochs=2,
+                    cache_dir=str(tmp_path / "cache"), seed=5, ensemble=2)
+    report = audioclf.train(str(root), str(tmp_path / "run"), **settings)
+    run = tmp_path / "run"
+    assert split_seeds == [5, 5, 5]  # member 1, member 2, the ensemble's test: one split
+    seeds = [json.loads((run / f"member-{i}" / "config.json").read_text())["training"]["seed"] for i in (1, 2)]
+    assert seeds == [5, 1005]
+    w1, w2 = (load_file(run / f"member-{i}" / "model.safetensors") for i in (1, 2))
+    assert not torch.equal(w1["classifier.weight"], w2["classifier.weight"])
+    config = json.loads((run / "config.json").read_text())
+    assert config["ensemble"] == 2 and [m["seed"] for m in config["ensemble_members"]] == [5, 1005]
+    assert json.loads((run / "report.json").read_text())["accuracy"] == report["accuracy"]
+    clf = audioclf.load(run)
+    assert isinstance(clf.model, Ensemble)
+    clips = [np.asarray(0.3 * np.sin(2 * np.pi * f * np.arange(SR // 2) / SR), np.float32) for f in (300, 2500)]
+    mean = np.mean([audioclf.load(run / f"member-{i}").clip_logits(clips) for i in (1, 2)], axis=0)
+    np.testing.assert_allclose(clf.clip_logits(clips), mean, atol=1e-5)
+    rc, out, err = run_cli("predict", run, root / "high" / "a_0.wav", "--format", "json")
+    assert rc == 0, err
+    assert json.loads(out)[0]["predictions"][0]["label"] in ("low", "mid", "high")
+
+
+def test_an_ensemble_exports_to_onnx_with_parity(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from audioclf.export import export_onnx
+    from audioclf.onnx_predictor import OnnxClassifier
+
+    save_run(tmp_path / "run", Ensemble(members(2)), {"labels": list("abcd"), "clip_seconds": 0.5,
+                                                       "task": "single_label"})
+    export_onnx(tmp_path / "run", tmp_path / "model.onnx")  # verifies parity itself; raises past the tolerance
+    onnx_clf = OnnxClassifier(tmp_path / "model.onnx")
+    x = (np.random.default_rng(0).standard_normal((2, SR // 2)) * 0.2).astype(np.float32)
+    model, _ = load_run(tmp_path / "run")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(onnx_clf.logits(x), expected, atol=1e-4)
