@@ -91,6 +91,9 @@ def test_train_ensemble_members_share_the_split_and_the_run_serves_their_mean(tm
     assert not torch.equal(w1["classifier.weight"], w2["classifier.weight"])
     config = json.loads((run / "config.json").read_text())
     assert config["ensemble"] == 2 and [m["seed"] for m in config["ensemble_members"]] == [5, 1005]
+    member_seconds = [json.loads((run / f"member-{i}" / "config.json").read_text())["metrics"]["train_seconds"]
+                      for i in (1, 2)]
+    assert config["metrics"]["train_seconds"] == pytest.approx(sum(member_seconds))
     assert json.loads((run / "report.json").read_text())["accuracy"] == report["accuracy"]
     clf = audioclf.load(run)
     assert isinstance(clf.model, Ensemble)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,13 +26,11 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
                          "train data-parallel members as separate runs")
     run, k = Path(out), cfg.ensemble
     member_settings = {**cfg.to_dict(), "ensemble": 1, "split_seed": split_seed(cfg)}
-    members, reports, seconds = [], [], 0.0
+    members, reports = [], []
     for i in range(k):
         seed = cfg.seed + MEMBER_SEED_STEP * i
         print(f"=== ensemble member {i + 1}/{k}: seed {seed}, split seed {member_settings['split_seed']}", flush=True)
-        t0 = time.perf_counter()
         reports.append(train(data, run / f"member-{i + 1}", **{**member_settings, "seed": seed}))
-        seconds += time.perf_counter() - t0
         members.append(run / f"member-{i + 1}")
 
     print(f"=== ensemble of {k}: testing the mean of the members' logits", flush=True)
@@ -54,6 +51,7 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
          **{f"test_{key}": r[key] for key in ("accuracy", "macro_f1", "mAP") if key in r}}
         for i, (m, r) in enumerate(zip(members, reports))]
     save_run(run, model, {**config, **({"thresholds": thresholds} if thresholds else {})})
+    seconds = sum(read_config(m)["metrics"]["train_seconds"] for m in members)  # the members' training loops
     report = test_best_checkpoint(run, device, d, clip_samples, thresholds,
                                   [m["best_epoch"] for m in config["ensemble_members"]], seconds)
     key = "mAP" if d.multilabel else "accuracy"
