@@ -8,8 +8,8 @@ each concurrency level drives both in turn with minimal asyncio HTTP/1.1 clients
 ``concurrency`` clients each POST a real FSDD clip (raw body: 16-bit WAV, as FSDD publishes its recordings, or with
 ``--upload flac`` the bundle's FLAC), wait for the answer and send the next, until ``--requests`` answers or
 ``--max-seconds`` (after an unmeasured warm-up of 2 requests per client, which opens the connections). ``--rounds``
-repeats every case, interleaving on/off, so slow drift in the machine's load affects both alike. Prints one table (median
-req/s over the rounds and its range, pooled p50/p99 latency, mean forward batch from ``/v1/stats``) and the
+repeats every case, interleaving on/off, so slow drift in the machine's load affects both alike. Prints one table
+(median req/s over the rounds and its range, pooled p50/p99 latency, mean forward batch from ``/v1/stats``) and the
 on/off throughput ratio at the highest concurrency. The client shares the machine with the server, as a local
 client would, so on a small machine its CPU use is part of what is measured.
 

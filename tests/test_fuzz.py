@@ -143,8 +143,8 @@ for _subtype, _channels in [("PCM_16", 1), ("PCM_U8", 2), ("PCM_24", 3), ("PCM_3
 
 @settings(max_examples=EXAMPLES // 4, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(name=st.sampled_from(sorted(WAV_SEEDS)), edits=st.lists(st.tuples(st.integers(0, 99), st.sampled_from(INTERESTING)),
-                                                             max_size=3),
+@given(name=st.sampled_from(sorted(WAV_SEEDS)),
+       edits=st.lists(st.tuples(st.integers(0, 99), st.sampled_from(INTERESTING)), max_size=3),
        cut=st.integers(0, 8), mono=st.booleans())
 def test_wav_in_memory_decodes_as_libsndfile_reads_the_file(name, edits, cut, mono):
     """WAV bytes held in memory take a parser of their own (no libsndfile open); with its header fields clobbered

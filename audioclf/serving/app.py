@@ -33,9 +33,10 @@ there. Larger ones are written only to a private folder (``tempfile.mkdtemp``, m
 under a random name (the client's file name is never used), and deleted as soon as the request is done.
 
 Decoding: uploads libsndfile reads (WAV, FLAC, Ogg, MP3, ...) are decoded in this process: short ones on the event
-loop, others in a worker thread (a plain WAV held in memory is read in place, about 10 us for an FSDD clip). Those only FFmpeg reads (WebM/Opus from the page's recorder, MP4/AAC, ...) are
-decoded by PyAV in worker processes (:mod:`audioclf.isolated_decoding`): FFmpeg's parsers fed untrusted bytes can
-crash or hang, and then that request gets a 415 while the server goes on.
+loop, others in a worker thread (a plain WAV held in memory is read in place, about 10 us for an FSDD clip). Those
+only FFmpeg reads (WebM/Opus from the page's recorder, MP4/AAC, ...) are decoded by PyAV in worker processes
+(:mod:`audioclf.isolated_decoding`): FFmpeg's parsers fed untrusted bytes can crash or hang, and then that request
+gets a 415 while the server goes on.
 
 Micro-batching: decoded clips go into a bounded ``asyncio.Queue``; one worker task takes what is queued, waits
 for requests still being received or decoded to join (up to ``max_batch``) until the oldest one has been queued
