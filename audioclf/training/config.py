@@ -48,9 +48,9 @@ class TrainConfig:
                                                                    "(default: --seed), so runs can differ in their "
                                                                    "training randomness alone"})
     ensemble: int = field(default=1, metadata={"help": "train this many models that differ only in their seed (one "
-                                                       "split) and keep their mean logits as the run's model: about "
-                                                       "a point more accuracy on unseen speakers (FSDD), for that "
-                                                       "many times the training and inference time"})
+                                                       "split) and keep their mean logits as the run's model, for "
+                                                       "that many times the training and inference time (FSDD, "
+                                                       "unseen speakers, 3 models: 92.5%% against 91.9%%)"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N"})
     amp: bool | None = field(default=None, metadata={"help": "bf16 autocast in training (default: on where the GPU or "
                                                              "CPU computes bf16 natively, e.g. AVX-512 BF16 or AMX; "
