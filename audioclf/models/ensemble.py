@@ -1,9 +1,10 @@
 """Several trained models of one architecture as one model: the mean of their logits.
 
-Members differ only in their training randomness (``audioclf train --ensemble K``: seeds ``seed + 1000 k``, one split),
-so their errors are partly independent and averaging removes that part (FSDD leave one speaker out, ``audioclf cv
---ensemble 3`` over seeds 0-2: 92.5% against 91.9% for one model; docs/experiments.md, session 20). A run folder stores the members' weights as ``members.K.*`` and
-``"ensemble": K`` in ``config.json``; :func:`audioclf.checkpoint.load_run` rebuilds it.
+Members differ only in their training randomness (``audioclf train --ensemble K``: seeds ``seed + 1000 k``, one
+split), so their errors are partly independent and averaging removes that part (FSDD leave one speaker out,
+``audioclf cv --ensemble 3`` over seeds 0-2: 92.5% against 91.9% for one model; docs/experiments.md, session 20). A
+run folder stores the members' weights as ``members.K.*`` and ``"ensemble": K`` in ``config.json``;
+:func:`audioclf.checkpoint.load_run` rebuilds it.
 """
 from __future__ import annotations
 

@@ -26,15 +26,16 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
                          "train data-parallel members as separate runs")
     run, k = Path(out), cfg.ensemble
     member_settings = {**cfg.to_dict(), "ensemble": 1, "split_seed": split_seed(cfg)}
-    members, reports = [], []
-    for i in range(k):
-        seed = cfg.seed + MEMBER_SEED_STEP * i
+    seeds = [cfg.seed + MEMBER_SEED_STEP * i for i in range(k)]
+    members = [run / f"member-{i + 1}" for i in range(k)]
+    reports = []
+    for i, (seed, member) in enumerate(zip(seeds, members)):
         print(f"=== ensemble member {i + 1}/{k}: seed {seed}, split seed {member_settings['split_seed']}", flush=True)
-        reports.append(train(data, run / f"member-{i + 1}", **{**member_settings, "seed": seed}))
-        members.append(run / f"member-{i + 1}")
+        reports.append(train(data, member, **{**member_settings, "seed": seed}))
+    member_configs = [read_config(m) for m in members]
 
     print(f"=== ensemble of {k}: testing the mean of the members' logits", flush=True)
-    first = read_config(members[0])
+    first = member_configs[0]
     settings = {**member_settings, **{key: first["training"][key] for key in ("sample_rate", "clip_seconds")}}
     d = prepare_data(TrainConfig(**settings), data, run, True)  # the members' split; clips from the cache
     device = resolve_device(cfg.device)
@@ -47,11 +48,11 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
     config = {key: v for key, v in first.items() if key not in ("metrics", "best_epoch", "thresholds")}
     config["training"] = {**first["training"], "seed": cfg.seed, "ensemble": k}
     config["ensemble_members"] = [
-        {"run": m.name, "seed": cfg.seed + MEMBER_SEED_STEP * i, "best_epoch": read_config(m)["best_epoch"],
+        {"run": m.name, "seed": seed, "best_epoch": c["best_epoch"],
          **{f"test_{key}": r[key] for key in ("accuracy", "macro_f1", "mAP") if key in r}}
-        for i, (m, r) in enumerate(zip(members, reports))]
+        for m, seed, c, r in zip(members, seeds, member_configs, reports)]
     save_run(run, model, {**config, **({"thresholds": thresholds} if thresholds else {})})
-    seconds = sum(read_config(m)["metrics"]["train_seconds"] for m in members)  # the members' training loops
+    seconds = sum(c["metrics"]["train_seconds"] for c in member_configs)  # the members' training loops
     report = test_best_checkpoint(run, device, d, clip_samples, thresholds,
                                   [m["best_epoch"] for m in config["ensemble_members"]], seconds)
     key = "mAP" if d.multilabel else "accuracy"
