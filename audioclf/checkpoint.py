@@ -59,9 +59,11 @@ def _jsonable(value):
 
 def model_config(model) -> dict:
     """What :func:`load_run` needs to rebuild ``model``: name, constructor args, class count, front end, augment,
-    and for an :class:`~audioclf.models.ensemble.Ensemble` its member count (``ensemble``)."""
+    and for an :class:`~audioclf.models.ensemble.Ensemble` its member count (``ensemble``) and each member's name and
+    args (``member_models``)."""
     members = getattr(model, "members", None)
-    return {**({"ensemble": len(members)} if members is not None else {}),
+    ensemble = {} if members is None else {"ensemble": len(members), "member_models": _jsonable(model.member_models)}
+    return {**ensemble,
         "model": model.model_name,
         "model_args": _jsonable(dict(model.model_args)),
         "num_classes": int(model.num_classes),
@@ -97,7 +99,8 @@ def save_run(run_dir, model, config: dict) -> None:
     from . import __version__
 
     run = Path(run_dir)
-    full = {**{k: v for k, v in dict(config).items() if k != "ensemble"},  # the model says whether it is one
+    model_keys = ("ensemble", "member_models")  # the model says whether it is an ensemble, and of what
+    full = {**{k: v for k, v in dict(config).items() if k not in model_keys},
             "format_version": FORMAT_VERSION, "audioclf_version": __version__, **model_config(model)}
     validate_config(full, run)
     try:
@@ -198,8 +201,6 @@ def _check_augment(aug) -> list[str]:
 
 
 def _check_config(cfg) -> list[str]:
-    from .models import list_models
-
     if not isinstance(cfg, dict):
         return [f"config must be a JSON object, got {type(cfg).__name__}"]
     required = ("format_version", "model", "num_classes", "labels", "frontend", "model_args", "augment",
@@ -211,11 +212,7 @@ def _check_config(cfg) -> list[str]:
     if not _is_int(cfg["format_version"]) or cfg["format_version"] != FORMAT_VERSION:
         errors.append(f"key 'format_version' must be {FORMAT_VERSION}, got {cfg['format_version']!r}"
                       " (written by an incompatible audioclf version?)")
-    model = cfg["model"]
-    if not isinstance(model, str):
-        errors.append(f"key 'model' must be a string, got {type(model).__name__}")
-    elif model not in list_models():
-        errors.append(f"key 'model': unknown model {model!r} (registered: {', '.join(list_models())})")
+    errors += _check_model(cfg["model"], cfg["model_args"], "")
     n_err = _check_number(cfg, "num_classes", "", 1, _MAX_CLASSES, integer=True)
     errors += n_err
     n = None if n_err else cfg["num_classes"]
@@ -229,15 +226,6 @@ def _check_config(cfg) -> list[str]:
         if dupes:
             errors.append(f"key 'labels' has duplicates: {dupes[:10]}")
     errors += _check_frontend(cfg["frontend"])
-    args = cfg["model_args"]
-    if not isinstance(args, dict):
-        errors.append(f"key 'model_args' must be an object, got {type(args).__name__}")
-    else:
-        for k, v in args.items():
-            if k in _RESERVED_ARGS:
-                errors.append(f"key 'model_args.{k}' clashes with a create_model argument")
-            else:
-                errors += _check_arg_value(v, f"model_args.{k}")
     errors += _check_augment(cfg["augment"])
     errors += _check_number(cfg, "clip_seconds", "", 0.01, 3600)
     if cfg["task"] not in _TASKS:
@@ -250,6 +238,44 @@ def _check_config(cfg) -> list[str]:
             errors.append(f"key 'thresholds' has {len(thresholds)} entries but num_classes is {n}")
     if "ensemble" in cfg:
         errors += _check_number(cfg, "ensemble", "", 2, _MAX_MEMBERS, integer=True)
+    if "member_models" in cfg:
+        errors += _check_member_models(cfg)
+    return errors
+
+
+def _check_model(model, args, prefix: str) -> list[str]:
+    """``model`` (a registered name) and ``model_args`` (JSON scalars or lists), keys named with ``prefix``."""
+    from .models import list_models
+
+    errors = []
+    if not isinstance(model, str):
+        errors.append(f"key '{prefix}model' must be a string, got {type(model).__name__}")
+    elif model not in list_models():
+        errors.append(f"key '{prefix}model': unknown model {model!r} (registered: {', '.join(list_models())})")
+    if not isinstance(args, dict):
+        errors.append(f"key '{prefix}model_args' must be an object, got {type(args).__name__}")
+    else:
+        for k, v in args.items():
+            if k in _RESERVED_ARGS:
+                errors.append(f"key '{prefix}model_args.{k}' clashes with a create_model argument")
+            else:
+                errors += _check_arg_value(v, f"{prefix}model_args.{k}")
+    return errors
+
+
+def _check_member_models(cfg: dict) -> list[str]:
+    """``member_models``: one ``{"model", "model_args"}`` object per member of the ensemble, nothing else."""
+    members = cfg["member_models"]
+    if "ensemble" not in cfg:
+        return ["key 'member_models' needs 'ensemble' (the member count)"]
+    if not isinstance(members, list) or len(members) != cfg["ensemble"]:
+        return [f"key 'member_models' must be a list of {cfg['ensemble']} objects (one per member)"]
+    errors = []
+    for i, m in enumerate(members):
+        if not isinstance(m, dict) or set(m) != {"model", "model_args"}:
+            errors.append(f"key 'member_models[{i}]' must be an object with the keys 'model' and 'model_args'")
+        else:
+            errors += _check_model(m["model"], m["model_args"], f"member_models[{i}].")
     return errors
 
 
@@ -266,9 +292,9 @@ def read_config(run_dir) -> dict:
     Required: format_version (1), model (registered name), num_classes (1..100000), labels (unique strings,
     one per class), frontend (all FrontendConfig fields, nothing else, sane ranges), model_args (JSON scalars
     or lists, numbers within +-1e6), augment (AugmentConfig fields), clip_seconds (0.01..3600), task
-    (single_label / multi_label). Optional: thresholds (one number per class), ensemble (2..64 members of the
-    model, weights ``members.K.*``). Other top-level keys
-    (training args, metrics) are allowed and returned untouched.
+    (single_label / multi_label). Optional: thresholds (one number per class), ensemble (2..64 members, weights
+    ``members.K.*``) with member_models (each member's model and model_args; without it every member is ``model``).
+    Other top-level keys (training args, metrics) are allowed and returned untouched.
     """
     run = Path(run_dir)
     path = run / CONFIG_NAME
@@ -323,9 +349,12 @@ def load_run(run_dir, device="cpu"):
     if not weights.is_file():
         raise CheckpointError(run, f"no {WEIGHTS_NAME} in {run}")
     def build():
-        one = lambda: create_model(config["model"], config["num_classes"], frontend=config["frontend"],  # noqa: E731
-                                   augment=config["augment"], **config["model_args"])
-        return Ensemble([one() for _ in range(config["ensemble"])]) if "ensemble" in config else one()
+        one = lambda m: create_model(m["model"], config["num_classes"], frontend=config["frontend"],  # noqa: E731
+                                     augment=config["augment"], **m["model_args"])
+        if "ensemble" not in config:
+            return one(config)
+        # a run of session 20 (one architecture) lists no member_models: every member is "model"
+        return Ensemble([one(m) for m in config.get("member_models", [config] * config["ensemble"])])
     try:
         with torch.device("meta"):  # size the model first, without allocating anything
             n_params = sum(t.numel() for t in build().state_dict().values())

@@ -1,4 +1,5 @@
-"""``--ensemble K``: members that differ only in their training seed, one split, saved and served as one model."""
+"""``--ensemble K`` and ``--model a,b``: members that differ in their training seed (and architecture), one split,
+saved and served as one model."""
 from __future__ import annotations
 
 import json
@@ -22,11 +23,13 @@ from audioclf.training.finetune import init_from_run
 SR = 8000
 
 
-def members(n: int = 3, name: str = "cnn") -> list[torch.nn.Module]:
+def members(n: int = 3, names: tuple[str, ...] = ("cnn",)) -> list[torch.nn.Module]:
+    """``n`` small trained-looking members taking ``names`` in turn."""
     out = []
     for seed in range(n):
         torch.manual_seed(seed)
-        model = create_model(name, 4, FrontendConfig(sample_rate=SR, n_mels=32), AugmentConfig(), width=0.25)
+        model = create_model(names[seed % len(names)], 4, FrontendConfig(sample_rate=SR, n_mels=32), AugmentConfig(),
+                             width=0.25)
         model.train()
         with torch.no_grad():  # batch-norm statistics of their own
             model(torch.randn(8, SR // 2) * (seed + 1) * 0.1)
@@ -34,10 +37,11 @@ def members(n: int = 3, name: str = "cnn") -> list[torch.nn.Module]:
     return out
 
 
-def test_ensemble_logits_are_the_members_mean_with_one_spectrogram():
+@pytest.mark.parametrize("names", [("cnn",), ("cnn", "crnn", "mobilenet")])
+def test_ensemble_logits_are_the_members_mean_with_one_spectrogram(names):
     """In eval mode the log-mel is computed once and each member normalises it itself: the logits equal the mean
     of the members' own forward passes, and long-recording inference (forward_spectrogram) agrees."""
-    parts = members()
+    parts = members(3, names)
     ensemble = Ensemble(parts).eval()
     x = torch.randn(3, SR // 2) * 0.2
     with torch.no_grad():
@@ -48,9 +52,10 @@ def test_ensemble_logits_are_the_members_mean_with_one_spectrogram():
     assert not torch.allclose(parts[0](x), parts[1](x))  # the members really differ
     with pytest.raises(ValueError, match="at least 2"):
         Ensemble(parts[:1])
-    other = create_model("mobilenet", 4, FrontendConfig(sample_rate=SR, n_mels=32), width=0.5)
-    with pytest.raises(ValueError, match="share their architecture"):
-        Ensemble([parts[0], other])
+    for other in (create_model("cnn", 4, FrontendConfig(sample_rate=SR, n_mels=40), width=0.25),
+                  create_model("cnn", 5, FrontendConfig(sample_rate=SR, n_mels=32), width=0.25)):
+        with pytest.raises(ValueError, match="share their front-end settings and classes"):
+            Ensemble([parts[0], other])
 
 
 def test_an_ensemble_run_folder_round_trips_strictly(tmp_path):
@@ -67,11 +72,48 @@ def test_an_ensemble_run_folder_round_trips_strictly(tmp_path):
         (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "ensemble": bad}))
         with pytest.raises(CheckpointError, match="ensemble"):
             load_run(tmp_path / "run")
-    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "ensemble": 3}))
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**config, "ensemble": 3, "member_models": [
+        {"model": "cnn", "model_args": {"width": 0.25}}] * 3}))
     with pytest.raises(CheckpointError, match="missing tensors"):
         load_run(tmp_path / "run")
     with pytest.raises(ValueError, match="fine-tune from one of them"):  # its tensors match no single model
         init_from_run(tmp_path / "run")
+
+
+def test_a_mixed_ensemble_round_trips_and_its_member_models_are_checked(tmp_path):
+    """Members of other architectures are rebuilt from ``member_models``; a run that lists none (one architecture,
+    as session 20 wrote them) still loads; a bad list is refused with the key named."""
+    ensemble = Ensemble(members(3, ("cnn", "crnn")))
+    save_run(tmp_path / "run", ensemble, {"labels": list("abcd"), "clip_seconds": 0.5, "task": "single_label"})
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [m["model"] for m in config["member_models"]] == ["cnn", "crnn", "cnn"] and config["model"] == "cnn"
+    assert all(m["model_args"] == {"width": 0.25} for m in config["member_models"])
+    model, _ = load_run(tmp_path / "run")
+    assert [type(m).__name__ for m in model.members] == ["ConvNet", "ConvRNN", "ConvNet"]
+    x = torch.randn(2, SR // 2) * 0.2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), ensemble.eval()(x))
+    write = lambda cfg: (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))  # noqa: E731
+    for bad, match in ((config["member_models"][:2], "list of 3 objects"),
+                       ([*config["member_models"][:2], {"model": "nope", "model_args": {}}],
+                        "member_models\\[2\\].model"),
+                       ([*config["member_models"][:2], {"model": "cnn"}], "member_models\\[2\\]' must be an object"),
+                       ([*config["member_models"][:2], {"model": "cnn", "model_args": {"name": 1}}],
+                        "member_models\\[2\\].model_args.name")):
+        write({**config, "member_models": bad})
+        with pytest.raises(CheckpointError, match=match):
+            load_run(tmp_path / "run")
+    write({**config, "member_models": [config["member_models"][i] for i in (1, 0, 1)]})  # crnn where a cnn was
+    with pytest.raises(CheckpointError, match="missing tensors"):
+        load_run(tmp_path / "run")
+
+    save_run(tmp_path / "same", Ensemble(members(2)), {"labels": list("abcd"), "clip_seconds": 0.5,
+                                                       "task": "single_label"})
+    config = json.loads((tmp_path / "same" / "config.json").read_text())
+    del config["member_models"]
+    (tmp_path / "same" / "config.json").write_text(json.dumps(config))
+    model, _ = load_run(tmp_path / "same")
+    assert [m.model_name for m in model.members] == ["cnn", "cnn"]
 
 
 def test_train_ensemble_members_share_the_split_and_the_run_serves_their_mean(tmp_path, monkeypatch):
@@ -105,13 +147,34 @@ def test_train_ensemble_members_share_the_split_and_the_run_serves_their_mean(tm
     assert json.loads(out)[0]["predictions"][0]["label"] in ("low", "mid", "high")
 
 
-def test_an_ensemble_exports_to_onnx_with_parity(tmp_path):
+def test_model_names_make_an_ensemble_whose_members_take_them_in_turn(tmp_path):
+    root = tmp_path / "tones"
+    write_tones(root, groups=("a", "b", "c", "d"), per_group=3)
+    settings = dict(width=0.25, n_mels=32, sample_rate=SR, clip_seconds=0.25, batch_size=8, epochs=1,
+                    cache_dir=str(tmp_path / "cache"), seed=2)
+    for model, ensemble, match in (("cnn,nope", 2, "unknown model"), ("cnn,crnn,cnn", 2, "trains fewer members")):
+        with pytest.raises(ValueError, match=match):  # before any work
+            audioclf.train(str(root), str(tmp_path / "bad"), **settings, model=model, ensemble=ensemble)
+    assert not (tmp_path / "bad").exists()
+    audioclf.train(str(root), str(tmp_path / "run"), **settings, model="cnn, crnn", ensemble=3)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert [m["model"] for m in config["member_models"]] == ["cnn", "crnn", "cnn"]
+    assert [(m["model"], m["seed"]) for m in config["ensemble_members"]] == [("cnn", 2), ("crnn", 1002), ("cnn", 2002)]
+    assert config["training"]["model"] == "cnn, crnn" and config["training"]["ensemble"] == 3
+    audioclf.train(str(root), str(tmp_path / "pair"), **settings, model="crnn,cnn")  # one member a name
+    config = json.loads((tmp_path / "pair" / "config.json").read_text())
+    assert [m["model"] for m in config["member_models"]] == ["crnn", "cnn"]
+    assert isinstance(audioclf.load(tmp_path / "pair").model, Ensemble)
+
+
+@pytest.mark.parametrize("names", [("cnn",), ("cnn", "crnn")])
+def test_an_ensemble_exports_to_onnx_with_parity(tmp_path, names):
     pytest.importorskip("onnxruntime")
     from audioclf.export import export_onnx
     from audioclf.onnx_predictor import OnnxClassifier
 
-    save_run(tmp_path / "run", Ensemble(members(2)), {"labels": list("abcd"), "clip_seconds": 0.5,
-                                                       "task": "single_label"})
+    save_run(tmp_path / "run", Ensemble(members(2, names)), {"labels": list("abcd"), "clip_seconds": 0.5,
+                                                              "task": "single_label"})
     export_onnx(tmp_path / "run", tmp_path / "model.onnx")  # verifies parity itself; raises past the tolerance
     onnx_clf = OnnxClassifier(tmp_path / "model.onnx")
     x = (np.random.default_rng(0).standard_normal((2, SR // 2)) * 0.2).astype(np.float32)

@@ -1,9 +1,10 @@
-"""Several trained models of one architecture as one model: the mean of their logits.
+"""Several trained models as one model: the mean of their logits.
 
-Members differ only in their training randomness (``audioclf train --ensemble K``: seeds ``seed + 1000 k``, one
-split), so their errors are partly independent and averaging removes that part (FSDD leave one speaker out,
-``audioclf cv --ensemble 3`` over seeds 0-2: 92.5% against 91.9% for one model; docs/experiments.md, session 20). A
-run folder stores the members' weights as ``members.K.*`` and ``"ensemble": K`` in ``config.json``;
+Members differ in their training randomness (``audioclf train --ensemble K``: seeds ``seed + 1000 k``, one split) and
+may differ in architecture (``--model cnn,crnn``), so their errors are partly independent and averaging removes that
+part (FSDD leave one speaker out, ``audioclf cv --ensemble 3``: 92.5% against 91.9% for one model over seeds 0-2;
+docs/experiments.md, sessions 20-21). A run folder stores the members' weights as ``members.K.*``, and ``config.json``
+holds ``"ensemble": K`` and each member's ``model`` and ``model_args`` (``member_models``);
 :func:`audioclf.checkpoint.load_run` rebuilds it.
 """
 from __future__ import annotations
@@ -15,21 +16,26 @@ from torch import nn
 
 
 class Ensemble(nn.Module):
-    """Waveform ``(batch, samples)`` -> mean logits ``(batch, classes)`` of ``members`` (one architecture and front-end
-    configuration). In eval mode the log-mel is computed once, in float32, and each member normalises it with its own
-    statistics; in training mode each member runs whole (its own augmentation)."""
+    """Waveform ``(batch, samples)`` -> mean logits ``(batch, classes)`` of ``members`` (any architectures, one
+    front-end configuration and class count). In eval mode the log-mel is computed once, in float32, and each member
+    normalises it with its own statistics; in training mode each member runs whole (its own augmentation)."""
 
     def __init__(self, members: Sequence[nn.Module]):
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         first = members[0]
-        if any(m.model_name != first.model_name or m.frontend.config != first.frontend.config for m in members):
-            raise ValueError("ensemble members must share their architecture and front-end settings")
+        if any(m.frontend.config != first.frontend.config or m.num_classes != first.num_classes for m in members):
+            raise ValueError("ensemble members must share their front-end settings and classes")
         self.members = nn.ModuleList(members)
-        self.model_name, self.model_args = first.model_name, first.model_args
+        self.model_name, self.model_args = first.model_name, first.model_args  # config.json's "model": the first's
         self.num_classes = first.num_classes
         self.supports_onnx = all(getattr(m, "supports_onnx", True) for m in members)
+
+    @property
+    def member_models(self) -> list[dict]:
+        """Each member's registered name and constructor arguments, in order: ``[{"model", "model_args"}, ...]``."""
+        return [{"model": m.model_name, "model_args": dict(m.model_args)} for m in self.members]
 
     @property
     def frontend(self):

@@ -8,7 +8,9 @@ from dataclasses import asdict, dataclass, field, fields
 class TrainConfig:
     """Training settings. ``None`` means: chosen from the data (printed and stored in config.json)."""
 
-    model: str | None = field(default=None, metadata={"help": "registered model name (default: chosen from the data)"})
+    model: str | None = field(default=None, metadata={"help": "registered model name (default: chosen from the data); "
+                                                               "several, comma-separated (cnn,crnn), train an "
+                                                               "ensemble whose members take them in turn"})
     width: float | None = field(default=None, metadata={"help": "model width multiplier"})
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
     batch_size: int | None = field(default=None, metadata={"help": "examples per optimiser step"})
@@ -47,10 +49,11 @@ class TrainConfig:
     split_seed: int | None = field(default=None, metadata={"help": "seed of the test and validation hold-outs "
                                                                    "(default: --seed), so runs can differ in their "
                                                                    "training randomness alone"})
-    ensemble: int = field(default=1, metadata={"help": "train this many models that differ only in their seed (one "
-                                                       "split) and keep their mean logits as the run's model, for "
-                                                       "that many times the training and inference time (FSDD, "
-                                                       "unseen speakers, 3 models: 92.5%% against 91.9%%)"})
+    ensemble: int = field(default=1, metadata={"help": "train this many models (seeds seed + 1000 k, one split; "
+                                                       "with several --model names, those in turn) and keep their "
+                                                       "mean logits as the run's model, for that many times the "
+                                                       "training and inference time (default: 1, or one per --model "
+                                                       "name)"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda|cuda:N"})
     amp: bool | None = field(default=None, metadata={"help": "bf16 autocast in training (default: on where the GPU or "
                                                              "CPU computes bf16 natively, e.g. AVX-512 BF16 or AMX; "
@@ -65,6 +68,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def model_names(self) -> list[str]:
+        """The ``--model`` names in order (empty when the data chooses)."""
+        return [name.strip() for name in self.model.split(",")] if self.model else []
 
     @classmethod
     def field_names(cls) -> list[str]:

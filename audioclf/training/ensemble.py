@@ -1,4 +1,5 @@
-"""``audioclf train --ensemble K``: K runs that differ only in their training seed, kept as one model."""
+"""``audioclf train --ensemble K [--model a,b]``: K runs that differ in their training seed (and, given several model
+names, in architecture: member k trains name k mod n), kept as one model."""
 from __future__ import annotations
 
 import os
@@ -24,14 +25,16 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.nproc > 1:
         raise TrainError("--ensemble trains its members one after another in one process: leave out --nproc, or "
                          "train data-parallel members as separate runs")
-    run, k = Path(out), cfg.ensemble
+    run, k, names = Path(out), cfg.ensemble, cfg.model_names()
     member_settings = {**cfg.to_dict(), "ensemble": 1, "split_seed": split_seed(cfg)}
     seeds = [cfg.seed + MEMBER_SEED_STEP * i for i in range(k)]
+    models = [names[i % len(names)] if names else None for i in range(k)]  # None: chosen from the data
     members = [run / f"member-{i + 1}" for i in range(k)]
     reports = []
-    for i, (seed, member) in enumerate(zip(seeds, members)):
-        print(f"=== ensemble member {i + 1}/{k}: seed {seed}, split seed {member_settings['split_seed']}", flush=True)
-        reports.append(train(data, member, **{**member_settings, "seed": seed}))
+    for i, (seed, model, member) in enumerate(zip(seeds, models, members)):
+        print(f"=== ensemble member {i + 1}/{k}: {model or 'model chosen from the data'}, seed {seed}, split seed "
+              f"{member_settings['split_seed']}", flush=True)
+        reports.append(train(data, member, **{**member_settings, "seed": seed, "model": model}))
     member_configs = [read_config(m) for m in members]
 
     print(f"=== ensemble of {k}: testing the mean of the members' logits", flush=True)
@@ -46,9 +49,10 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
         scores = scores_from_logits(clip_logits(model, d.audio(d.val), clip_samples, device=device), True)
         thresholds = tune_thresholds(d.y[d.val], scores).tolist()
     config = {key: v for key, v in first.items() if key not in ("metrics", "best_epoch", "thresholds")}
-    config["training"] = {**first["training"], "seed": cfg.seed, "ensemble": k}
+    config["training"] = {**first["training"], "seed": cfg.seed, "ensemble": k,
+                          **({"model": cfg.model} if names else {})}  # the names given, not the first member's
     config["ensemble_members"] = [
-        {"run": m.name, "seed": seed, "best_epoch": c["best_epoch"],
+        {"run": m.name, "model": c["model"], "seed": seed, "best_epoch": c["best_epoch"],
          **{f"test_{key}": r[key] for key in ("accuracy", "macro_f1", "mAP") if key in r}}
         for m, seed, c, r in zip(members, seeds, member_configs, reports)]
     save_run(run, model, {**config, **({"thresholds": thresholds} if thresholds else {})})

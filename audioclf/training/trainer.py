@@ -26,7 +26,7 @@ from ..evaluation.plots import plot_curves
 from ..features import FrontendConfig
 from ..inference import bf16_is_native, clip_logits, scores_from_logits
 from ..io_utils import write_json_atomic, write_text_atomic
-from ..models import create_model
+from ..models import create_model, list_models
 from . import autoconfig, distributed
 from .config import TrainConfig
 from .ema import ModelEma
@@ -300,6 +300,24 @@ def test_best_checkpoint(run: Path, device, d: TrainingData, clip_samples: int, 
     return report
 
 
+def check_models(cfg: TrainConfig) -> None:
+    """Refuse a bad ``--ensemble`` or an unknown ``--model`` name before any work; several names without
+    ``--ensemble`` make an ensemble of one member each."""
+    names = cfg.model_names()
+    unknown = [name for name in names if name not in list_models()]
+    if unknown:
+        raise ValueError(f"--model: unknown model(s) {', '.join(map(repr, unknown))}; registered: "
+                         f"{', '.join(list_models())}")
+    if len(names) == 1:
+        cfg.model = names[0]
+    elif len(names) > 1 and cfg.ensemble == 1:
+        cfg.ensemble = len(names)
+    if cfg.ensemble < 1:
+        raise ValueError(f"--ensemble must be at least 1, got {cfg.ensemble}")
+    if len(names) > cfg.ensemble:
+        raise ValueError(f"--model names {len(names)} models but --ensemble {cfg.ensemble} trains fewer members")
+
+
 def train(data, out, **settings) -> dict:
     """Train on ``data`` (folder, CSV or folder + ``pattern``) into the run folder ``out``; returns the test report.
 
@@ -307,8 +325,7 @@ def train(data, out, **settings) -> dict:
     """
     cfg = TrainConfig(**settings)
     augment = augment_config(cfg)  # a bad --aug fails here, before any work
-    if cfg.ensemble < 1:
-        raise ValueError(f"--ensemble must be at least 1, got {cfg.ensemble}")
+    check_models(cfg)
     if cfg.ensemble > 1:
         from .ensemble import train_ensemble
         return train_ensemble(data, out, cfg)
