@@ -654,5 +654,5 @@ def test_cross_validation_on_grouped_tones(tmp_path):
     rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "cv6", "--folds", "3", "--adapt", "6", *TINY)
     assert rc == 2 and "--adapt 6: a test fold has only 6 clip(s)" in err and not (tmp_path / "cv6").exists()
     rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "cv7", "--folds", "3", "--adapt", "2",
-                              "--model", "ast_tiny")
+                              "--model", "cnn,ast_tiny")  # every member of an ensemble is checked
     assert rc == 2 and "'ast_tiny' has no batch norm after its front end" in err and not (tmp_path / "cv7").exists()

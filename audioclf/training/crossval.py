@@ -14,6 +14,7 @@ from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
 from ..models import create_model
 from .autoconfig import choose_model
+from .config import TrainConfig
 from .trainer import train
 
 
@@ -32,7 +33,8 @@ def cross_validate(data, out, folds: int = 5, adapt: int = 0, **settings) -> dic
         raise ValueError(f"--adapt {adapt}: a test fold has only {min(map(len, fold_tests))} clip(s); adapting "
                          "needs more, so that some are left to score")
     if adapt:  # a model that cannot be adapted is refused before any training
-        check_adaptable(create_model(settings.get("model") or choose_model(len(manifest.items))[0], 2))
+        for model in TrainConfig(**settings).model_names() or [choose_model(len(manifest.items))[0]]:
+            check_adaptable(create_model(model, 2))
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
     out.mkdir(parents=True, exist_ok=True)
