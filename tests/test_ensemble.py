@@ -2,10 +2,12 @@
 saved and served as one model."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file
 from conftest import run_cli
@@ -93,6 +95,16 @@ def test_a_mixed_ensemble_round_trips_and_its_member_models_are_checked(tmp_path
     x = torch.randn(2, SR // 2) * 0.2
     with torch.no_grad():
         torch.testing.assert_close(model(x), ensemble.eval()(x))
+    fastapi = pytest.importorskip("fastapi.testclient")
+    from audioclf.serving import create_app
+    with fastapi.TestClient(create_app(tmp_path / "run")) as client:  # the service names every member
+        assert client.get("/health").json()["model"] == "cnn+crnn+cnn"
+        wav = io.BytesIO()
+        sf.write(wav, x[0].numpy(), SR, format="WAV")
+        answer = client.post("/v1/classify", files={"file": ("x.wav", wav.getvalue())}).json()
+        with torch.no_grad():
+            best = int(ensemble(x[:1]).argmax())
+        assert answer[0]["label"] == "abcd"[best]
     write = lambda cfg: (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))  # noqa: E731
     for bad, match in ((config["member_models"][:2], "list of 3 objects"),
                        ([*config["member_models"][:2], {"model": "nope", "model_args": {}}],

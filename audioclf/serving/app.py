@@ -573,7 +573,8 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
         raise ValueError("max_batch, queue_size, max_body_mb, max_seconds and top_k must be positive, "
                          "max_wait_ms >= 0")
     clf = load(run_dir, device, amp)
-    model_name = clf.config.get("model", "model")
+    members = clf.config.get("member_models")  # an ensemble: "cnn+crnn+cnn"
+    model_name = "+".join(m["model"] for m in members) if members else clf.config.get("model", "model")
     batcher = Batcher(clf, max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
                       micro_batching=micro_batching)
     upload_dir = tempfile.mkdtemp(prefix="audioclf-serve-")
