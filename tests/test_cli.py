@@ -656,3 +656,49 @@ def test_cross_validation_on_grouped_tones(tmp_path):
     rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "cv7", "--folds", "3", "--adapt", "2",
                               "--model", "cnn,ast_tiny")  # every member of an ensemble is checked
     assert rc == 2 and "'ast_tiny' has no batch norm after its front end" in err and not (tmp_path / "cv7").exists()
+    rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "cv8", "--folds", "3", "--model", "cnn,nosuch")
+    assert rc == 2 and "unknown model(s) 'nosuch'" in err and not (tmp_path / "cv8").exists()
+
+
+def test_cross_validation_folds_in_parallel_match_one_after_another(tmp_path):
+    """``--jobs 2`` trains the folds in two worker processes. With one thread everywhere, each fold's weights and
+    report are those of the same fold trained in this process; a fold that fails is named with its log."""
+    rows = write_tones(tmp_path / "tones", groups=("ann", "ben", "cat"), per_group=2)
+    manifest = tmp_path / "tones.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group"])
+        w.writerows(rows)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers of --jobs 2 get one thread each (this process's threads // jobs)
+    try:
+        results = {}
+        for jobs in (1, 2):
+            out = tmp_path / f"cv-jobs{jobs}"
+            rc, stdout, err = run_cli("cv", manifest, "--out", out, "--folds", "3", "--epochs", "2", "--jobs", jobs,
+                                      "--cache-dir", tmp_path / "cache", *TINY)
+            assert rc == 0, err
+            results[jobs] = out, stdout, json.loads((out / "cv_report.json").read_text())
+    finally:
+        torch.set_num_threads(threads)
+    (one_out, _, one), (par_out, stdout, par) = results[1], results[2]
+    assert "2 folds at a time, 1 thread(s) each" in stdout
+    assert [f["fold"] for f in par["folds"]] == [f["fold"] for f in one["folds"]] == ["0", "1", "2"]
+    for a, b in zip(one["folds"], par["folds"]):
+        assert b["confusion_matrix"] == a["confusion_matrix"] and b["accuracy"] == a["accuracy"]
+        w1 = load_file(one_out / f"fold-{a['fold']}" / "model.safetensors")
+        w2 = load_file(par_out / f"fold-{b['fold']}" / "model.safetensors")
+        assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+        assert f"fold {b['fold']} done: accuracy {b['accuracy']:.4f}" in stdout
+        assert "split: train" in (par_out / f"fold-{b['fold']}.log").read_text()  # the worker's output
+    assert par["mean_accuracy"] == one["mean_accuracy"] and par["confusion_matrix"] == one["confusion_matrix"]
+    # every fold fails in its worker (6 clips a group, fewer than a batch of 16): all three named, each with its log
+    rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "bad", "--folds", "3", "--jobs", "2",
+                              "--group-batches", *TINY[:-2], "--batch-size", "16")
+    assert rc == 2 and "3 of 3 folds failed:" in err, err
+    for k in range(3):
+        log = tmp_path / "bad" / f"fold-{k}.log"
+        assert f"fold {k}: ValueError: --group-batches:" in err and str(log) in err
+        assert "Traceback" in log.read_text() and "fewer than a batch (16)" in log.read_text()
+    rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "zero", "--jobs", "0")
+    assert rc == 2 and "--jobs 0: at least one fold must train at a time" in err

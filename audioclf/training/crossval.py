@@ -1,10 +1,18 @@
-"""K-fold cross-validation: declared folds, or stratified group-aware folds; one run folder per fold."""
+"""K-fold cross-validation: declared folds, or stratified group-aware folds; one run folder per fold, trained one
+after another or ``jobs`` at a time in worker processes."""
 from __future__ import annotations
 
+import contextlib
 import io
+import multiprocessing
+import os
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..adaptation import adapted_test_report, check_adaptable
 from ..data.manifest import load_manifest
@@ -12,19 +20,37 @@ from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
+from ..malloc import keep_activations_in_heap
 from ..models import create_model
 from .autoconfig import choose_model
 from .config import TrainConfig
-from .trainer import train
+from .trainer import check_models, train
 
 
-def cross_validate(data, out, folds: int = 5, adapt: int = 0, **settings) -> dict:
+@dataclass(frozen=True)
+class Fold:
+    """One fold: its name, its manifest (``fold`` column ``test``/``train``), run folder, log and test items."""
+    name: str
+    csv: Path
+    run: Path
+    log: Path
+    test_items: list
+
+
+def cross_validate(data, out, folds: int = 5, adapt: int = 0, jobs: int = 1, **settings) -> dict:
     """Train and test once per fold; write ``OUT/cv_report.json`` and the summed confusion matrix.
 
     ``adapt``: also measure unsupervised adaptation to each test fold (:func:`adapted_test_report`): that many of
     its clips, labels unused, adapt the fold's model; the report's ``adapted`` entry scores the others before and
-    after, and the summary gains ``adapted_mean_accuracy`` (or ``adapted_mean_mAP``) and its ``_before``."""
+    after, and the summary gains ``adapted_mean_accuracy`` (or ``adapted_mean_mAP``) and its ``_before``.
+    ``jobs``: folds trained at once, each in its own process with ``torch.get_num_threads() // jobs`` threads
+    (at least one) and its output in ``OUT/fold-NAME.log``; the folds' results do not depend on it, beyond the
+    rounding that a different thread count brings."""
     out = Path(out)
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: at least one fold must train at a time")
+    if jobs > 1 and "RANK" in os.environ:
+        raise ValueError("--jobs trains folds in processes of its own; it cannot run inside a distributed launch")
     manifest = load_manifest(data, settings.get("pattern")).require_classes()
     fold_tests = kfold(manifest, folds, settings.get("seed", 0))
     declared = declared_cv_folds(manifest)  # kfold's test folds, when the data declares them
@@ -32,34 +58,27 @@ def cross_validate(data, out, folds: int = 5, adapt: int = 0, **settings) -> dic
     if adapt and min(map(len, fold_tests)) <= adapt:
         raise ValueError(f"--adapt {adapt}: a test fold has only {min(map(len, fold_tests))} clip(s); adapting "
                          "needs more, so that some are left to score")
-    if adapt:  # a model that cannot be adapted is refused before any training
-        for model in TrainConfig(**settings).model_names() or [choose_model(len(manifest.items))[0]]:
+    cfg = TrainConfig(**settings)
+    check_models(cfg)  # an unknown --model or a bad --ensemble is refused before any training
+    if adapt:  # so is a model that cannot be adapted
+        for model in cfg.model_names() or [choose_model(len(manifest.items))[0]]:
             check_adaptable(create_model(model, 2))
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
     out.mkdir(parents=True, exist_ok=True)
     source = "declared folds" if declared else f"stratified{' group-aware' if manifest.has_groups else ''} {folds}-fold"
     print(f"cross-validation: {len(fold_tests)} folds ({source})")
-    # each fold is a CSV manifest whose fold column marks the test items, so train() splits it like any data set
-    reports = []
-    for name, test in zip(names, fold_tests):
-        test = set(test)
-        csv_path = out / f"fold-{name}.csv"
-        buf = io.StringIO()
-        buf.write("path,label,group,fold\n")
-        for i, it in enumerate(manifest.items):
-            cells = [it.path, ";".join(it.labels), it.group or "", "test" if i in test else "train"]
-            buf.write(",".join('"' + c.replace('"', '""') + '"' for c in cells) + "\n")
-        write_text_atomic(csv_path, buf.getvalue())
-        print(f"--- fold {name}: {len(test)} test files")
-        fold_settings = {**settings, "pattern": None, "test_fold": "test"}
-        report = train(csv_path, out / f"fold-{name}", **fold_settings)
-        report["fold"] = name
-        if adapt:
-            report["adapted"] = adapted_test_report(out / f"fold-{name}", [manifest.items[i] for i in sorted(test)],
-                                                    adapt, settings.get("cache_dir"), settings.get("seed", 0))
-            print(f"fold {name}, adapted to {adapt} unlabelled test clips: {_before_after(report['adapted'])}")
-        reports.append(report)
+    plan = [_write_fold(manifest, out, name, set(test)) for name, test in zip(names, fold_tests)]
+    fold_settings = {**settings, "pattern": None, "test_fold": "test"}
+    if jobs == 1:
+        reports = []
+        for fold in plan:
+            print(f"--- fold {fold.name}: {len(fold.test_items)} test files")
+            reports.append(_run_fold(fold, fold_settings, adapt))
+            if adapt:
+                print(_adapted_line(reports[-1], adapt))
+    else:
+        reports = _run_folds_in_processes(plan, fold_settings, adapt, jobs)
     summary = summarise_folds(reports)
     if adapt:
         summary.update(_adapted_summary([r["adapted"] for r in reports]))
@@ -81,6 +100,80 @@ def cross_validate(data, out, folds: int = 5, adapt: int = 0, **settings) -> dic
               f"{summary[f'adapted_mean_{key}_before']:.4f} -> {summary[f'adapted_mean_{key}']:.4f} "
               f"+- {summary[f'adapted_std_{key}']:.4f}")
     return cv
+
+
+def _write_fold(manifest, out: Path, name: str, test: set) -> Fold:
+    """``OUT/fold-NAME.csv``: the data set's items, each marked ``test`` or ``train``, so that train() splits it like
+    any data set."""
+    buf = io.StringIO()
+    buf.write("path,label,group,fold\n")
+    for i, it in enumerate(manifest.items):
+        cells = [it.path, ";".join(it.labels), it.group or "", "test" if i in test else "train"]
+        buf.write(",".join('"' + c.replace('"', '""') + '"' for c in cells) + "\n")
+    csv_path = out / f"fold-{name}.csv"
+    write_text_atomic(csv_path, buf.getvalue())
+    return Fold(name, csv_path, out / f"fold-{name}", out / f"fold-{name}.log",
+                [manifest.items[i] for i in sorted(test)])
+
+
+def _run_fold(fold: Fold, settings: dict, adapt: int) -> dict:
+    """Train the fold's run and test it (and adapt it, given ``adapt``); its report, ``fold`` set to its name."""
+    report = train(fold.csv, fold.run, **settings)
+    report["fold"] = fold.name
+    if adapt:
+        report["adapted"] = adapted_test_report(fold.run, fold.test_items, adapt, settings.get("cache_dir"),
+                                                settings.get("seed", 0))
+    return report
+
+
+def _run_folds_in_processes(plan: list[Fold], settings: dict, adapt: int, jobs: int) -> list[dict]:
+    """Every fold of ``plan``, ``jobs`` at a time in worker processes; the reports in the plan's order. A fold that
+    fails does not stop the others: their runs are finished and kept, then the failures are raised together."""
+    threads = max(1, torch.get_num_threads() // jobs)
+    print(f"{jobs} folds at a time, {threads} thread(s) each; each fold's output in {plan[0].log.parent}/fold-NAME.log")
+    reports, failed = {}, []
+    # spawn: a fresh interpreter per worker, whatever threads or CUDA state this process holds
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
+                             initargs=(threads,)) as pool:
+        running = {}
+        for fold in plan:
+            print(f"--- fold {fold.name}: {len(fold.test_items)} test files (log: {fold.log})")
+            running[pool.submit(_run_fold_logged, fold, settings, adapt)] = fold
+        for done in as_completed(running):
+            fold = running[done]
+            try:
+                reports[fold.name] = report = done.result()
+            except Exception as e:  # noqa: BLE001 - every fold's failure is reported, after the others finish
+                failed.append(f"fold {fold.name}: {type(e).__name__}: {e} (log: {fold.log})")
+                continue
+            print(f"fold {fold.name} done: accuracy {report.get('accuracy', float('nan')):.4f}")
+            if adapt:
+                print(_adapted_line(report, adapt))
+    if failed:
+        kept = f"; the other {len(reports)} folds' runs are kept" if reports else ""
+        raise RuntimeError(f"{len(failed)} of {len(plan)} folds failed{kept}:\n" + "\n".join(failed))
+    return [reports[fold.name] for fold in plan]
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    keep_activations_in_heap()  # as the audioclf command does in its own process
+
+
+def _run_fold_logged(fold: Fold, settings: dict, adapt: int) -> dict:
+    """:func:`_run_fold` with this worker's output (stdout and stderr, and the traceback of a failure) written to
+    the fold's log."""
+    with open(fold.log, "w", encoding="utf-8", buffering=1) as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        try:
+            return _run_fold(fold, settings, adapt)
+        except BaseException:
+            traceback.print_exc()
+            raise
+
+
+def _adapted_line(report: dict, adapt: int) -> str:
+    return f"fold {report['fold']}, adapted to {adapt} unlabelled test clips: {_before_after(report['adapted'])}"
 
 
 def _before_after(report: dict) -> str:
