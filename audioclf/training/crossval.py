@@ -146,7 +146,8 @@ def _run_folds_in_processes(plan: list[Fold], settings: dict, adapt: int, jobs: 
             except Exception as e:  # noqa: BLE001 - every fold's failure is reported, after the others finish
                 failed.append(f"fold {fold.name}: {type(e).__name__}: {e} (log: {fold.log})")
                 continue
-            print(f"fold {fold.name} done: accuracy {report.get('accuracy', float('nan')):.4f}")
+            key = "mAP" if "mAP" in report else "accuracy"
+            print(f"fold {fold.name} done: {key} {report[key]:.4f}")
             if adapt:
                 print(_adapted_line(report, adapt))
     if failed:
