@@ -179,6 +179,23 @@ def test_model_names_make_an_ensemble_whose_members_take_them_in_turn(tmp_path):
     assert isinstance(audioclf.load(tmp_path / "pair").model, Ensemble)
 
 
+def test_each_member_gets_the_automatic_epochs_of_its_own_model(tmp_path, monkeypatch):
+    from audioclf.training import autoconfig
+
+    root = tmp_path / "tones"
+    write_tones(root, groups=("a", "b", "c", "d"), per_group=3)
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model: {"crnn": 2}.get(model, 1))
+    audioclf.train(str(root), str(tmp_path / "run"), width=0.25, n_mels=32, sample_rate=SR, clip_seconds=0.25,
+                   batch_size=8, cache_dir=str(tmp_path / "cache"), model="cnn,crnn")
+    for member, (model, epochs) in zip(("member-1", "member-2"), (("cnn", 1), ("crnn", 2))):
+        config = json.loads((tmp_path / "run" / member / "config.json").read_text())
+        assert (config["model"], config["training"]["epochs"]) == (model, epochs)
+        assert "epochs" in config["training"]["auto"]
+        assert len((tmp_path / "run" / member / "metrics.csv").read_text().splitlines()) == 1 + epochs
+    members = json.loads((tmp_path / "run" / "config.json").read_text())["ensemble_members"]
+    assert [(m["model"], m["epochs"]) for m in members] == [("cnn", 1), ("crnn", 2)]
+
+
 @pytest.mark.parametrize("names", [("cnn",), ("cnn", "crnn")])
 def test_an_ensemble_exports_to_onnx_with_parity(tmp_path, names):
     pytest.importorskip("onnxruntime")

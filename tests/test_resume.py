@@ -180,9 +180,9 @@ def test_resume_keeps_the_automatic_settings_the_run_started_with(tones, tmp_pat
     data, cache = tones
     run = tmp_path / "auto"
     settings = dict(cache_dir=str(cache), batch_size=8, device="cpu", seed=0, amp=False)
-    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch: 2)
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model: 2)
     audioclf.train(data, run, **settings)
-    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch: 4)  # another version's choice
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model: 4)  # another version's choice
     audioclf.train(data, run, resume=True, **settings)
     assert "epochs=2 (auto, kept from the interrupted run)" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())

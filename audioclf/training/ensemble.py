@@ -52,7 +52,8 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
     config["training"] = {**first["training"], "seed": cfg.seed, "ensemble": k,
                           **({"model": cfg.model} if names else {})}  # the names given, not the first member's
     config["ensemble_members"] = [
-        {"run": m.name, "model": c["model"], "seed": seed, "best_epoch": c["best_epoch"],
+        {"run": m.name, "model": c["model"], "seed": seed, "epochs": c["training"]["epochs"],
+         "best_epoch": c["best_epoch"],
          **{f"test_{key}": r[key] for key in ("accuracy", "macro_f1", "mAP") if key in r}}
         for m, seed, c, r in zip(members, seeds, member_configs, reports)]
     save_run(run, model, {**config, **({"thresholds": thresholds} if thresholds else {})})

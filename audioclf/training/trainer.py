@@ -78,7 +78,7 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
         "sample_rate": cfg.sample_rate or autoconfig.choose_sample_rate(summary),
         "clip_seconds": cfg.clip_seconds or autoconfig.choose_clip_seconds(summary),
         "model": model, "model_args": model_args, "batch_size": batch_size,
-        "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size),
+        "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size, model),
         "balance": cfg.balance == "on" or (cfg.balance == "auto" and summary.imbalance > 3),
     }
     auto = [k for k in AUTO_SETTINGS if k != "model_args" and getattr(cfg, k) is None]
