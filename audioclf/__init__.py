@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": ("audioclf.training.trainer", "train"),
     "load": ("audioclf.inference", "load"),
+    "pretrained": ("audioclf.weights", "pretrained"),
     "evaluate": ("audioclf.evaluation.evaluate", "evaluate"),
     "adapt": ("audioclf.adaptation", "adapt_run"),
     "create_model": ("audioclf.models", "create_model"),

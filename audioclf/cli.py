@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -88,8 +89,10 @@ def cmd_evaluate(args) -> int:
 
 
 def _predictor(args):
-    """The classifier for ``predict``: PyTorch from a run folder, or ONNX (``--backend onnx`` or a .onnx path)."""
-    run = Path(args.run)
+    """The classifier for ``predict``: PyTorch from a run folder (or a pretrained catalogue name), or ONNX
+    (``--backend onnx`` or a .onnx path)."""
+    from .weights import resolve_run
+    run = resolve_run(args.run)
     backend = getattr(args, "backend", None) or ("onnx" if run.suffix.lower() == ".onnx" else "torch")
     if backend == "torch":
         if run.suffix.lower() == ".onnx":
@@ -201,6 +204,36 @@ def cmd_predict(args) -> int:
     return 1 if failures and not rows else 0
 
 
+def cmd_embed(args) -> int:
+    """Clip embeddings of a run (or a pretrained catalogue name) to ``--out X.npy`` plus ``X.npy.json`` (the paths,
+    one per row, the run and the dimension); a file that fails is reported and left out, and the exit code is 1."""
+    import numpy as np
+
+    from .inference import load
+    from .io_utils import write_atomic, write_json_atomic
+    from .isolated_decoding import DecoderPool
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise ValueError(f"--out {out}: embeddings are written as a .npy file")
+    clf = load(args.run, args.device, args.amp)
+    paths, rows, failures = [], [], []
+    with DecoderPool(workers=1) as decoders:
+        for chunk in _decoded_chunks(_audio_paths(args.paths), decoders.read_mono, clf.sample_rate, failures):
+            rows.append(clf.embeddings([clip for _, clip in chunk]))
+            paths += [str(path) for path, _ in chunk]
+    if not paths:
+        raise ValueError(f"no audio could be read from {' '.join(args.paths)}")
+    array = np.concatenate(rows).astype(np.float32)
+    buf = io.BytesIO()
+    np.save(buf, array)
+    write_atomic(out, buf.getvalue())
+    write_json_atomic(out.with_name(out.name + ".json"), {"run": str(args.run), "model": clf.config["model"],
+                                                          "dim": int(array.shape[1]), "paths": paths})
+    print(f"wrote {out} ({array.shape[0]} x {array.shape[1]} float32) and {out.name}.json"
+          + (f"; {len(failures)} file(s) failed" if failures else ""))
+    return 1 if failures else 0
+
+
 def cmd_export(args) -> int:
     from .export import export_onnx
     out = export_onnx(args.run, args.out, opset=args.opset)
@@ -232,7 +265,10 @@ def cmd_adapt(args) -> int:
 
 def cmd_models(args) -> int:
     from .models.summary import model_table
+    from .weights import catalogue_table
     print(model_table(sample_rate=args.sample_rate))
+    print("\npretrained weights (--pretrained NAME; predict/serve/export/embed NAME):")
+    print(catalogue_table())
     return 0
 
 
@@ -318,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="top-k labels for audio files or folders")
-    p.add_argument("run")
+    p.add_argument("run", help="run folder, .onnx file, or pretrained catalogue name (mn04_as: AudioSet tags)")
     p.add_argument("paths", nargs="+")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--format", choices=("table", "json", "csv"), default="table")
@@ -336,6 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--median", type=int, default=1, metavar="N", help="median filter over N windows (odd)")
     p.add_argument("--block", type=float, default=60.0, metavar="S", help="streaming block length in seconds")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("embed", help="clip embeddings (the features the head takes) of audio files, as a .npy array")
+    p.add_argument("run", help="run folder or pretrained catalogue name (mn04_as)")
+    p.add_argument("paths", nargs="+", help="audio files or folders")
+    p.add_argument("--out", required=True, help="the .npy file to write (+ OUT.json: the paths, one per row)")
+    p.add_argument("--device", default="cpu")
+    add_amp_flag(p)
+    p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("export", help="export a run to ONNX (waveform in, logits out; front end in the graph)")
     p.add_argument("run")
@@ -362,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("models", help="list registered models with parameters and GFLOPs")
+    p = sub.add_parser("models", help="list registered models with parameters and GFLOPs, and the pretrained weights")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.set_defaults(func=cmd_models)
     return parser

@@ -67,10 +67,14 @@ def onnx_metadata(model, config: dict, opset: int) -> dict:
 
 
 def export_onnx(run_dir, out_path=None, opset: int = 17, verify: bool = True) -> Path:
-    """Export the run in ``run_dir`` to ONNX (default ``RUN/model.onnx``) plus ``<out>.json``; returns the path.
+    """Export the run in ``run_dir`` (or a pretrained catalogue name) to ONNX (default ``RUN/model.onnx``) plus
+    ``<out>.json``; returns the path.
 
     Raises ``ExportError("model X cannot be exported to ONNX: reason")`` for a model that does not export.
     """
+    from .weights import resolve_run
+
+    run_dir = resolve_run(run_dir)
     model, config = load_run(run_dir)
     out = Path(out_path) if out_path is not None else Path(run_dir) / ONNX_NAME
     return export_model(model, config, out, opset=opset, verify=verify)

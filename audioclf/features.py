@@ -64,6 +64,30 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0
     return weights
 
 
+def kaldi_mel(hz: np.ndarray) -> np.ndarray:
+    """Kaldi's (HTK) mel scale: ``1127 ln(1 + hz / 700)``."""
+    return 1127.0 * np.log1p(np.asarray(hz, dtype=np.float64) / 700.0)
+
+
+@lru_cache(maxsize=32)
+def kaldi_mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0,
+                         f_max: float | None = None) -> np.ndarray:
+    """Kaldi's mel bank (``torchaudio.compliance.kaldi.get_mel_banks`` without VTLN), float32
+    ``(n_mels, n_fft // 2 + 1)``: unnormalised triangles evenly spaced on :func:`kaldi_mel` from ``f_min`` to
+    ``f_max`` (``None``: Nyquist), evaluated at the bins ``0 .. n_fft / 2 - 1``; the Nyquist bin's column is zero.
+    Cached; do not mutate."""
+    f_max = sample_rate / 2 if f_max is None else f_max
+    lo, hi = kaldi_mel(f_min), kaldi_mel(f_max)
+    step = (hi - lo) / (n_mels + 1)
+    left = lo + step * np.arange(n_mels)[:, None]
+    mel = kaldi_mel(sample_rate / n_fft * np.arange(n_fft // 2))[None, :]
+    rising, falling = (mel - left) / step, (left + 2 * step - mel) / step
+    weights = np.zeros((n_mels, n_fft // 2 + 1), np.float32)
+    weights[:, :-1] = np.maximum(0.0, np.minimum(rising, falling))
+    weights.setflags(write=False)
+    return weights
+
+
 @dataclass(frozen=True)
 class FrontendConfig:
     """Log-mel settings. Window and hop in milliseconds; frequencies in Hz (``f_max=None``: Nyquist)."""
@@ -106,28 +130,46 @@ def normalize_level(spec: torch.Tensor) -> torch.Tensor:
 class LogMel(nn.Module):
     """Waveform ``(batch, samples)`` -> natural-log mel power ``(batch, n_mels, frames)``.
 
-    Centred, Hann-windowed ``torch.stft``; window and filter bank are buffers.
+    Centred, Hann-windowed ``torch.stft``; window and filter bank are buffers. Subclasses change the window
+    (``periodic_window``), the filter bank (:meth:`filterbank`), the log floor and a waveform :meth:`preprocess`.
     """
+
+    periodic_window = True
+    log_floor = 1e-6
 
     def __init__(self, config: FrontendConfig = FrontendConfig()):
         super().__init__()
         self.config = config
-        fb = mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
-        self.register_buffer("window", torch.hann_window(config.win_length), persistent=False)
-        self.register_buffer("mel_fb", torch.from_numpy(fb.copy()), persistent=False)
+        window = torch.hann_window(config.win_length, periodic=self.periodic_window)
+        self.register_buffer("window", window, persistent=False)
+        self.register_buffer("mel_fb", torch.from_numpy(self.filterbank(config).copy()), persistent=False)
         self.export_friendly = False  # True: STFT as a conv1d (also used automatically during ONNX export)
+
+    @staticmethod
+    def filterbank(config: FrontendConfig) -> np.ndarray:
+        """The ``(n_mels, n_fft // 2 + 1)`` filter bank: Slaney's (:func:`mel_filterbank`)."""
+        return mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
+
+    def preprocess(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Float32 ``(batch, samples)`` before the STFT; the identity here."""
+        return waveform
+
+    def frames(self, samples: int) -> int:
+        """Frames returned for ``samples`` input samples."""
+        return self.config.frames(samples)
 
     def forward(self, waveform: torch.Tensor, mel_fb: torch.Tensor | None = None) -> torch.Tensor:
         """``mel_fb`` overrides the filter bank (training-time jitter)."""
         c = self.config
+        waveform = self.preprocess(waveform.float())
         if self.export_friendly or torch.onnx.is_in_onnx_export():
-            power = self._conv_power(waveform.float())
+            power = self._conv_power(waveform)
         else:
-            spec = torch.stft(waveform.float(), n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
+            spec = torch.stft(waveform, n_fft=c.n_fft, hop_length=c.hop_length, win_length=c.win_length,
                               window=self.window, center=True, pad_mode="reflect", return_complex=True)
             power = spec.real.square() + spec.imag.square()  # (batch, freqs, frames)
         mel = torch.matmul(self.mel_fb if mel_fb is None else mel_fb, power)
-        return torch.log(mel + 1e-6)
+        return torch.log(mel + self.log_floor)
 
     def _conv_power(self, waveform: torch.Tensor) -> torch.Tensor:
         """Export-friendly power spectrogram: the centred, reflect-padded STFT as one strided conv1d with the
@@ -137,21 +179,40 @@ class LogMel(nn.Module):
         x = nn.functional.pad(waveform.unsqueeze(1), (pad, pad), mode="reflect")
         # a fresh tensor per call (a constant in an exported graph): a cached one would keep whatever tensor mode
         # (e.g. torch.export's fake tensors) it happened to be created under
-        basis = torch.from_numpy(dft_basis(c.n_fft, c.win_length).copy()).to(x.device)
+        basis = torch.from_numpy(dft_basis(c.n_fft, c.win_length, self.periodic_window).copy()).to(x.device)
         out = nn.functional.conv1d(x, basis, stride=c.hop_length)  # (batch, 2 * freqs, frames)
         freqs = c.n_fft // 2 + 1
         return out[:, :freqs].square() + out[:, freqs:].square()
 
 
+class KaldiLogMel(LogMel):
+    """EfficientAT's log-mel (PANNs-style AudioSet models): pre-emphasis ``x[n + 1] - 0.97 x[n]`` (one sample
+    shorter), a symmetric Hann window, Kaldi's mel bank (:func:`kaldi_mel_filterbank`) and ``log(mel + 1e-5)``."""
+
+    periodic_window = False
+    log_floor = 1e-5
+    preemphasis = 0.97
+
+    @staticmethod
+    def filterbank(config: FrontendConfig) -> np.ndarray:
+        return kaldi_mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.f_min, config.f_max)
+
+    def preprocess(self, waveform: torch.Tensor) -> torch.Tensor:
+        return waveform[:, 1:] - self.preemphasis * waveform[:, :-1]
+
+    def frames(self, samples: int) -> int:
+        return self.config.frames(samples - 1)
+
+
 @lru_cache(maxsize=8)
-def dft_basis(n_fft: int, win_length: int) -> np.ndarray:
-    """conv1d weights ``(2 * (n_fft // 2 + 1), 1, n_fft)`` float32: the periodic Hann window (``torch.hann_window``,
-    centred in ``n_fft`` like ``torch.stft`` does) times cos / -sin of each one-sided DFT bin, computed in float64.
-    Cached; read-only."""
+def dft_basis(n_fft: int, win_length: int, periodic: bool = True) -> np.ndarray:
+    """conv1d weights ``(2 * (n_fft // 2 + 1), 1, n_fft)`` float32: the Hann window (``torch.hann_window(win_length,
+    periodic)``, centred in ``n_fft`` like ``torch.stft`` does) times cos / -sin of each one-sided DFT bin, computed
+    in float64. Cached; read-only."""
     n = np.arange(win_length)
     window = np.zeros(n_fft)
     left = (n_fft - win_length) // 2
-    window[left:left + win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / win_length)
+    window[left:left + win_length] = 0.5 - 0.5 * np.cos(2 * np.pi * n / (win_length if periodic else win_length - 1))
     k = np.arange(n_fft // 2 + 1)[:, None]
     phase = 2 * np.pi * ((k * np.arange(n_fft)[None, :]) % n_fft) / n_fft
     basis = np.concatenate([np.cos(phase), -np.sin(phase)]) * window[None, :]

@@ -49,6 +49,16 @@ def bf16_is_native(device: str | torch.device) -> bool:
     return False
 
 
+def forward_embeddings(model: torch.nn.Module, batch: np.ndarray, device: str | torch.device = "cpu",
+                       amp: bool = False) -> np.ndarray:
+    """Float32 embeddings ``(batch, num_features)`` of waveforms ``(batch, samples)``: the pooled features the head
+    takes (``forward_head(..., pre_logits=True)``); the model must be in eval mode."""
+    with torch.inference_mode(), torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=amp):
+        x = torch.from_numpy(batch).to(device)
+        out = model.forward_head(model.forward_features(x), pre_logits=True)
+    return out.float().cpu().numpy()
+
+
 def forward_logits(model: torch.nn.Module, batch: np.ndarray, device: str | torch.device = "cpu", amp: bool = False,
                    spectrogram: bool = False) -> np.ndarray:
     """Float32 logits ``(batch, classes)`` of waveforms ``(batch, samples)``, or of log-mel windows
@@ -90,19 +100,30 @@ class Classifier(Predictor):
     def clip_logits(self, clips) -> np.ndarray:
         return clip_logits(self.model, clips, self.clip_samples, device=self.device, amp=self.amp)
 
+    def embeddings(self, clips: Sequence[np.ndarray]) -> np.ndarray:
+        """Clip embeddings ``(clips, num_features)`` of mono float32 clips at ``self.sample_rate``: the mean over
+        each clip's half-overlapping windows of the features the head takes (:func:`forward_embeddings`)."""
+        if getattr(self.model, "members", None) is not None:
+            raise ValueError("an ensemble has no single embedding: embed with one of its members (RUN/member-1, ...)")
+        forward = lambda batch: forward_embeddings(self.model, batch, self.device, self.amp)  # noqa: E731
+        batch_size = inference_batch_size(self.model, self.clip_samples, self.device, self.amp)
+        return window_average(clips, self.clip_samples, forward, self.model.num_features, batch_size)
+
     def logits(self, batch: np.ndarray, spectrogram: bool = False) -> np.ndarray:
         """Logits ``(batch, classes)`` of a batch of windows (:func:`forward_logits`), no window averaging."""
         return forward_logits(self.model, batch, self.device, self.amp, spectrogram)
 
 
 def load(run_dir, device: str = "cpu", amp: bool = False, fold_batchnorm: bool = True) -> Classifier:
-    """Rebuild the classifier saved in ``run_dir`` (``model.safetensors`` + ``config.json``); ``amp``: bf16
+    """Rebuild the classifier saved in ``run_dir`` (``model.safetensors`` + ``config.json``), or a pretrained one by
+    its catalogue name (``load("mn04_as")``, :mod:`audioclf.weights`); ``amp``: bf16
     autocast in its forward passes (default float32). ``fold_batchnorm``: batch norms after convolutions folded
     into them (:func:`audioclf.models.fusion.fold_batchnorm`; faster, the same scores); False keeps them, for code
     that changes them (:mod:`audioclf.adaptation`)."""
     from .models.fusion import fold_batchnorm as fold
+    from .weights import resolve_run
 
-    model, config = load_run(run_dir, device)
+    model, config = load_run(resolve_run(run_dir), device)
     if fold_batchnorm:
         fold(model.eval())
     return Classifier(model, config, device, amp)

@@ -195,7 +195,7 @@ def _spectrogram_windows(frontend, blocks, win: int, hop: int):
     cfg = frontend.config
     hl, half = cfg.hop_length, cfg.n_fft // 2
     ctx = (half // hl + 1) * hl
-    n_frames = cfg.frames(win)  # frames of one window's own spectrogram
+    n_frames = frontend.frames(win)  # frames of one window's own spectrogram
     buf, buf_start, total = np.zeros(0, np.float32), 0, 0
     spec, spec_start = np.zeros((cfg.n_mels, 0), np.float32), 0
     k = 0

@@ -39,14 +39,18 @@ class Predictor:
         return scores_from_logits(self.clip_logits(clips), self.multilabel)
 
     def predict(self, audio, top_k: int = 5) -> list[dict] | list[list[dict]]:
-        """For each input, ``[{"label", "score"}]``: top-k (single-label) or every label above its threshold
-        (multi-label), best first. ``audio``: a path, an array, or a list of them."""
+        """For each input, ``[{"label", "score"}]``, best first (:meth:`ranked`). ``audio``: a path, an array, or a
+        list of them."""
         single = isinstance(audio, (str, Path)) or (isinstance(audio, np.ndarray) and audio.ndim == 1)
         results = [self.ranked(row, top_k) for row in self.scores([audio] if single else audio)]
         return results[0] if single else results
 
     def ranked(self, row: np.ndarray, top_k: int = 5) -> list[dict]:
-        """One clip's scores ``(classes,)`` -> ``[{"label", "score"}]``, best first."""
+        """One clip's scores ``(classes,)`` -> ``[{"label", "score"}]``, best first: the ``top_k`` best, and for a
+        multi-label run also every further label at or above its threshold."""
         order = np.argsort(-row, kind="stable")  # ties keep label order
-        order = [i for i in order if row[i] >= self.thresholds[i]] if self.multilabel else order[:top_k]
+        if self.multilabel:
+            order = [i for rank, i in enumerate(order) if rank < top_k or row[i] >= self.thresholds[i]]
+        else:
+            order = order[:top_k]
         return [{"label": self.labels[i], "score": float(row[i])} for i in order]

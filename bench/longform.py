@@ -111,7 +111,8 @@ def train_default(tmp: Path) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--run", default=None, help="run folder (default: train one for 1 epoch)")
+    parser.add_argument("--run", default=None, help="run folder or pretrained name, e.g. mn04_as (default: train one "
+                                                    "for 1 epoch)")
     parser.add_argument("--minutes", type=float, default=30.0, help="length of the real-time-factor recording")
     parser.add_argument("--hours", type=float, default=3.0, help="length of the peak-memory recording")
     parser.add_argument("--threads", type=int, default=min(4, os.cpu_count() or 1))
@@ -124,7 +125,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="audioclf-longform-") as tmp:
         tmp = Path(tmp)
-        run = Path(args.run) if args.run else train_default(tmp)
+        from audioclf.weights import resolve_run
+        run = resolve_run(args.run) if args.run else train_default(tmp)
         from audioclf.export import ONNX_NAME, export_onnx
         onnx_path = run / ONNX_NAME if (run / ONNX_NAME).is_file() else export_onnx(run, tmp / ONNX_NAME)
         short, long = tmp / "short.wav", tmp / "long.wav"

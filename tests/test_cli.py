@@ -1,8 +1,9 @@
 """End-to-end tests of the ``audioclf`` command: train / evaluate / predict on a slice of the bundled FSDD,
-bad files, fine-tuning with --init-from / --freeze-backbone, and cross-validation."""
+bad files, fine-tuning with --pretrained / --freeze-backbone, and cross-validation."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import re
@@ -464,11 +465,11 @@ def _backbone(state: dict) -> dict:
 
 
 @pytest.mark.parametrize("freeze", [True, False])
-def test_init_from_with_a_new_label_set(fsdd_run, tmp_path, freeze):
+def test_pretrained_run_folder_with_a_new_label_set(fsdd_run, tmp_path, freeze):
     root = tmp_path / "tones"
     write_tones(root)
     run = tmp_path / "ft"
-    args = ["train", root, "--out", run, "--init-from", fsdd_run["run"], "--epochs", "1",
+    args = ["train", root, "--out", run, "--pretrained", fsdd_run["run"], "--epochs", "1",
             "--cache-dir", tmp_path / "cache"] + (["--freeze-backbone"] if freeze else [])
     rc, out, err = run_cli(*args)
     assert rc == 0, err
@@ -485,6 +486,8 @@ def test_init_from_with_a_new_label_set(fsdd_run, tmp_path, freeze):
     # the source run's architecture and audio settings are kept
     assert config["model"] == src_config["model"] and config["model_args"] == src_config["model_args"]
     assert config["frontend"] == src_config["frontend"] and config["clip_seconds"] == src_config["clip_seconds"]
+    assert config["init"]["run"] == str(fsdd_run["run"]) and config["init"]["name"] == fsdd_run["run"].name
+    assert config["init"]["sha256"] == hashlib.sha256((fsdd_run["run"] / "model.safetensors").read_bytes()).hexdigest()
     assert tuned["classifier.weight"].shape == (3, features)
     assert set(tuned) == set(source)
     changed = [k for k, v in _backbone(source).items() if not torch.equal(v, tuned[k])]

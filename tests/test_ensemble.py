@@ -20,7 +20,7 @@ from audioclf.checkpoint import CheckpointError, load_run, save_run
 from audioclf.features import FrontendConfig
 from audioclf.models import create_model
 from audioclf.models.ensemble import Ensemble
-from audioclf.training.finetune import init_from_run
+from audioclf.training.finetune import init_source
 
 SR = 8000
 
@@ -79,7 +79,7 @@ def test_an_ensemble_run_folder_round_trips_strictly(tmp_path):
     with pytest.raises(CheckpointError, match="missing tensors"):
         load_run(tmp_path / "run")
     with pytest.raises(ValueError, match="fine-tune from one of them"):  # its tensors match no single model
-        init_from_run(tmp_path / "run")
+        init_source(tmp_path / "run")
 
 
 def test_a_mixed_ensemble_round_trips_and_its_member_models_are_checked(tmp_path):

@@ -21,7 +21,8 @@ from audioclf.models.summary import forward_gflops, model_table
 SR = 8000
 SAMPLES = SR // 2  # 0.5 s
 FRONTEND = FrontendConfig(sample_rate=SR, n_mels=32)
-EXPECTED_MODELS = {"ast_tiny", "cnn", "cnn6", "cnn10", "cnn14", "crnn", "mobilenet", "resnet"}
+EXPECTED_MODELS = {"ast_tiny", "cnn", "cnn6", "cnn10", "cnn14", "crnn", "mobilenet", "resnet", "mn01", "mn02", "mn04", "mn05",
+                   "mn10", "mn20", "mn30", "mn40"}
 
 
 
@@ -31,6 +32,8 @@ def small_kwargs(name: str) -> dict:
         return {"dim": 64, "depth": 2, "heads": 2}
     if name in ("cnn6", "cnn10", "cnn14"):
         return {"width": 0.25}
+    if name.startswith("mn"):  # EfficientAT widths are fixed by the name
+        return {}
     return {"width": 0.5}
 
 
@@ -67,7 +70,7 @@ def test_forward_backward(name):
     assert not no_grad, f"parameters without gradient: {no_grad}"
     bad = [n for n, p in trainable if not torch.isfinite(p.grad).all()]
     assert not bad, f"non-finite gradients: {bad}"
-    assert model.classifier.weight.grad.abs().sum() > 0
+    assert model.get_classifier().weight.grad.abs().sum() > 0
     # one optimiser step changes the output
     model.eval()
     before = model(x).detach()
@@ -87,17 +90,18 @@ def test_head_interface(name):
         torch.testing.assert_close(model.forward_head(features), logits)
         pooled = model.forward_head(features, pre_logits=True)
         assert pooled.shape == (2, model.num_features)
-        torch.testing.assert_close(model.classifier(pooled), logits)
-        backbone = {n: p.clone() for n, p in model.named_parameters() if not n.startswith("classifier.")}
+        torch.testing.assert_close(model.get_classifier()(pooled), logits)
+        head = model.head_name + "."
+        backbone = {n: p.clone() for n, p in model.named_parameters() if not n.startswith(head)}
         model.reset_classifier(7)
         assert model.num_classes == 7
         assert model(x).shape == (2, 7)
         torch.testing.assert_close(model.forward_head(model.forward_features(x), pre_logits=True), pooled)
     for n, p in model.named_parameters():
-        if not n.startswith("classifier."):
+        if not n.startswith(head):
             assert torch.equal(p, backbone[n])
     names = [n for n, _ in model.named_parameters()]
-    backbone_count = len([n for n in names if not n.startswith("classifier.")])
+    backbone_count = len([n for n in names if not n.startswith(head)])
     assert backbone_count > 0 and len(list(model.backbone_parameters())) == backbone_count
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from ..augment import AugmentConfig, ChannelAugment, SpecAugment, TimeStretch, WaveformAugment
-from ..features import FrontendConfig, LogMel, mel_edges, normalize_level, triangular_filters
+from ..features import FrontendConfig, KaldiLogMel, LogMel, kaldi_mel_filterbank, mel_edges, normalize_level, \
+    triangular_filters
 
 
 class Frontend(nn.Module):
@@ -24,20 +25,37 @@ class Frontend(nn.Module):
       (learned statistics, frozen in eval mode) and, in training mode, SpecAugment.
 
     ``forward`` also takes a 4-D ``(batch, 1, n_mels, frames)`` slice of :meth:`spectrogram` output and only
-    normalises it (``AudioClassifier.forward_spectrogram``).
+    normalises it (``AudioClassifier.forward_spectrogram``). Subclasses change the log-mel (``logmel_class``), the
+    normalisation (:meth:`build_norm`) and the jittered filter banks (:meth:`jittered_filterbanks`).
     """
+
+    logmel_class = LogMel
 
     def __init__(self, config: FrontendConfig, augment: AugmentConfig = AugmentConfig()):
         super().__init__()
         self.config, self.augment_config = config, augment
-        self.logmel = LogMel(config)
-        self.norm = nn.BatchNorm1d(config.n_mels)
+        self.logmel = self.logmel_class(config)
+        self.norm = self.build_norm(config)
         self.wave_augment = WaveformAugment(augment, config.sample_rate)
         self.time_stretch = TimeStretch(augment)
         self.channel_augment = ChannelAugment(augment)
         self.spec_augment = SpecAugment(augment)
         if augment.fb_jitter > 0:
-            self.register_buffer("jittered_fb", _jittered_filterbanks(config, augment.fb_jitter), persistent=False)
+            fbs = self.jittered_filterbanks(config, augment.fb_jitter)
+            self.register_buffer("jittered_fb", fbs, persistent=False)
+
+    @staticmethod
+    def build_norm(config: FrontendConfig) -> nn.Module:
+        """Per-mel-bin batch norm: learned statistics, frozen in eval mode."""
+        return nn.BatchNorm1d(config.n_mels)
+
+    @staticmethod
+    def jittered_filterbanks(config: FrontendConfig, jitter: float) -> torch.Tensor:
+        return _jittered_filterbanks(config, jitter)
+
+    def frames(self, samples: int) -> int:
+        """Frames of :meth:`spectrogram` for ``samples`` input samples."""
+        return self.logmel.frames(samples)
 
     def spectrogram(self, waveform: torch.Tensor) -> torch.Tensor:
         """``(batch, samples)`` -> natural-log mel power ``(batch, n_mels, frames)`` (augmented in training)."""
@@ -74,6 +92,38 @@ def _jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 17
     return torch.from_numpy(np.stack([triangular_filters(config.sample_rate, config.n_fft, edges / a) for a in warps]))
 
 
+class AffineNorm(nn.Module):
+    """``(x + shift) * scale``, fixed: a pretrained model's input normalisation."""
+
+    def __init__(self, shift: float, scale: float):
+        super().__init__()
+        self.shift, self.scale = shift, scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x + self.shift) * self.scale
+
+
+class KaldiFrontend(Frontend):
+    """EfficientAT's front end (:class:`~audioclf.features.KaldiLogMel`, then ``(x + 4.5) / 5``), with the same
+    training-only augmentations as :class:`Frontend`. Nothing in it is learned, so its state dict is empty."""
+
+    logmel_class = KaldiLogMel
+
+    @staticmethod
+    def build_norm(config: FrontendConfig) -> nn.Module:
+        return AffineNorm(4.5, 1 / 5)
+
+    @staticmethod
+    def jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 17) -> torch.Tensor:
+        """Kaldi banks whose band limits are the evaluation bank's divided by warps spaced evenly in log between
+        ``1 / (1 + jitter)`` and ``1 + jitter`` (the upper limit at most Nyquist): ``(count, n_mels, freqs)``."""
+        f_max = config.f_max or config.sample_rate / 2
+        banks = [kaldi_mel_filterbank(config.sample_rate, config.n_fft, config.n_mels, config.f_min / a,
+                                      min(f_max / a, config.sample_rate / 2))
+                 for a in (1.0 + jitter) ** np.linspace(-1.0, 1.0, count)]
+        return torch.from_numpy(np.stack(banks))
+
+
 class AudioClassifier(nn.Module):
     """Base class: ``forward(waveform) = forward_head(forward_features(waveform))``.
 
@@ -83,11 +133,13 @@ class AudioClassifier(nn.Module):
 
     num_features: int
     supports_onnx: bool = True  # False: audioclf.export refuses the model with a clear ExportError
+    frontend_class = Frontend
+    head_name = "classifier"  # the parameters under this name are the head; the rest is the backbone
 
     def __init__(self, num_classes: int, frontend: FrontendConfig, augment: AugmentConfig, dropout: float = 0.2):
         super().__init__()
         self.num_classes = num_classes
-        self.frontend = Frontend(frontend, augment)
+        self.frontend = self.frontend_class(frontend, augment)
         self.head_dropout = nn.Dropout(dropout)
 
     def init_head(self, num_features: int) -> None:
@@ -103,7 +155,7 @@ class AudioClassifier(nn.Module):
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Features -> logits ``(batch, classes)``, or the pooled embedding when ``pre_logits``."""
         pooled = self.pool(features)
-        return pooled if pre_logits else self.classifier(self.head_dropout(pooled))
+        return pooled if pre_logits else self.get_classifier()(self.head_dropout(pooled))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(waveform))
@@ -116,13 +168,17 @@ class AudioClassifier(nn.Module):
         does not must override this."""
         return self.forward_head(self.forward_features(spec))
 
+    def get_classifier(self) -> nn.Linear:
+        """The head: pooled features ``(batch, num_features)`` -> logits ``(batch, classes)``."""
+        return self.classifier
+
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a freshly initialised one for ``num_classes`` classes."""
         self.num_classes = num_classes
         self.classifier = nn.Linear(self.num_features, num_classes).to(self.classifier.weight.device)
 
     def backbone_parameters(self):
-        return (p for n, p in self.named_parameters() if not n.startswith("classifier."))
+        return (p for n, p in self.named_parameters() if not n.startswith(self.head_name + "."))
 
 
 def time_pool(x: torch.Tensor) -> torch.Tensor:

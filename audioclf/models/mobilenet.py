@@ -48,7 +48,7 @@ class InvertedResidual(nn.Module):
 
 
 # MobileNetV3-Large: (kernel, expansion, out, SE, activation, stride)
-_MNV3_LARGE = [
+MNV3_LARGE = [
     (3, 16, 16, False, "re", 1), (3, 64, 24, False, "re", 2), (3, 72, 24, False, "re", 1),
     (5, 72, 40, True, "re", 2), (5, 120, 40, True, "re", 1), (5, 120, 40, True, "re", 1),
     (3, 240, 80, False, "hs", 2), (3, 200, 80, False, "hs", 1), (3, 184, 80, False, "hs", 1),
@@ -65,7 +65,7 @@ class MobileNetV3(AudioClassifier):
         c_stem = _divisible(16 * width)
         layers = [nn.Conv2d(1, c_stem, 3, 2, 1, bias=False), nn.BatchNorm2d(c_stem), nn.Hardswish()]
         c_in = c_stem
-        for k, exp, out, se, act, stride in _MNV3_LARGE:
+        for k, exp, out, se, act, stride in MNV3_LARGE:
             c_out = _divisible(out * width)
             layers.append(InvertedResidual(c_in, _divisible(exp * width), c_out, k, stride, se, act))
             c_in = c_out

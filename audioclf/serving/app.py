@@ -13,8 +13,8 @@ or the raw file as the request body, whatever its content type (``curl --data-bi
 audio/wav'``). Any format :func:`audioclf.audio.read_audio` decodes is accepted. The answer:
 
 * audio no longer than the model's window (``clip_seconds``): a JSON **list** ``[{"label", "score"}, ...]``, best
-  first, like the Hugging Face ``audio-classification`` pipeline: the top ``top_k`` labels for single-label runs,
-  every label at or above its threshold for multi-label runs (as ``Classifier.predict``);
+  first, like the Hugging Face ``audio-classification`` pipeline: the top ``top_k`` labels, and for multi-label runs
+  also every further label at or above its threshold (as ``Classifier.predict``);
 * longer audio: a JSON **object** ``{"predictions": [...], "events": [...], "duration": s, "window": s}``:
   ``predictions`` as above for the whole recording (the windows' logits averaged, as ``Classifier.predict``),
   ``events`` ``[{"label", "start", "end", "peak"}]`` from :func:`audioclf.longform.events` over the half-overlapping
@@ -505,7 +505,7 @@ class _QueryParam:
 
 _QUERY = (  # /v1/classify's query parameters, parsed by _query and documented by _query_openapi. FastAPI's own
     # per-request parameter solving took 28% of the event loop's CPU under load (cProfile, thread CPU time).
-    _QueryParam("top_k", int, None, 1, None, "labels to return (single-label runs); default {top_k}"),
+    _QueryParam("top_k", int, None, 1, None, "labels to return at least (multi-label runs add those above their thresholds); default {top_k}"),
     _QueryParam("threshold", float, None, 0, 1, "event threshold (long audio); default 0.5, or the run's per-label "
                                                 "thresholds"),
     _QueryParam("median_filter", int, 1, 1, 99, "odd median-filter size over windows (long audio)", odd=True),

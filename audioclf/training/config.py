@@ -14,7 +14,11 @@ class TrainConfig:
     width: float | None = field(default=None, metadata={"help": "model width multiplier"})
     epochs: int | None = field(default=None, metadata={"help": "training epochs"})
     batch_size: int | None = field(default=None, metadata={"help": "examples per optimiser step"})
-    lr: float = field(default=3e-3, metadata={"help": "peak learning rate (AdamW)"})
+    lr: float | None = field(default=None, metadata={"help": "peak learning rate of the head (AdamW; default 3e-3, "
+                                                               "1e-3 when fine-tuning --pretrained weights)"})
+    backbone_lr_scale: float = field(default=0.1, metadata={"help": "with --pretrained: the backbone's learning rate "
+                                                                     "as a fraction of --lr (the new head learns at "
+                                                                     "--lr)"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length in epochs"})
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing (single-label)"})
@@ -43,8 +47,12 @@ class TrainConfig:
                                                                  "device, site), so the batch norms learn per-group "
                                                                  "statistics; pairs with `audioclf adapt`"})
     noise_dir: str | None = field(default=None, metadata={"help": "folder of background-noise audio for augmentation"})
-    init_from: str | None = field(default=None, metadata={"help": "run folder to fine-tune from (new head)"})
-    freeze_backbone: bool = field(default=False, metadata={"help": "train the head alone (with --init-from)"})
+    pretrained: str | None = field(default=None, metadata={"help": "start from pretrained weights and fine-tune: a "
+                                                                   "catalogue name (mn04_as; `audioclf models` lists "
+                                                                   "them), a release file or a run folder; a new head "
+                                                                   "for the data's labels"})
+    freeze_backbone: bool = field(default=False, metadata={"help": "with --pretrained: train the head alone (a linear "
+                                                               "probe on the pretrained embeddings)"})
     seed: int = field(default=0, metadata={"help": "random seed (CPU runs are reproducible)"})
     split_seed: int | None = field(default=None, metadata={"help": "seed of the test and validation hold-outs "
                                                                    "(default: --seed), so runs can differ in their "

@@ -1,4 +1,5 @@
-"""Start from another run's weights: matching tensors load, the rest is reported, never silently dropped."""
+"""Start from pretrained weights (``--pretrained``): matching tensors load, the rest is reported, never silently
+dropped; and the fine-tuning recipe: learning rates, training length and augmentation."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,13 +8,42 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from ..augment import AugmentConfig
 from ..checkpoint import WEIGHTS_NAME, read_config
+
+FINETUNE_LR = 1e-3  # the new head's peak learning rate; the backbone's is backbone_lr_scale times it
+FINETUNE_STEPS = 400  # optimiser steps the automatic epochs aim at when fine-tuning
+
+
+def finetune_augment(mixup: float) -> AugmentConfig:
+    """EfficientAT's fine-tuning augmentation: mixup, time shift, +-12 dB gain, a slight filter-bank warp; no masks,
+    speed or tempo change, so the pretrained features see the sounds they were trained on."""
+    off = AugmentConfig.off().to_dict()
+    return AugmentConfig(**{**off, "mixup_alpha": mixup, "mixup_prob": AugmentConfig().mixup_prob, "gain_db": 12.0,
+                            "shift_seconds": 0.1, "fb_jitter": 0.05})
 
 
 @dataclass
 class InitSource:
+    """The run folder a fine-tune starts from, its config, and what the user named (``spec``)."""
+
+    spec: str
     run: Path
     config: dict
+
+    @property
+    def keeps_window(self) -> bool:
+        """A trained run keeps its clip length; a converted tagger (global pooling) takes the data's."""
+        return "pretrained" not in self.config
+
+    def provenance(self) -> dict:
+        """Where the initial weights came from: ``{"source", "run", "name", "sha256"[, "release_sha256"]}``."""
+        from ..weights.fetch import file_sha256
+
+        release = self.config.get("pretrained") or {}
+        return {"source": self.spec, "run": str(self.run), "name": release.get("name", self.run.name),
+                "sha256": file_sha256(self.run / WEIGHTS_NAME),
+                **({"release_sha256": release["sha256"]} if release.get("sha256") else {})}
 
     def apply(self, model: torch.nn.Module, freeze_backbone: bool = False) -> dict:
         """Copy every tensor whose name and shape match into ``model``; print what was loaded, reshaped or skipped.
@@ -45,11 +75,14 @@ class InitSource:
         return {"loaded": loaded, "skipped": skipped, "new": new}
 
 
-def init_from_run(run) -> InitSource:
-    """The run to start from; an ensemble run is refused (its tensors match no single model): name a member."""
-    run = Path(run)
+def init_source(spec, cache_dir=None) -> InitSource:
+    """The run to start from (:func:`audioclf.pretrained.pretrained`: a catalogue name, release file or run folder);
+    an ensemble run is refused (its tensors match no single model): name a member."""
+    from ..weights import pretrained
+
+    run = pretrained(spec, cache_dir)
     config = read_config(run)
     if "ensemble" in config:
-        raise ValueError(f"--init-from {run}: an ensemble of {config['ensemble']} models; fine-tune from one of them "
+        raise ValueError(f"--pretrained {spec}: an ensemble of {config['ensemble']} models; fine-tune from one of them "
                          f"({run / 'member-1'}, ...)")
-    return InitSource(run, config)
+    return InitSource(str(spec), run, config)

@@ -30,7 +30,7 @@ from ..models import create_model, list_models
 from . import autoconfig, distributed
 from .config import TrainConfig
 from .ema import ModelEma
-from .finetune import init_from_run
+from .finetune import FINETUNE_LR, FINETUNE_STEPS, finetune_augment, init_source
 from .resume import EpochSampler, GroupBatchSampler, load_state, restore_state, save_state, seed_step
 from .schedule import warmup_cosine
 
@@ -69,6 +69,7 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
     summary = autoconfig.summarise(manifest, split_seed(cfg))
     print(f"data: {summary.describe()}")
     batch_size = cfg.batch_size or autoconfig.choose_batch_size(n_train)
+    steps = FINETUNE_STEPS if cfg.pretrained else None
     model, model_args = autoconfig.choose_model(n_train)
     if cfg.model:
         model, model_args = cfg.model, {}
@@ -78,7 +79,7 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
         "sample_rate": cfg.sample_rate or autoconfig.choose_sample_rate(summary),
         "clip_seconds": cfg.clip_seconds or autoconfig.choose_clip_seconds(summary),
         "model": model, "model_args": model_args, "batch_size": batch_size,
-        "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size, model),
+        "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size, model, steps),
         "balance": cfg.balance == "on" or (cfg.balance == "auto" and summary.imbalance > 3),
     }
     auto = [k for k in AUTO_SETTINGS if k != "model_args" and getattr(cfg, k) is None]
@@ -95,23 +96,32 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
     return chosen
 
 
+DEFAULT_LR = 3e-3  # peak learning rate from scratch (FINETUNE_LR with --pretrained)
+
+
 def augment_config(cfg: TrainConfig) -> AugmentConfig:
+    """The training augmentation: the default policy, the fine-tuning one with ``--pretrained``
+    (:func:`~audioclf.training.finetune.finetune_augment`), none with ``--no-augment``; then ``--aug`` overrides."""
     if not cfg.augment:
         return AugmentConfig.off().with_overrides(cfg.aug)
-    base = AugmentConfig(mixup_alpha=cfg.mixup)
+    base = finetune_augment(cfg.mixup) if cfg.pretrained else AugmentConfig(mixup_alpha=cfg.mixup)
     if not cfg.specaugment:
         base = AugmentConfig(**{**base.to_dict(), "freq_masks": 0, "time_masks": 0})
     return base.with_overrides(cfg.aug)
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on norms, biases and other 1-D parameters (and position/class tokens)."""
-    decay, no_decay = [], []
+def param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """No weight decay on norms, biases and other 1-D parameters (and position/class tokens); the backbone's
+    learning rate is ``lr_scale`` = ``backbone_lr_scale`` times the head's (``model.head_name``)."""
+    groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")))
+        scale = 1.0 if name.startswith(model.head_name + ".") else backbone_lr_scale
+        groups.setdefault((decays, scale), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "lr_scale": scale}
+            for (decays, scale), params in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1]))]
 
 
 def loss_fn(logits: torch.Tensor, targets: torch.Tensor, multilabel: bool, smoothing: float,
@@ -130,7 +140,7 @@ def train_step(step_model, model, optimizer, ema, wave, target, lr: float, cfg: 
     if not multilabel and cfg.mixup > 0 and cfg.augment and torch.rand(()) < model.frontend.augment_config.mixup_prob:
         wave, target = mixup(wave, target, cfg.mixup)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     with torch.autocast(wave.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
         logits = step_model(wave)
     loss = loss_fn(logits.float(), target, multilabel, cfg.label_smoothing, class_weights)
@@ -192,7 +202,7 @@ class TrainingData:
     labels: list[str]
     multilabel: bool
     settings: dict  # the concrete settings (resolve_settings)
-    init: object | None  # the --init-from run
+    init: object | None  # the --pretrained source (finetune.InitSource)
     clips: dict  # path -> float32 (samples,) at settings["sample_rate"]
     skipped: list  # (path, reason)
     train: list[int]
@@ -205,7 +215,7 @@ class TrainingData:
 
 
 def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | None = None) -> TrainingData:
-    """Manifest, split, settings (filled from the data, or from the --init-from run; ``resumed``: as in
+    """Manifest, split, settings (filled from the data, or from the --pretrained source; ``resumed``: as in
     :func:`resolve_settings`) and decoded clips; writes ``skipped.csv`` (rank 0). Fills ``cfg``'s audio settings when
     shards or a fine-tune fix them."""
     from ..data import shards as shard_data
@@ -221,12 +231,21 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
     print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label"
           + ("; validation shares train's groups (the test fold does, or train has under 10 groups)"
              if split.val_shares_groups else ""))
-    init = init_from_run(cfg.init_from) if cfg.init_from else None
-    if init:  # a fine-tune keeps the source run's audio settings and architecture
-        settings_from = init.config
-        cfg.sample_rate, cfg.clip_seconds = settings_from["frontend"]["sample_rate"], settings_from["clip_seconds"]
-        cfg.model, cfg.n_mels = settings_from["model"], settings_from["frontend"]["n_mels"]
-        cfg.level_norm = settings_from["frontend"]["level_norm"]  # read_config fills it for older runs
+    init = init_source(cfg.pretrained, cfg.cache_dir) if cfg.pretrained else None
+    if init:  # a fine-tune keeps the source's front end and architecture
+        fixed = init.config
+        if cfg.model and cfg.model != fixed["model"]:
+            raise TrainError(f"--model {cfg.model}: --pretrained {cfg.pretrained} is a {fixed['model']} model")
+        if source and cfg.sample_rate != fixed["frontend"]["sample_rate"]:
+            raise TrainError(f"{data}: tar shards at {cfg.sample_rate} Hz; --pretrained {cfg.pretrained} needs "
+                             f"{fixed['frontend']['sample_rate']} Hz (pack them at that rate)")
+        cfg.sample_rate, cfg.model = fixed["frontend"]["sample_rate"], fixed["model"]
+        cfg.n_mels, cfg.level_norm = fixed["frontend"]["n_mels"], fixed["frontend"]["level_norm"]
+        if init.keeps_window:
+            cfg.clip_seconds = cfg.clip_seconds or fixed["clip_seconds"]
+        print(f"fine-tune: from {init.spec} ({fixed['model']}, {cfg.sample_rate} Hz); head lr {cfg.lr or FINETUNE_LR:g}, "
+              f"backbone lr x{cfg.backbone_lr_scale:g}" + (", backbone frozen" if cfg.freeze_backbone else ""))
+    cfg.lr = cfg.lr or (FINETUNE_LR if init else DEFAULT_LR)
     s = resolve_settings(cfg, manifest, len(split.train), resumed)
     if init:
         s["model_args"] = dict(init.config["model_args"])
@@ -301,8 +320,8 @@ def test_best_checkpoint(run: Path, device, d: TrainingData, clip_samples: int, 
 
 
 def check_models(cfg: TrainConfig) -> None:
-    """Refuse a bad ``--ensemble`` or an unknown ``--model`` name before any work; several names without
-    ``--ensemble`` make an ensemble of one member each."""
+    """Refuse a bad ``--ensemble``, an unknown ``--model`` name or an unusable ``--pretrained`` source before any
+    work; several names without ``--ensemble`` make an ensemble of one member each."""
     names = cfg.model_names()
     unknown = [name for name in names if name not in list_models()]
     if unknown:
@@ -314,6 +333,10 @@ def check_models(cfg: TrainConfig) -> None:
         cfg.ensemble = len(names)
     if cfg.ensemble < 1:
         raise ValueError(f"--ensemble must be at least 1, got {cfg.ensemble}")
+    if cfg.freeze_backbone and not cfg.pretrained:
+        raise ValueError("--freeze-backbone needs --pretrained (a backbone to freeze)")
+    if cfg.pretrained:  # fetched and checked now: a bad name, hash or file fails before any work
+        init_source(cfg.pretrained, cfg.cache_dir)
     if len(names) > cfg.ensemble:
         raise ValueError(f"--model names {len(names)} models but --ensemble {cfg.ensemble} trains fewer members")
 
@@ -348,7 +371,8 @@ def train(data, out, **settings) -> dict:
     sr, clip_samples = s["sample_rate"], int(round(s["clip_seconds"] * s["sample_rate"]))
 
     # --- model, optimiser
-    frontend = FrontendConfig(sample_rate=sr, n_mels=cfg.n_mels, level_norm=cfg.level_norm)
+    frontend = (FrontendConfig(**init.config["frontend"]) if init
+                else FrontendConfig(sample_rate=sr, n_mels=cfg.n_mels, level_norm=cfg.level_norm))
     model = create_model(s["model"], len(labels), frontend, augment, **s["model_args"])
     if init:
         init.apply(model, cfg.freeze_backbone)
@@ -362,7 +386,8 @@ def train(data, out, **settings) -> dict:
         step_model = torch.compile(model)
     if world > 1:  # gradients averaged across ranks; EMA, evaluation and checkpoints use the unwrapped `model`
         step_model = torch.nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.backbone_lr_scale if init else 1.0),
+                                  lr=cfg.lr)
     class_weights = None
     if s["balance"]:
         counts = y[train_idx].sum(0)
@@ -374,7 +399,8 @@ def train(data, out, **settings) -> dict:
     patience = cfg.patience or max(10, epochs // 2)  # never cut the cosine decay short on a noisy validation set
     config = {"labels": labels, "task": "multi_label" if multilabel else "single_label",
               "clip_seconds": s["clip_seconds"], "training": {**cfg.to_dict(), **{k: v for k, v in s.items()}},
-              "data": str(data), "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)}}
+              "data": str(data), "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+              **({"init": init.provenance()} if init else {})}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {s['model']} {s['model_args']} ({n_params / 1e6:.2f} M parameters) on {device}"
           f"{' with bf16 autocast' if cfg.amp else ''}; "
