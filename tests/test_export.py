@@ -47,7 +47,7 @@ def make_run(folder: Path, name: str, clips: list[np.ndarray], task: str = "sing
     (a trained model's range with label smoothing 0.1; a random head on a deep random net gives 15-50, and float32
     rounding differences grow with the logits' scale)."""
     torch.manual_seed(0)
-    kwargs = SMALL_ARGS.get(name, {"width": 0.25})
+    kwargs = SMALL_ARGS.get(name, {} if name.startswith("mn") else {"width": 0.25})  # mnXX: the width is the name
     model = create_model(name, len(LABELS), frontend=FrontendConfig(sample_rate=SR, n_mels=32),
                          augment=AugmentConfig.off(), **kwargs)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
@@ -64,8 +64,8 @@ def make_run(folder: Path, name: str, clips: list[np.ndarray], task: str = "sing
     model.eval()
     with torch.no_grad():
         scale = 5.0 / float(model(batch).abs().max())
-        model.classifier.weight.mul_(scale)
-        model.classifier.bias.mul_(scale)
+        model.get_classifier().weight.mul_(scale)
+        model.get_classifier().bias.mul_(scale)
     run = folder / name
     save_run(run, model, {"labels": LABELS, "clip_seconds": CLIP_SECONDS, "task": task})
     return run
@@ -82,7 +82,8 @@ def _batch(clips, indices, length) -> np.ndarray:
     return np.stack([fit_length(clips[i], length) for i in indices])
 
 
-@pytest.mark.parametrize("name", list_models())
+# mn20 / mn30 / mn40 are mn10's class at a larger width (graphs of 70-260 MB): mn10 stands for them
+@pytest.mark.parametrize("name", [n for n in list_models() if n not in ("mn20", "mn30", "mn40")])
 def test_onnx_matches_pytorch_for_every_model(name, tmp_path, clips):
     run = make_run(tmp_path, name, clips)
     model, config = load_run(run)

@@ -67,8 +67,8 @@ STEPS = 1000  # optimiser steps the automatic epochs aim at
 MODEL_STEPS = {"crnn": 1800}  # models that converge slower: their automatic epochs aim at more steps (below)
 
 
-def choose_epochs(train_files: int, batch_size: int, model: str = "cnn", steps: int | None = None) -> int:
-    """About ``steps`` (default ``STEPS``) optimiser steps (counting a last, partial batch, which the training loader drops) and at least
+def choose_epochs(train_files: int, batch_size: int, model: str = "cnn") -> int:
+    """About ``STEPS`` optimiser steps (counting a last, partial batch, which the training loader drops) and at least
     10 epochs, at most ``MAX_EPOCHS``. A small data set needs the steps, however many epochs they take: FSDD's official
     split trained on 5% / 10% of its training clips (121 / 243 files) tested 60.0-62.3% / 89.0-89.7% after the 150 /
     350 steps that a cap of 50 epochs allowed, and 88.0-93.0% / 95.7-97.7% after 750 / 875 steps (250 / 125 epochs;
@@ -77,8 +77,21 @@ def choose_epochs(train_files: int, batch_size: int, model: str = "cnn", steps: 
     ``crnn`` (its GRU) aims at 1,800: after 1,000 steps its best epoch was the last or nearly (23-28 of 28, FSDD
     leave one speaker out) and its validation loss still falling; with 1,800 (50 epochs) the best epochs are 30-46
     and the held-out voices 2.8 +- 0.7 points more accurate (18 paired folds; docs/experiments.md, session 24)."""
+    return _epochs_for(MODEL_STEPS.get(model, STEPS), train_files, batch_size)
+
+
+FINETUNE_STEPS = 400  # optimiser steps the automatic epochs aim at when fine-tuning pretrained weights
+
+
+def choose_finetune_epochs(train_files: int, batch_size: int) -> int:
+    """About ``FINETUNE_STEPS`` optimiser steps, at least 10 epochs, at most ``MAX_EPOCHS``: a pretrained backbone
+    needs a fraction of the steps that training from scratch takes."""
+    return _epochs_for(FINETUNE_STEPS, train_files, batch_size)
+
+
+def _epochs_for(steps: int, train_files: int, batch_size: int) -> int:
     steps_per_epoch = max(1, math.ceil(train_files / batch_size))
-    return int(min(MAX_EPOCHS, max(10, round((steps or MODEL_STEPS.get(model, STEPS)) / steps_per_epoch))))
+    return int(min(MAX_EPOCHS, max(10, round(steps / steps_per_epoch))))
 
 
 def choose_model(train_files: int) -> tuple[str, dict]:

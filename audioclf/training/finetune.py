@@ -12,7 +12,6 @@ from ..augment import AugmentConfig
 from ..checkpoint import WEIGHTS_NAME, read_config
 
 FINETUNE_LR = 1e-3  # the new head's peak learning rate; the backbone's is backbone_lr_scale times it
-FINETUNE_STEPS = 400  # optimiser steps the automatic epochs aim at when fine-tuning
 
 
 def finetune_augment(mixup: float) -> AugmentConfig:

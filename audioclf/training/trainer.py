@@ -30,7 +30,7 @@ from ..models import create_model, list_models
 from . import autoconfig, distributed
 from .config import TrainConfig
 from .ema import ModelEma
-from .finetune import FINETUNE_LR, FINETUNE_STEPS, finetune_augment, init_source
+from .finetune import FINETUNE_LR, finetune_augment, init_source
 from .resume import EpochSampler, GroupBatchSampler, load_state, restore_state, save_state, seed_step
 from .schedule import warmup_cosine
 
@@ -69,7 +69,6 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
     summary = autoconfig.summarise(manifest, split_seed(cfg))
     print(f"data: {summary.describe()}")
     batch_size = cfg.batch_size or autoconfig.choose_batch_size(n_train)
-    steps = FINETUNE_STEPS if cfg.pretrained else None
     model, model_args = autoconfig.choose_model(n_train)
     if cfg.model:
         model, model_args = cfg.model, {}
@@ -79,7 +78,8 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
         "sample_rate": cfg.sample_rate or autoconfig.choose_sample_rate(summary),
         "clip_seconds": cfg.clip_seconds or autoconfig.choose_clip_seconds(summary),
         "model": model, "model_args": model_args, "batch_size": batch_size,
-        "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size, model, steps),
+        "epochs": cfg.epochs or (autoconfig.choose_finetune_epochs(n_train, batch_size) if cfg.pretrained
+                                 else autoconfig.choose_epochs(n_train, batch_size, model)),
         "balance": cfg.balance == "on" or (cfg.balance == "auto" and summary.imbalance > 3),
     }
     auto = [k for k in AUTO_SETTINGS if k != "model_args" and getattr(cfg, k) is None]
