@@ -382,14 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("export", help="export a run to ONNX (waveform in, logits out; front end in the graph)")
-    p.add_argument("run")
+    p.add_argument("run", help="run folder or pretrained catalogue name (mn04_as)")
     p.add_argument("--format", choices=("onnx",), default="onnx")
     p.add_argument("--out", default=None, help="output file (default RUN/model.onnx)")
     p.add_argument("--opset", type=int, default=17)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", help="HTTP service with a web page: POST audio to /v1/classify, docs at /docs")
-    p.add_argument("run")
+    p.add_argument("run", help="run folder or pretrained catalogue name (mn04_as)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="requests per forward pass at most")

@@ -1,9 +1,9 @@
 """Log-mel front end: pure functions plus the ``LogMel`` module every model owns.
 
 Shapes follow torchaudio: waveforms ``(batch, samples)``, spectrograms ``(batch, n_mels, frames)``.
-The mel filter bank is the Slaney one (``librosa.filters.mel(htk=False, norm="slaney")``),
-computed once per setting and cached; inside the module it is a buffer, so it travels with
-the weights, the device and the ONNX graph.
+The mel filter bank is the Slaney one (``librosa.filters.mel(htk=False, norm="slaney")``), or Kaldi's for the
+EfficientAT models (:class:`KaldiLogMel`), computed once per setting and cached; inside the module it is a buffer,
+so it travels with the weights, the device and the ONNX graph.
 """
 from __future__ import annotations
 

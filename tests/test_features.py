@@ -152,3 +152,18 @@ def test_filterbank_jitter_is_centred_on_the_evaluation_bank(freq):
     assert positions[middle] == pytest.approx(evaluation, abs=1e-4)  # the evaluation bank is one of them
     assert positions.min() < evaluation - 0.1 and positions.max() > evaluation + 0.1  # moved both ways
     assert abs(positions.mean() - evaluation) < 0.1 * (positions.max() - positions.min())  # centred
+
+
+def test_kaldi_mel_filterbank_is_kaldis_triangles_on_the_htk_mel_scale():
+    from audioclf.features import kaldi_mel, kaldi_mel_filterbank
+    fb = kaldi_mel_filterbank(32000, 1024, 128, 0.0, 15000.0)
+    assert fb.shape == (128, 513) and fb.dtype == np.float32
+    hz = np.arange(513) * 32000 / 1024
+    assert not fb[:, -1].any() and fb[:, hz >= 15000].max() < 1e-6  # nothing from f_max up, Nyquist bin empty
+    peaks = fb.argmax(axis=1)
+    assert (np.diff(peaks) >= 0).all() and fb.max() <= 1.0
+    # each filter is a triangle in mel: 1 - |mel - centre| / step, centres evenly spaced up to f_max
+    step = kaldi_mel(15000.0) / 129
+    centre = step * (np.arange(128) + 1)
+    want = np.maximum(0, 1 - np.abs(kaldi_mel(hz[:-1])[None] - centre[:, None]) / step)
+    np.testing.assert_allclose(fb[:, :-1], want, atol=1e-6)

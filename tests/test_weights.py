@@ -290,3 +290,20 @@ def test_the_exported_tagger_matches_pytorch(tagger, tmp_path):
     assert onnx_clf.labels == audioset_labels() and onnx_clf.sample_rate == 32000 and onnx_clf.multilabel
     clips = [str(SAMPLES / f"{name}.wav") for name in ("music", "speech", "typing")]
     np.testing.assert_allclose(onnx_clf.scores(clips), tagger.scores(clips), atol=1e-4)
+
+
+@needs_release
+def test_the_service_tags_with_the_pretrained_model_by_name():
+    pytest.importorskip("fastapi")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from fastapi.testclient import TestClient
+    from audioclf.serving import create_app
+
+    with TestClient(create_app("mn04_as", top_k=3)) as client:
+        answer = client.post("/v1/classify", content=(SAMPLES / "typing.wav").read_bytes(),
+                             headers={"Content-Type": "audio/wav"})
+    assert answer.status_code == 200, answer.text
+    labels = [p["label"] for p in answer.json()]
+    assert len(labels) >= 3 and "Typing" in labels[:3]

@@ -80,7 +80,7 @@ def choose_epochs(train_files: int, batch_size: int, model: str = "cnn") -> int:
     return _epochs_for(MODEL_STEPS.get(model, STEPS), train_files, batch_size)
 
 
-FINETUNE_STEPS = 400  # optimiser steps the automatic epochs aim at when fine-tuning pretrained weights
+FINETUNE_STEPS = 200  # optimiser steps the automatic epochs aim at when fine-tuning pretrained weights
 
 
 def choose_finetune_epochs(train_files: int, batch_size: int) -> int:
