@@ -307,3 +307,11 @@ def test_the_service_tags_with_the_pretrained_model_by_name():
     assert answer.status_code == 200, answer.text
     labels = [p["label"] for p in answer.json()]
     assert len(labels) >= 3 and "Typing" in labels[:3]
+
+
+def test_settings_that_contradict_the_pretrained_model_are_refused(tmp_path):
+    for flags, message in [(["--model", "cnn"], "--model cnn: --pretrained mn04_as is a mn04 model"),
+                           (["--sample-rate", "16000"], "--sample-rate 16000: --pretrained mn04_as takes audio at "
+                                                        "32000 Hz")]:
+        rc, _, err = run_cli("train", tmp_path, "--out", tmp_path / "run", "--pretrained", "mn04_as", *flags)
+        assert rc == 2 and message in err and not (tmp_path / "run").exists()

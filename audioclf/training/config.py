@@ -16,9 +16,10 @@ class TrainConfig:
     batch_size: int | None = field(default=None, metadata={"help": "examples per optimiser step"})
     lr: float | None = field(default=None, metadata={"help": "peak learning rate of the head (AdamW; default 3e-3, "
                                                                "1e-3 when fine-tuning --pretrained weights)"})
-    backbone_lr_scale: float = field(default=0.1, metadata={"help": "with --pretrained: the backbone's learning rate "
-                                                                     "as a fraction of --lr (the new head learns at "
-                                                                     "--lr)"})
+    backbone_lr_scale: float = field(default=1.0, metadata={"help": "with --pretrained: the backbone's learning rate "
+                                                                     "as a fraction of the head's --lr (default 1: one "
+                                                                     "rate, as EfficientAT fine-tunes; below 1 keeps "
+                                                                     "more of the pretrained features)"})
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay (not on norms and biases)"})
     warmup_epochs: float = field(default=1.0, metadata={"help": "linear warm-up length in epochs"})
     label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing (single-label)"})
@@ -29,7 +30,7 @@ class TrainConfig:
     patience: int | None = field(default=None, metadata={"help": "early stopping after this many epochs without improvement"})
     sample_rate: int | None = field(default=None, metadata={"help": "audio sample rate in Hz"})
     clip_seconds: float | None = field(default=None, metadata={"help": "training window length in seconds"})
-    n_mels: int = field(default=64, metadata={"help": "mel bands"})
+    n_mels: int = field(default=64, metadata={"help": "mel bands (a --pretrained model keeps its own front end)"})
     level_norm: bool = field(default=True, metadata={"help": "normalise each window's level (loudest frame at "
                                                              "0 dB): predictions that do not depend on gain"})
     pattern: str | None = field(default=None, metadata={"help": "regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths"})

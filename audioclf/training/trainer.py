@@ -234,8 +234,6 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
     init = init_source(cfg.pretrained, cfg.cache_dir) if cfg.pretrained else None
     if init:  # a fine-tune keeps the source's front end and architecture
         fixed = init.config
-        if cfg.model and cfg.model != fixed["model"]:
-            raise TrainError(f"--model {cfg.model}: --pretrained {cfg.pretrained} is a {fixed['model']} model")
         if source and cfg.sample_rate != fixed["frontend"]["sample_rate"]:
             raise TrainError(f"{data}: tar shards at {cfg.sample_rate} Hz; --pretrained {cfg.pretrained} needs "
                              f"{fixed['frontend']['sample_rate']} Hz (pack them at that rate)")
@@ -336,7 +334,12 @@ def check_models(cfg: TrainConfig) -> None:
     if cfg.freeze_backbone and not cfg.pretrained:
         raise ValueError("--freeze-backbone needs --pretrained (a backbone to freeze)")
     if cfg.pretrained:  # fetched and checked now: a bad name, hash or file fails before any work
-        init_source(cfg.pretrained, cfg.cache_dir)
+        fixed = init_source(cfg.pretrained, cfg.cache_dir).config
+        if any(name != fixed["model"] for name in names):
+            raise ValueError(f"--model {cfg.model}: --pretrained {cfg.pretrained} is a {fixed['model']} model")
+        if cfg.sample_rate and cfg.sample_rate != fixed["frontend"]["sample_rate"]:
+            raise ValueError(f"--sample-rate {cfg.sample_rate}: --pretrained {cfg.pretrained} takes audio at "
+                             f"{fixed['frontend']['sample_rate']} Hz (files are resampled to it)")
     if len(names) > cfg.ensemble:
         raise ValueError(f"--model names {len(names)} models but --ensemble {cfg.ensemble} trains fewer members")
 
