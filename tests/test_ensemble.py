@@ -211,3 +211,12 @@ def test_an_ensemble_exports_to_onnx_with_parity(tmp_path, names):
     with torch.no_grad():
         expected = model(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(onnx_clf.logits(x), expected, atol=1e-4)
+
+
+def test_members_with_different_front_ends_are_refused(tmp_path):
+    """One log-mel feeds every member in eval mode: an EfficientAT member (Kaldi front end) cannot join a cnn."""
+    with pytest.raises(ValueError, match="share their front end"):
+        Ensemble([create_model("cnn", 3, FrontendConfig(sample_rate=8000)),
+                  create_model("mn01", 3, FrontendConfig(sample_rate=8000))])
+    rc, _, err = run_cli("train", tmp_path, "--out", tmp_path / "run", "--model", "cnn,mn04")
+    assert rc == 2 and "these differ (cnn: Frontend, mn04: KaldiFrontend)" in err and not (tmp_path / "run").exists()

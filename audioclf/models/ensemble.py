@@ -17,7 +17,7 @@ from torch import nn
 
 class Ensemble(nn.Module):
     """Waveform ``(batch, samples)`` -> mean logits ``(batch, classes)`` of ``members`` (any architectures, one
-    front-end configuration and class count). In eval mode the log-mel is computed once, in float32, and each member
+    front end, kind and configuration, and class count). In eval mode the log-mel is computed once, in float32, and each member
     normalises it with its own statistics; in training mode each member runs whole (its own augmentation)."""
 
     def __init__(self, members: Sequence[nn.Module]):
@@ -25,8 +25,9 @@ class Ensemble(nn.Module):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         first = members[0]
-        if any(m.frontend.config != first.frontend.config or m.num_classes != first.num_classes for m in members):
-            raise ValueError("ensemble members must share their front-end settings and classes")
+        if any(m.frontend.config != first.frontend.config or type(m.frontend) is not type(first.frontend)
+               or m.num_classes != first.num_classes for m in members):
+            raise ValueError("ensemble members must share their front end (its kind and settings) and classes")
         self.members = nn.ModuleList(members)
         self.model_name, self.model_args = first.model_name, first.model_args  # config.json's "model": the first's
         self.num_classes = first.num_classes

@@ -342,6 +342,11 @@ def check_models(cfg: TrainConfig) -> None:
                              f"{fixed['frontend']['sample_rate']} Hz (files are resampled to it)")
     if len(names) > cfg.ensemble:
         raise ValueError(f"--model names {len(names)} models but --ensemble {cfg.ensemble} trains fewer members")
+    with torch.device("meta"):  # built without memory, for their front ends' kinds
+        kinds = {name: type(create_model(name, 2).frontend).__name__ for name in names}
+    if len(set(kinds.values())) > 1:
+        raise ValueError(f"--model {cfg.model}: an ensemble's members share one front end, and these differ "
+                         f"({', '.join(f'{n}: {k}' for n, k in kinds.items())})")
 
 
 def train(data, out, **settings) -> dict:
