@@ -215,7 +215,7 @@ def test_an_ensemble_exports_to_onnx_with_parity(tmp_path, names):
 
 def test_members_with_different_front_ends_are_refused(tmp_path):
     """One log-mel feeds every member in eval mode: an EfficientAT member (Kaldi front end) cannot join a cnn."""
-    with pytest.raises(ValueError, match="share their front end"):
+    with pytest.raises(ValueError, match="one kind of front end"):
         Ensemble([create_model("cnn", 3, FrontendConfig(sample_rate=8000)),
                   create_model("mn01", 3, FrontendConfig(sample_rate=8000))])
     rc, _, err = run_cli("train", tmp_path, "--out", tmp_path / "run", "--model", "cnn,mn04")

@@ -27,7 +27,8 @@ class Ensemble(nn.Module):
         first = members[0]
         if any(m.frontend.config != first.frontend.config or type(m.frontend) is not type(first.frontend)
                or m.num_classes != first.num_classes for m in members):
-            raise ValueError("ensemble members must share their front end (its kind and settings) and classes")
+            raise ValueError("ensemble members must share their front-end settings and classes, and one kind of front "
+                             "end (one log-mel feeds them all)")
         self.members = nn.ModuleList(members)
         self.model_name, self.model_args = first.model_name, first.model_args  # config.json's "model": the first's
         self.num_classes = first.num_classes
