@@ -353,7 +353,7 @@ def load_run(run_dir, device="cpu"):
                                      augment=config["augment"], **m["model_args"])
         if "ensemble" not in config:
             return one(config)
-        # a run of session 20 (one architecture) lists no member_models: every member is "model"
+        # an older ensemble run of one architecture lists no member_models: every member is "model"
         return Ensemble([one(m) for m in config.get("member_models", [config] * config["ensemble"])])
     try:
         with torch.device("meta"):  # size the model first, without allocating anything

@@ -84,7 +84,7 @@ def test_an_ensemble_run_folder_round_trips_strictly(tmp_path):
 
 def test_a_mixed_ensemble_round_trips_and_its_member_models_are_checked(tmp_path):
     """Members of other architectures are rebuilt from ``member_models``; a run that lists none (one architecture,
-    as session 20 wrote them) still loads; a bad list is refused with the key named."""
+    as older versions wrote them) still loads; a bad list is refused with the key named."""
     ensemble = Ensemble(members(3, ("cnn", "crnn")))
     save_run(tmp_path / "run", ensemble, {"labels": list("abcd"), "clip_seconds": 0.5, "task": "single_label"})
     config = json.loads((tmp_path / "run" / "config.json").read_text())

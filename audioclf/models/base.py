@@ -50,8 +50,16 @@ class Frontend(nn.Module):
         return nn.BatchNorm1d(config.n_mels)
 
     @staticmethod
-    def jittered_filterbanks(config: FrontendConfig, jitter: float) -> torch.Tensor:
-        return _jittered_filterbanks(config, jitter)
+    def jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 17) -> torch.Tensor:
+        """``count`` mel filter banks whose band edges are the evaluation bank's divided by a warp ``alpha``, the
+        warps spaced evenly in log between ``1 / (1 + jitter)`` and ``1 + jitter``; the middle bank is the evaluation
+        bank. A tone at ``f`` Hz lands where ``alpha * f`` lands in the evaluation bank, so training sees the frequency
+        axis shifted both ways, centred on what evaluation sees: ``(count, n_mels, freqs)``."""
+        f_max = config.f_max or config.sample_rate / 2
+        edges = mel_edges(config.n_mels, config.f_min, f_max)
+        warps = (1.0 + jitter) ** np.linspace(-1.0, 1.0, count)
+        banks = [triangular_filters(config.sample_rate, config.n_fft, edges / a) for a in warps]
+        return torch.from_numpy(np.stack(banks))
 
     def frames(self, samples: int) -> int:
         """Frames of :meth:`spectrogram` for ``samples`` input samples."""
@@ -79,17 +87,6 @@ class Frontend(nn.Module):
             with torch.autocast(x.device.type, enabled=False):
                 return self.forward(x.float())
         return self.normalise(x[:, 0] if x.dim() == 4 else self.spectrogram(x))
-
-
-def _jittered_filterbanks(config: FrontendConfig, jitter: float, count: int = 17) -> torch.Tensor:
-    """``count`` mel filter banks whose band edges are the evaluation bank's divided by a warp ``alpha``, the
-    warps spaced evenly in log between ``1 / (1 + jitter)`` and ``1 + jitter``; the middle bank is the evaluation
-    bank. A tone at ``f`` Hz lands where ``alpha * f`` lands in the evaluation bank, so training sees the frequency
-    axis shifted both ways, centred on what evaluation sees: ``(count, n_mels, freqs)``."""
-    f_max = config.f_max or config.sample_rate / 2
-    edges = mel_edges(config.n_mels, config.f_min, f_max)
-    warps = (1.0 + jitter) ** np.linspace(-1.0, 1.0, count)
-    return torch.from_numpy(np.stack([triangular_filters(config.sample_rate, config.n_fft, edges / a) for a in warps]))
 
 
 class AffineNorm(nn.Module):
@@ -197,7 +194,7 @@ def pooling_precision(x: torch.Tensor) -> torch.Tensor:
     comes out NaN (``tests/test_models.py``). Eager bf16 pooling is kept because it generalised better: FSDD leave one
     speaker out, fold runs of seeds 0 / 1 / 2, 93.3 / 92.0 / 92.6% against 92.9 / 91.1 / 91.5% with float32 pooling
     everywhere (``audioclf cv``: 92.1% against 92.3%; 24 paired folds +0.58 points, standard error 0.43;
-    docs/experiments.md, session 18)."""
+    docs/experiments.md)."""
     return at_least_float32(x) if torch.compiler.is_compiling() else x
 
 

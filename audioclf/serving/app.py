@@ -686,7 +686,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
 class _Service(FastAPI):
     """The FastAPI app, with ``POST /v1/classify`` handed straight to its endpoint (:attr:`classify`) before
     FastAPI's and Starlette's middleware and routing, which took 17% of the event loop's samples under load
-    (docs/experiments.md, sessions 18-19). The route stays declared for the OpenAPI page; other methods on its path
+    (docs/experiments.md). The route stays declared for the OpenAPI page; other methods on its path
     reach the router as usual (405). Errors are answered as the app's exception handlers answer them
     (:func:`error_response`)."""
 

@@ -76,7 +76,7 @@ def choose_epochs(train_files: int, batch_size: int, model: str = "cnn") -> int:
 
     ``crnn`` (its GRU) aims at 1,800: after 1,000 steps its best epoch was the last or nearly (23-28 of 28, FSDD
     leave one speaker out) and its validation loss still falling; with 1,800 (50 epochs) the best epochs are 30-46
-    and the held-out voices 2.8 +- 0.7 points more accurate (18 paired folds; docs/experiments.md, session 24)."""
+    and the held-out voices 2.8 +- 0.7 points more accurate (18 paired folds; docs/experiments.md)."""
     return _epochs_for(MODEL_STEPS.get(model, STEPS), train_files, batch_size)
 
 

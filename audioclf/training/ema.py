@@ -16,7 +16,7 @@ class ModelEma:
     The effective decay ramps up as ``(1 + step) / (10 + step)`` (an average over about the last 11% of the steps so
     far), so early averages are not stuck at init; ``decay`` only caps it, and a cap of 0.995 binds after 1,790
     steps, so it changes nothing in a run of the automatic ~1,000 steps. A warm-up that reached 0.995 by step 200
-    cost 1.9 points on FSDD leave-one-speaker-out (docs/experiments.md, session 15).
+    cost 1.9 points on FSDD leave-one-speaker-out (docs/experiments.md).
     """
 
     def __init__(self, model: nn.Module, decay: float = 0.999):

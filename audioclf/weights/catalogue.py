@@ -41,7 +41,8 @@ def _efficientat(width_name: str, release_file: str, map_: float, sha256: str | 
 CATALOGUE: dict[str, PretrainedWeights] = {w.name: w for w in [
     _efficientat("mn01", "mn01_as_mAP_298.pt", 0.298),
     _efficientat("mn02", "mn02_as_mAP_378.pt", 0.378),
-    _efficientat("mn04", "mn04_as_mAP_432.pt", 0.432, "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
+    _efficientat("mn04", "mn04_as_mAP_432.pt", 0.432,
+                 "899a8c6217063f6941793102a2780b3dd788ab11fce468d9cf5f0577c453321c"),
     _efficientat("mn05", "mn05_as_mAP_443.pt", 0.443),
     _efficientat("mn10", "mn10_as_mAP_471.pt", 0.471),
     _efficientat("mn20", "mn20_as_mAP_478.pt", 0.478),
