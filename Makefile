@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup  ## train the default model on the bundled FSDD, test on the official split, print the metrics
-	$(BIN)/audioclf train datasets/fsdd/manifest.csv --test-fold 0 --out $(RUNS)/fsdd-demo
+	$(BIN)/audioclf train datasets/fsdd/manifest.csv --test-fold 0 --out $(RUNS)/fsdd-demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest

@@ -97,10 +97,11 @@ def adapt_batchnorm(model: nn.Module, clips, clip_samples: int, max_windows: int
 
 
 def adapt_run(run, paths, out, max_windows: int | None = None, cache_dir=None, device: str = "cpu",
-              seed: int = 0) -> dict:
+              seed: int = 0, overwrite: bool = False) -> dict:
     """Adapt the run folder ``run`` to the audio files ``paths`` (at most ``max_windows`` windows, default
-    ``ADAPT_MAX_WINDOWS``) and save the result as the run folder ``out`` (``run`` is left as it is). Files that fail
-    to decode are skipped and listed. Returns the ``adaptation`` record stored in ``out/config.json``."""
+    ``ADAPT_MAX_WINDOWS``) and save the result as the run folder ``out`` (``run`` is left as it is; ``out`` new or
+    empty, or a run replaced with ``overwrite``). Files that fail to decode are skipped and listed. Returns the
+    ``adaptation`` record stored in ``out/config.json``."""
     from .checkpoint import save_run
     from .data.cache import AudioCache
     from .inference import load
@@ -110,6 +111,8 @@ def adapt_run(run, paths, out, max_windows: int | None = None, cache_dir=None, d
     max_windows = ADAPT_MAX_WINDOWS if max_windows is None else max_windows
     if max_windows < 1:  # before any decoding
         raise ValueError(f"max_windows must be at least 1, not {max_windows}")
+    from .run_folder import claim
+    claim(out, overwrite=overwrite)
     clf = load(run, device, fold_batchnorm=False)  # the batch norms are what adapts
     check_adaptable(clf.model)  # before any decoding
     clips, bad = AudioCache(cache_dir, clf.sample_rate).load([str(p) for p in paths])

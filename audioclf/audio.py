@@ -285,8 +285,8 @@ def _import_av(path, sf_error):
     try:
         import av
     except ImportError:
-        raise AudioDecodeError(path, _unrecognised(sf_error) + "; other formats need PyAV "
-                               "(pip install av), which is not installed") from None
+        raise AudioDecodeError(path, _unrecognised(sf_error) + "; other formats need PyAV (the 'formats' extra: "
+                               "pip install 'audioclf[formats]'), which is not installed") from None
     return av
 
 

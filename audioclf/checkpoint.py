@@ -11,6 +11,7 @@ crash mid-save leaves the previous run loadable.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections import Counter
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .io_utils import write_atomic, write_text_atomic
+from .io_utils import file_sha256, write_atomic, write_text_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -88,12 +89,20 @@ def _state_for_save(model) -> dict[str, torch.Tensor]:
     return state
 
 
+def label_maps(labels: list[str]) -> dict:
+    """``id2label`` (``{"0": label}``) and ``label2id``, as the field's model configs carry them."""
+    return {"id2label": {str(i): label for i, label in enumerate(labels)},
+            "label2id": {label: i for i, label in enumerate(labels)}}
+
+
 def save_run(run_dir, model, config: dict) -> None:
     """Write ``model.safetensors`` then ``config.json`` into ``run_dir`` (created if needed), atomically.
 
     ``config`` is the caller's dict (labels, clip_seconds, task, training args, metrics, ...), overlaid with
-    ``format_version``, ``audioclf_version`` and :func:`model_config`. It is validated like :func:`read_config`
-    and serialised before anything is written, so a save never produces a run that cannot be loaded.
+    ``format_version``, ``audioclf_version``, :func:`model_config`, ``id2label``/``label2id`` and the weights'
+    ``weights_sha256`` (:func:`load_run` checks it, so weights and config from different saves never pair up). It is
+    validated like :func:`read_config` and serialised before anything is written, so a save never produces a run that
+    cannot be loaded.
     Raises ``CheckpointError`` for an invalid config, ``OSError`` (naming the path) when writing fails.
     """
     from . import __version__
@@ -104,14 +113,15 @@ def save_run(run_dir, model, config: dict) -> None:
             "format_version": FORMAT_VERSION, "audioclf_version": __version__, **model_config(model)}
     validate_config(full, run)
     try:
-        text = json.dumps(full, indent=2, sort_keys=False) + "\n"
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(run, f"config is not JSON-serialisable: {e}") from e
-    try:
         from safetensors.torch import save
         weights = save(_state_for_save(model), metadata={"format": "pt"})
     except Exception as e:
         raise CheckpointError(run, f"cannot serialise the weights: {e}") from e
+    full.update(label_maps(full["labels"]), weights_sha256=hashlib.sha256(weights).hexdigest())
+    try:
+        text = json.dumps(full, indent=2, sort_keys=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(run, f"config is not JSON-serialisable: {e}") from e
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -369,6 +379,11 @@ def load_run(run_dir, device="cpu"):
     except Exception as e:  # safetensors raises its own error type for corrupt files
         raise CheckpointError(run, f"cannot read {WEIGHTS_NAME}: {e}") from e
     _check_state(model, state, run)
+    expected = config.get("weights_sha256")
+    if expected is not None:
+        if file_sha256(weights) != expected:
+            raise CheckpointError(run, f"{WEIGHTS_NAME} is not the file {CONFIG_NAME} was saved with (its SHA-256 "
+                                       "differs from weights_sha256): the two come from different saves")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

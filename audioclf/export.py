@@ -63,6 +63,7 @@ def onnx_metadata(model, config: dict, opset: int) -> dict:
         "input": INPUT_NAME,
         "output": OUTPUT_NAME,
         "opset": int(opset),
+        "weights_sha256": config.get("weights_sha256"),  # the run's weights it came from (stale_reason checks it)
     }
 
 
@@ -72,10 +73,12 @@ def export_onnx(run_dir, out_path=None, opset: int = 17, verify: bool = True) ->
 
     Raises ``ExportError("model X cannot be exported to ONNX: reason")`` for a model that does not export.
     """
+    from .run_folder import weights_sha256
     from .weights import resolve_run
 
     run_dir = resolve_run(run_dir)
     model, config = load_run(run_dir)
+    config = {**config, "weights_sha256": weights_sha256(run_dir)}  # also for runs saved before configs held it
     out = Path(out_path) if out_path is not None else Path(run_dir) / ONNX_NAME
     return export_model(model, config, out, opset=opset, verify=verify)
 
@@ -85,6 +88,12 @@ def export_model(model, config: dict, out_path, opset: int = 17, verify: bool = 
 
     The model is exported from the CPU in eval mode; its device and train/eval mode are restored afterwards."""
     name = getattr(model, "model_name", type(model).__name__)
+    for module in ("onnx", "onnxruntime"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ExportError(f"ONNX export needs the 'export' extra: pip install 'audioclf[export]' ({module} is "
+                              "not installed)") from None
     if not getattr(model, "supports_onnx", True):
         raise ExportError(f"model {name} cannot be exported to ONNX: "
                           f"{type(model).__name__} declares supports_onnx = False")

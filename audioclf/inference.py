@@ -123,6 +123,8 @@ def load(run_dir, device: str = "cpu", amp: bool = False, fold_batchnorm: bool =
     from .models.fusion import fold_batchnorm as fold
     from .weights import resolve_run
 
+    from .devices import resolve_device
+    device = str(resolve_device(device))
     model, config = load_run(resolve_run(run_dir), device)
     if fold_batchnorm:
         fold(model.eval())

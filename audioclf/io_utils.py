@@ -9,12 +9,13 @@ causes (disk full, read-only file system, permission denied), says so plainly.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
 from pathlib import Path
 
-__all__ = ["AtomicFile", "write_atomic", "write_json_atomic", "write_text_atomic"]
+__all__ = ["AtomicFile", "file_sha256", "write_atomic", "write_json_atomic", "write_text_atomic"]
 
 _HINTS = {
     errno.ENOSPC: "disk full",
@@ -152,3 +153,12 @@ def write_text_atomic(path, text: str) -> None:
 def write_json_atomic(path, obj) -> None:
     """:func:`write_atomic` for ``obj`` as indented JSON (key order kept) plus a final newline."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,7 +16,7 @@ import numpy as np
 from .predictions import Predictor, scores_from_logits
 from .data.windows import window_average
 
-__all__ = ["OnnxClassifier", "scores_from_logits", "read_onnx_metadata"]
+__all__ = ["OnnxClassifier", "scores_from_logits", "read_onnx_metadata", "stale_reason"]
 
 ONNX_NAME = "model.onnx"  # what audioclf.export writes (it imports these two from here: this side has no torch)
 METADATA_KEY = "audioclf"
@@ -44,6 +44,31 @@ def read_onnx_metadata(path, session=None) -> dict:
     return meta
 
 
+def stale_reason(path, meta: dict) -> str | None:
+    """Why the export at ``path`` no longer matches the run folder it sits in (None when it does, or when it sits in
+    no run folder): its ``weights_sha256`` must be the SHA-256 of the folder's ``model.safetensors``."""
+    from .io_utils import file_sha256
+    weights = Path(path).parent / "model.safetensors"
+    if not (weights.is_file() and (weights.parent / "config.json").is_file()):
+        return None
+    recorded = meta.get("weights_sha256")
+    if recorded is None:
+        return f"{path} records no weights hash, so it cannot be matched to {weights.name}"
+    if recorded != file_sha256(weights):
+        return f"{path} was exported from other weights than {weights} (the run was trained again since)"
+    return None
+
+
+def require_onnx_runtime():
+    """``onnxruntime``, or a RuntimeError naming the extra that installs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise RuntimeError("ONNX inference needs the 'export' extra: pip install 'audioclf[export]' "
+                           "(onnxruntime is not installed)") from None
+    return onnxruntime
+
+
 class OnnxClassifier(Predictor):
     """An exported classifier. ``path``: a ``.onnx`` file or a run folder holding ``model.onnx``.
 
@@ -51,8 +76,7 @@ class OnnxClassifier(Predictor):
     """
 
     def __init__(self, path, threads: int | None = None):
-        import onnxruntime as ort
-
+        ort = require_onnx_runtime()
         path = Path(path)
         if path.is_dir():
             path = path / ONNX_NAME
@@ -64,6 +88,9 @@ class OnnxClassifier(Predictor):
         self.path = path
         self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
         meta = read_onnx_metadata(path, self.session)
+        stale = stale_reason(path, meta)
+        if stale:
+            raise ValueError(f"{stale}: export it again (audioclf export {path.parent})")
         self.metadata = meta
         self.labels: list[str] = list(meta["labels"])
         self.sample_rate: int = int(meta["sample_rate"])

@@ -43,7 +43,7 @@ def main() -> None:
             with open(out / f"jobs-{jobs}.log", "w") as log, contextlib.redirect_stdout(log):
                 start = time.perf_counter()
                 cv = cross_validate(ROOT / "datasets/fsdd/recordings", out / f"jobs-{jobs}", folds=6, jobs=jobs,
-                                    **settings)
+                                    overwrite=True, **settings)
                 rows.append((jobs, time.perf_counter() - start, cv["mean_accuracy"], cv["std_accuracy"]))
     print(f"FSDD leave-one-speaker-out, 6 folds, epochs {args.epochs}, {torch.get_num_threads()} threads in all")
     print(f"{'folds at a time':>16} {'wall s':>8} {'mean accuracy':>14}")

@@ -33,7 +33,7 @@ def run_set(name: str, settings: dict, out: Path) -> dict:
     from audioclf.training.trainer import train
 
     if name == "fsdd":
-        report = train(FSDD / "manifest.csv", out, test_fold="0", **settings)
+        report = train(FSDD / "manifest.csv", out, test_fold="0", overwrite=True, **settings)
         seconds = json.loads((out / "config.json").read_text())["metrics"]["train_seconds"]
         return {"accuracy": report["accuracy"], "std": 0.0, "macro_f1": report["macro_f1"], "folds": 1,
                 "train_seconds": seconds}
@@ -41,7 +41,7 @@ def run_set(name: str, settings: dict, out: Path) -> dict:
         data, extra = FSDD / "recordings", {"pattern": r"(?P<label>\d)_(?P<group>[a-z]+)_\d+\.flac", "folds": 6}
     else:
         data, extra = env_manifest(out.parent), {}
-    cv = cross_validate(data, out, **extra, **settings)
+    cv = cross_validate(data, out, overwrite=True, **extra, **settings)
     seconds = sum(json.loads((out / f"fold-{r['fold']}" / "config.json").read_text())["metrics"]["train_seconds"]
                   for r in cv["folds"])
     return {"accuracy": cv["mean_accuracy"], "std": cv["std_accuracy"], "macro_f1": cv["mean_macro_f1"],

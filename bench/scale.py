@@ -40,7 +40,7 @@ def train_rate(data, out: Path, cache: Path, nproc: int, args) -> float:
     cmd = [sys.executable, "-m", "audioclf", "train", str(data), "--out", str(out), "--test-fold", "test",
            "--val-fraction", "0", "--epochs", str(args.epochs), "--model", "cnn", "--width", "0.5",
            "--batch-size", str(args.batch_size), "--clip-seconds", "1", "--sample-rate", "8000",
-           "--cache-dir", str(cache), "--checkpoint-every", "0", "--nproc", str(nproc)]
+           "--cache-dir", str(cache), "--checkpoint-every", "0", "--nproc", str(nproc), "--overwrite"]
     subprocess.run(cmd, env=env, cwd=ROOT, check=True, capture_output=True, text=True)
     config = json.loads((out / "config.json").read_text())
     return config["split_sizes"]["train"] * args.epochs / config["metrics"]["train_seconds"]

@@ -58,7 +58,8 @@ def main() -> None:
                     run = out / f"{manifest.stem}-{epochs}"
                     log = io.StringIO()
                     with contextlib.redirect_stdout(log):
-                        report = audioclf.train(manifest, run, epochs=None if epochs == "auto" else int(epochs))
+                        report = audioclf.train(manifest, run, epochs=None if epochs == "auto" else int(epochs),
+                                                overwrite=True)
                     config = read_config(run)
                     train, settings = config["split_sizes"]["train"], config["training"]
                     steps = settings["epochs"] * (train // settings["batch_size"])  # the loader drops a partial batch

@@ -94,7 +94,7 @@ def tiny_run(tmp_path_factory):
 
 
 def run_cli(*argv) -> tuple[int, str, str]:
-    """``audioclf ARGV...`` in this process: (exit status, stdout, stderr)."""
+    """``audioclf ARGV...`` in this process, argparse's exits included: (exit status, stdout, stderr)."""
     import contextlib
     import io
 
@@ -102,7 +102,10 @@ def run_cli(*argv) -> tuple[int, str, str]:
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in argv])
+        try:
+            rc = main([str(a) for a in argv])
+        except SystemExit as e:  # argparse's own exits: --help, --version, a bad flag
+            rc = e.code
     return rc, out.getvalue(), err.getvalue()
 
 

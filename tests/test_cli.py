@@ -93,7 +93,7 @@ def test_train_writes_a_complete_run_folder(fsdd_run):
         assert (run / name).is_file(), name
     for png in ("curves.png", "confusion_matrix.png"):
         assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "split: train 270, validation 30, test 100; 10 classes, single-label" in out
+    assert "split: train 270, validation 30, test 100 usable clips; 10 classes, single-label" in out
     assert "sample_rate=8000 (auto)" in out and "model=cnn" in out
 
     config = json.loads((run / "config.json").read_text())
@@ -167,9 +167,11 @@ def test_predict_json_with_a_corrupt_file(fsdd_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "audioclf", "predict", str(run), good[0], str(corrupt), good[1],
                            "--format", "json", "--top-k", "3"], capture_output=True, text=True, cwd=REPO, env=env,
                           timeout=100)
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 1, proc.stderr  # an input failed
     results = json.loads(proc.stdout)
-    assert [r["path"] for r in results] == good
+    assert [r["path"] for r in results] == [good[0], str(corrupt), good[1]]
+    assert set(results[1]) == {"path", "error"} and "not a recognised audio format" in results[1]["error"]
+    results = [results[0], results[2]]
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(error_lines) == 1 and str(corrupt) in error_lines[0]
     labels = [str(d) for d in range(10)]
@@ -189,7 +191,8 @@ def test_predict_json_with_a_corrupt_file(fsdd_run, tmp_path):
     # only corrupt files: a non-zero exit
     proc = subprocess.run([sys.executable, "-m", "audioclf", "predict", str(run), str(corrupt), "--format", "json"],
                           capture_output=True, text=True, cwd=REPO, env=env, timeout=100)
-    assert proc.returncode == 1 and "error:" in proc.stderr and json.loads(proc.stdout) == []
+    assert proc.returncode == 1 and "error:" in proc.stderr
+    assert [set(r) for r in json.loads(proc.stdout)] == [{"path", "error"}]
 
 
 def test_predict_csv_and_folders(fsdd_run, tmp_path, capsys):
@@ -201,7 +204,7 @@ def test_predict_csv_and_folders(fsdd_run, tmp_path, capsys):
     (folder / "notes.txt").write_text("ignored")
     assert main(["predict", str(fsdd_run["run"]), str(folder), "--format", "csv", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0] == "path,rank,label,score"
+    assert lines[0] == "path,rank,label,score,error"
     assert len(lines) == 1 + 3 * 2
     ranks = [row[1] for row in csv.reader(lines[1:])]
     assert ranks == ["1", "2"] * 3
@@ -222,10 +225,12 @@ def test_predict_batches_many_files_in_chunks(fsdd_run, tmp_path, monkeypatch, c
     clip_logits = Classifier.clip_logits
     monkeypatch.setattr(Classifier, "clip_logits", lambda self, clips: calls.append(len(clips)) or clip_logits(self, clips))
     monkeypatch.setattr(cli, "PREDICT_CHUNK_FILES", 3)
-    assert main(["predict", str(fsdd_run["run"]), *files, "--format", "json", "--top-k", "10"]) == 0
+    assert main(["predict", str(fsdd_run["run"]), *files, "--format", "json", "--top-k", "10"]) == 1  # one failed
     out, err = capsys.readouterr()
     results = json.loads(out)
-    assert calls == [3, 3, 1] and [r["path"] for r in results] == paths
+    assert [r["path"] for r in results] == files and "error" in results[2]
+    results = [r for r in results if "predictions" in r]
+    assert calls == [2, 3, 2] and [r["path"] for r in results] == paths
     assert str(corrupt) in err
     alone = audioclf.load(fsdd_run["run"])
     for r in results:
@@ -257,10 +262,13 @@ def test_predict_skips_a_file_whose_decoder_crashes(fsdd_run, tmp_path, monkeypa
     crash = (sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)")
     monkeypatch.setattr(isolated_decoding, "DecoderPool", partial(isolated_decoding.DecoderPool, command=crash))
     rc, out, err = run_cli("predict", fsdd_run["run"], good[0], webm, good[1], "--format", "json")
-    assert rc == 0 and [r["path"] for r in json.loads(out)] == good
+    rows = json.loads(out)
+    assert rc == 1 and [r["path"] for r in rows] == [good[0], str(webm), good[1]]
+    assert [("error" in r) for r in rows] == [False, True, False]
     assert f"error: {webm}: the decoder process was killed by SIGSEGV" in err
     rc, out, err = run_cli("predict", fsdd_run["run"], webm, good[0], "--window", "0.5", "--format", "json")
-    assert rc == 0 and [r["path"] for r in json.loads(out)] == [good[0]]  # long recordings: the same
+    rows = json.loads(out)  # long recordings: the same
+    assert rc == 1 and [r["path"] for r in rows] == [str(webm), good[0]] and "error" in rows[0]
     assert f"error: {webm}: the decoder process was killed by SIGSEGV" in err
 
 
@@ -285,10 +293,10 @@ def test_load_predict_and_reload_are_identical(fsdd_run):
     assert single[0]["label"] == a.labels[int(scores_a[0].argmax())]
     accuracy = np.mean([p[0]["label"] == t for p, t in zip(batch, truth)])
     assert accuracy >= MIN_ACCURACY - 0.1
-    # arrays at the model's rate work like files
+    # arrays with their rate work like files
     audio, sr = sf.read(paths[0], dtype="float32")
     assert sr == 8000
-    np.testing.assert_allclose(a.scores([audio])[0], scores_a[0], atol=1e-6)
+    np.testing.assert_allclose(a.scores([audio], sampling_rate=sr)[0], scores_a[0], atol=1e-6)
 
 
 def test_amp_runs_inference_in_bf16_with_the_float32_labels(fsdd_run, tmp_path, monkeypatch):
@@ -340,7 +348,8 @@ def test_training_skips_corrupt_files(tmp_path):
     run = tmp_path / "run"
     rc, out, err = run_cli("train", root, "--out", run, "--epochs", "2", "--cache-dir", tmp_path / "cache", *TINY)
     assert rc == 0, err
-    assert f"skipped 3 file(s), listed in {run / 'skipped.csv'}" in out
+    assert f"skipped 3 file(s) that cannot be used (all listed in {run / 'skipped.csv'}):" in out
+    assert f"  {root / 'mid' / 'junk.wav'}: not a recognised audio format" in out
     with open(run / "skipped.csv", newline="") as f:
         skipped = {r["path"]: r["reason"] for r in csv.DictReader(f)}
     assert set(skipped) == {str(root / "low" / "empty.wav"), str(root / "mid" / "junk.wav"), str(trunc)}
@@ -363,9 +372,8 @@ def test_training_on_only_corrupt_files_fails_clearly(tmp_path):
     rc, out, err = run_cli("train", root, "--out", run, "--epochs", "1", "--cache-dir", tmp_path / "cache", *TINY)
     assert rc != 0
     assert "audioclf train: error: no usable training files" in err
-    assert "6 skipped" in err and "skipped.csv" in err
-    with open(run / "skipped.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 6
+    assert "6 skipped, named above" in err and "skipped 6 file(s) that cannot be used" in out
+    assert not run.exists()  # a failed command leaves no half-made run folder
     # and an empty folder is a manifest error, not a traceback
     (tmp_path / "nothing").mkdir()
     rc, _, err = run_cli("train", tmp_path / "nothing", "--out", tmp_path / "run2", "--cache-dir", tmp_path / "cache")
@@ -565,7 +573,7 @@ def test_train_on_speech_commands_uses_its_split_and_background_noise(tmp_path):
                               "--cache-dir", tmp_path / "cache", *TINY)
     assert rc == 0, err
     assert "noise: background noise for augmentation from the data set's" in stdout
-    assert "train 8, validation 4, test 4 (test = the declared fold 'testing', validation = the declared fold " \
+    assert "train 8, validation 4, test 4 usable clips (test = the declared fold 'testing', validation = the declared fold " \
            "'validation')" in stdout
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["labels"] == ["no", "yes"]
@@ -704,4 +712,4 @@ def test_cross_validation_folds_in_parallel_match_one_after_another(tmp_path):
         assert f"fold {k}: ValueError: --group-batches:" in err and str(log) in err
         assert "Traceback" in log.read_text() and "fewer than a batch (16)" in log.read_text()
     rc, stdout, err = run_cli("cv", manifest, "--out", tmp_path / "zero", "--jobs", "0")
-    assert rc == 2 and "--jobs 0: at least one fold must train at a time" in err
+    assert rc == 2 and "argument --jobs: 0: must be >= 1" in err

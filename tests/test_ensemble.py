@@ -104,7 +104,7 @@ def test_a_mixed_ensemble_round_trips_and_its_member_models_are_checked(tmp_path
         answer = client.post("/v1/classify", files={"file": ("x.wav", wav.getvalue())}).json()
         with torch.no_grad():
             best = int(ensemble(x[:1]).argmax())
-        assert answer[0]["label"] == "abcd"[best]
+        assert answer["predictions"][0]["label"] == "abcd"[best]
     write = lambda cfg: (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))  # noqa: E731
     for bad, match in ((config["member_models"][:2], "list of 3 objects"),
                        ([*config["member_models"][:2], {"model": "nope", "model_args": {}}],

@@ -226,8 +226,10 @@ def test_onnx_predictor_matches_classifier_on_arrays_and_multilabel(tmp_path, cl
     onnx_clf, torch_clf = OnnxClassifier(run), load(run)
     assert onnx_clf.multilabel and onnx_clf.labels == torch_clf.labels
     audio = [clips[0], clips[1][:1000], np.concatenate(clips[2:5])]  # normal, short, long (several windows)
-    np.testing.assert_allclose(onnx_clf.scores(audio), torch_clf.scores(audio), atol=1e-5)
-    got, want = onnx_clf.predict(audio), torch_clf.predict(audio)
+    sr = torch_clf.sample_rate
+    np.testing.assert_allclose(onnx_clf.scores(audio, sampling_rate=sr), torch_clf.scores(audio, sampling_rate=sr),
+                               atol=1e-5)
+    got, want = onnx_clf.predict(audio, sampling_rate=sr), torch_clf.predict(audio, sampling_rate=sr)
     assert [[p["label"] for p in r] for r in got] == [[p["label"] for p in r] for r in want]
 
 

@@ -240,7 +240,7 @@ def test_cli_predict_windows(tmp_path, recording):
     rc, out, err = cli("predict", run, path, "--window", 1, "--backend", "onnx", "--format", "csv", "--median", 3)
     assert rc == 0, err
     rows = list(csv.reader(io.StringIO(out)))
-    assert rows[0] == ["path", "start", "end", *LABELS] and len(rows) == 1 + 12
+    assert rows[0] == ["path", "start", "end", *LABELS, "error"] and len(rows) == 1 + 12
     assert [float(r[1]) for r in rows[1:3]] == [0.0, 0.5]
     rc, out, err = cli("predict", run, path, "--window", 1, "--median", 2)
     assert rc == 2 and "--median" in err

@@ -43,7 +43,7 @@ def test_multilabel_run_end_to_end(tmp_path):
     clf = audioclf.load(run)
     t = np.arange(int(0.5 * SR)) / SR
     both = (0.3 * np.sin(2 * np.pi * 300 * t) + 0.3 * np.sin(2 * np.pi * 2500 * t)).astype(np.float32)
-    scores = clf.scores([both])[0]
+    scores = clf.scores([both], sampling_rate=SR)[0]
     assert np.all((scores >= 0) & (scores <= 1)) and scores.sum() > 1.0  # sigmoids, not a softmax
-    labels = {p["label"] for p in clf.predict(both)}
+    labels = {p["label"] for p in clf.predict(both, sampling_rate=SR)}
     assert {"low", "high"} <= labels, labels  # every label above its threshold is returned

@@ -75,7 +75,7 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(data, tmp_
         def full(target):
             raise OSError(errno.ENOSPC, "No space left on device")
         monkeypatch.setattr(io_utils, "_open_tmp", full)
-    rc, out, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *TINY, "--seed", "1")
+    rc, out, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *TINY, "--resume")
     assert rc == 2
     assert err.startswith("audioclf train: error: cannot write ") and "disk full" in err, err
     if small_fs is not None:
@@ -89,8 +89,20 @@ def test_failed_state_write_keeps_the_previous_state(data, tmp_path, monkeypatch
     import audioclf.io_utils as io_utils
     from audioclf.training.resume import load_state
 
+    from audioclf.training import trainer
+
     cache, run = tmp_path / "cache", tmp_path / "run"
-    assert run_cli("train", data, "--out", run, "--cache-dir", cache, *TINY)[0] == 0
+    three = [*TINY, "--epochs", "3"]  # the last --epochs counts
+    real_step, steps = trainer.train_step, []
+
+    def interrupted(*args, **kwargs):  # Ctrl-C in the first step of epoch 2: epoch 1's state is on disk
+        steps.append(1)
+        if len(steps) == 3:
+            raise KeyboardInterrupt
+        return real_step(*args, **kwargs)
+    monkeypatch.setattr(trainer, "train_step", interrupted)
+    assert run_cli("train", data, "--out", run, "--cache-dir", cache, *three)[0] == 130
+    monkeypatch.setattr(trainer, "train_step", real_step)
     before = _snapshot(run / "state")
     real = io_utils._open_tmp
 
@@ -99,7 +111,7 @@ def test_failed_state_write_keeps_the_previous_state(data, tmp_path, monkeypatch
             raise OSError(errno.EROFS, "Read-only file system")
         return real(target)
     monkeypatch.setattr(io_utils, "_open_tmp", read_only)
-    rc, out, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *TINY, "--seed", "2")
+    rc, out, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *three, "--resume")
     assert rc == 2 and "audioclf train: error: cannot write" in err and "state.safetensors" in err
     assert "read-only file system" in err.lower()
     assert _snapshot(run / "state") == before

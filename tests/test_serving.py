@@ -142,11 +142,13 @@ def test_classify_multipart_and_raw_match_the_python_api(client, clf):
                             headers={"Content-Type": "application/octet-stream"})
         for r in (multipart, raw):
             assert r.status_code == 200, r.text
-            got = r.json()
-            assert isinstance(got, list) and len(got) == 3
+            body = r.json()
+            assert set(body) == {"predictions", "events", "duration", "window"}  # the shape of every answer
+            got = body["predictions"]
+            assert len(got) == 3
             assert [p["label"] for p in got] == [p["label"] for p in expected]
             np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in expected], rtol=1e-6)
-        assert [p["label"] for p in octet.json()] == [expected[0]["label"]]
+        assert [p["label"] for p in octet.json()["predictions"]] == [expected[0]["label"]]
 
 
 def test_long_audio_gets_predictions_and_events(client, clf):
@@ -157,7 +159,7 @@ def test_long_audio_gets_predictions_and_events(client, clf):
     assert set(body) == {"predictions", "events", "duration", "window"}
     assert body["duration"] == pytest.approx(3.0, abs=1e-3) and body["window"] == 0.75
     decoded = sf.read(io.BytesIO(wav_bytes(audio)), dtype="float32")[0]  # the 16-bit PCM the server decodes
-    expected = clf.predict(decoded, top_k=3)
+    expected = clf.predict(decoded, top_k=3, sampling_rate=SR)
     assert [p["label"] for p in body["predictions"]] == [p["label"] for p in expected]
     # threshold 0: every label is active in every window, so each label spans the whole recording
     assert {e["label"] for e in body["events"]} == set(LABELS)
@@ -221,8 +223,9 @@ def test_formats_only_ffmpeg_reads_decode_in_a_worker_process(client, clf, monke
     body = webm_bytes(CLIPS[2])
     r = client.post("/v1/classify", files={"file": ("rec.webm", body, "audio/webm")})
     assert r.status_code == 200 and calls == [1]
-    answer = r.json()
-    expected = clf.ranked(clf.scores([serving_app.read_mono_limited(body, clf.sample_rate, 600)])[0], len(answer))
+    answer = r.json()["predictions"]
+    decoded = serving_app.read_mono_limited(body, clf.sample_rate, 600)
+    expected = clf.ranked(clf.scores(decoded, sampling_rate=clf.sample_rate)[0], len(answer))
     assert [p["label"] for p in answer] == [p["label"] for p in expected]
     assert np.allclose([p["score"] for p in answer], [p["score"] for p in expected], atol=1e-5)
     assert client.post("/v1/classify", content=clip_bytes(2)).status_code == 200
@@ -240,7 +243,7 @@ def test_a_decoder_crash_fails_that_request_and_the_server_goes_on(run, clf, mon
         assert_error(r, 415, "unsupported_media")
         assert "SIGSEGV" in r.json()["detail"]
         r = c.post("/v1/classify", content=clip_bytes(3))
-        assert r.status_code == 200 and r.json()[0]["label"] == clf.predict(CLIPS[3])[0]["label"]
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] == clf.predict(CLIPS[3])[0]["label"]
 
 
 def test_a_failing_forward_pass_is_a_json_500_and_the_server_goes_on(run, clf, monkeypatch, caplog):
@@ -260,7 +263,7 @@ def test_a_failing_forward_pass_is_a_json_500_and_the_server_goes_on(run, clf, m
         assert r.json()["detail"] == "RuntimeError: simulated kernel failure"
         assert any(rec.exc_info and "simulated kernel failure" in str(rec.exc_info[1]) for rec in caplog.records)
         r = c.post("/v1/classify", content=clip_bytes(2))
-        assert r.status_code == 200 and r.json()[0]["label"] == clf.predict(CLIPS[2])[0]["label"]
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] == clf.predict(CLIPS[2])[0]["label"]
     assert calls == [1, 1]
 
 
@@ -297,7 +300,7 @@ def test_server_keeps_serving_after_a_burst_of_bad_requests(client, clf):
             assert 400 <= client.post("/v1/classify", **kwargs).status_code < 500
     assert client.get("/health").json()["status"] == "ok"
     r = client.post("/v1/classify", content=clip_bytes(1))
-    assert r.status_code == 200 and r.json()[0]["label"] == clf.predict(CLIPS[1])[0]["label"]
+    assert r.status_code == 200 and r.json()["predictions"][0]["label"] == clf.predict(CLIPS[1])[0]["label"]
 
 
 def test_queue_full_is_503_and_recovers(run, monkeypatch):
@@ -340,7 +343,7 @@ def test_concurrent_requests_are_batched(run, clf):
     assert max(sizes) <= 16
     expected = clf.predict([CLIPS[i] for i in order], top_k=3)
     for r, exp in zip(responses, expected):
-        got = r.json()
+        got = r.json()["predictions"]
         np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in exp], atol=1e-5)
 
 
@@ -496,7 +499,7 @@ def test_serve_command_flags(run, monkeypatch):
     assert calls["app"].state.batcher.classifier.amp  # bf16 autocast in every forward pass (Classifier.logits)
     with TestClient(calls["app"]) as client:
         assert client.get("/health").json()["precision"] == "bf16"
-        got = client.post("/v1/classify", content=clip_bytes(0)).json()
+        got = client.post("/v1/classify", content=clip_bytes(0)).json()["predictions"]
     want, exact = load(run, amp=True).predict(CLIPS[0], top_k=5), load(run).predict(CLIPS[0], top_k=5)
     assert [p["label"] for p in got] == [p["label"] for p in want]
     np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], rtol=1e-5)
@@ -520,7 +523,7 @@ def test_slow_clients_do_not_block_the_server(run, tmp_path):
             import httpx
             for _ in range(3):
                 r = httpx.post(url + "/v1/classify", content=clip, timeout=10)
-                assert r.status_code == 200 and r.json()[0]["label"]
+                assert r.status_code == 200 and r.json()["predictions"][0]["label"]
             assert httpx.get(url + "/health", timeout=5).status_code == 200
         finally:
             for s in stalled:

@@ -305,7 +305,7 @@ def test_the_service_tags_with_the_pretrained_model_by_name():
         answer = client.post("/v1/classify", content=(SAMPLES / "typing.wav").read_bytes(),
                              headers={"Content-Type": "audio/wav"})
     assert answer.status_code == 200, answer.text
-    labels = [p["label"] for p in answer.json()]
+    labels = [p["label"] for p in answer.json()["predictions"]]
     assert len(labels) >= 3 and "Typing" in labels[:3]
 
 

@@ -14,6 +14,8 @@ Files that cannot be used are not fatal: they are listed in ``Manifest.skipped``
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import os
 import re
 import sys
@@ -63,6 +65,13 @@ class Manifest:
     @property
     def folds(self) -> list[str]:
         return sorted({item.fold for item in self.items if item.fold is not None}, key=_natural_key)
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every item (path, labels, group, fold) in order: equal for the same data set description."""
+        digest = hashlib.sha256()
+        for it in self.items:
+            digest.update(json.dumps([it.path, list(it.labels), it.group, it.fold]).encode() + b"\n")
+        return digest.hexdigest()
 
     def class_counts(self) -> Counter:
         return Counter(label for item in self.items for label in item.labels)

@@ -37,13 +37,14 @@ _BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 # ---------------------------------------------------------------- writing
 
 def pack(data, out, shard_size: int = 1000, sample_rate: int = 16000, pattern: str | None = None,
-         cache_dir: str | None = None) -> dict:
-    """Decode every clip of ``data`` (any :func:`load_manifest` source) at ``sample_rate`` into tar shards under ``out``."""
+         cache_dir: str | None = None, overwrite: bool = False) -> dict:
+    """Decode every clip of ``data`` (any :func:`load_manifest` source) at ``sample_rate`` into tar shards under ``out``
+    (new or empty; shards packed before are replaced with ``overwrite``)."""
+    from ..run_folder import claim
     from .cache import AudioCache
     from .manifest import load_manifest
     manifest = load_manifest(data, pattern)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(out, overwrite=overwrite)
     clips, bad = AudioCache(cache_dir, sample_rate).load([it.path for it in manifest.items])
     items = [it for it in manifest.items if it.path in clips]
     shards, durations = [], []

@@ -1,6 +1,7 @@
 """Score a model on labelled clips and write the report: report.json, confusion matrix CSV + PNG."""
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -43,15 +44,28 @@ def summary_line(report: dict) -> str:
             f"macro-F1 {report['macro_f1']:.4f}  (n={report['n']})")
 
 
+def seen_clips(run) -> set[str]:
+    """Paths of the clips a run trained or validated on, from its ``split.csv`` (empty without one)."""
+    path = Path(run) / "split.csv"
+    if not path.is_file():
+        return set()
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["path"] for row in csv.DictReader(f) if row.get("subset") in ("train", "validation")}
+
+
 def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None, out=None,
-             cache_dir=None, device: str = "cpu", batch_size: int | None = None, amp: bool = False) -> dict:
+             cache_dir=None, device: str = "cpu", batch_size: int | None = None, amp: bool = False,
+             include_training_clips: bool = False) -> dict:
     """Evaluate the run on ``data`` (all of it, or its ``test_fold``); write the report to ``out``
-    (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning.
+    (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning, and so are
+    the clips the run trained or validated on (its ``split.csv``) unless ``include_training_clips``.
     ``amp``: bf16 autocast in the forward passes (:class:`audioclf.inference.Classifier`)."""
     from ..data.cache import AudioCache
     from ..data.manifest import Manifest, load_manifest
     from ..data.splits import label_matrix
     from ..inference import clip_logits, load, scores_from_logits
+    from ..run_folder import weights_sha256
+    from ..weights import resolve_run
 
     clf = load(run, device, amp)
     manifest = load_manifest(data, pattern)
@@ -66,6 +80,15 @@ def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None
     items = [it for it in items if set(it.labels) <= known]
     if not items:
         raise ValueError(f"{data}: none of the files has a label the model knows ({', '.join(clf.labels[:10])} ...)")
+    seen = set() if include_training_clips else seen_clips(resolve_run(run))
+    if seen & {it.path for it in items}:
+        kept = [it for it in items if it.path not in seen]
+        print(f"warning: leaving out {len(items) - len(kept)} clip(s) the run trained or validated on "
+              f"({Path(resolve_run(run)) / 'split.csv'}); --include-training-clips scores them too")
+        if not kept:
+            raise ValueError(f"{data}: every clip is one the run trained or validated on: evaluate on held-out data "
+                             "(or pass --include-training-clips)")
+        items = kept
     clips, bad = AudioCache(cache_dir, clf.sample_rate).load([it.path for it in items])
     for path, reason in bad:
         print(f"skipped {path}: {reason}")
@@ -75,6 +98,7 @@ def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None
     report = build_report(scores_from_logits(logits, clf.multilabel), targets, clf.labels, clf.multilabel,
                           clf.thresholds)
     report["skipped"] = len(bad) + len(unknown) + len(manifest.skipped)
+    report["weights_sha256"] = weights_sha256(resolve_run(run))  # the weights this report describes
     path = write_report(report, out or Path(run) / "evaluation")
     print(summary_line(report))
     print(f"report: {path}")

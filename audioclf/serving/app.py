@@ -12,16 +12,15 @@ Endpoints
 or the raw file as the request body, whatever its content type (``curl --data-binary @x.wav -H 'Content-Type:
 audio/wav'``). Any format :func:`audioclf.audio.read_audio` decodes is accepted. The answer:
 
-* audio no longer than the model's window (``clip_seconds``): a JSON **list** ``[{"label", "score"}, ...]``, best
-  first, like the Hugging Face ``audio-classification`` pipeline: the top ``top_k`` labels, and for multi-label runs
-  also every further label at or above its threshold (as ``Classifier.predict``);
-* longer audio: a JSON **object** ``{"predictions": [...], "events": [...], "duration": s, "window": s}``:
-  ``predictions`` as above for the whole recording (the windows' logits averaged, as ``Classifier.predict``),
-  ``events`` ``[{"label", "start", "end", "peak"}]`` from :func:`audioclf.longform.events` over the half-overlapping
-  windows (query ``threshold``, ``median_filter``, ``min_duration``).
+one JSON object of the same shape for audio of every length,
+``{"predictions": [{"label", "score"}, ...], "events": [...], "duration": s, "window": s}``:
 
-So a client that only sends short clips can treat the answer as the pipeline's list; one that may send long
-recordings checks whether it got a list or an object.
+* ``predictions``: best first, the top ``top_k`` labels (``Classifier.predict``'s default unless ``--top-k`` or the
+  query says otherwise), and for multi-label runs also every further label at or above its threshold, for the
+  whole recording (the half-overlapping windows' logits averaged, as ``Classifier.predict``);
+* ``events``: ``[{"label", "start", "end", "peak"}]`` from :func:`audioclf.longform.events` over those windows
+  (query ``threshold``, ``median_filter``, ``min_duration``); audio no longer than the window is one window;
+* ``duration``: the audio's length and ``window``: the model's window, in seconds.
 
 Errors are JSON ``{"error": slug, "detail": text}``: 400 (malformed multipart, no ``file`` field, empty body, bad
 query), 413 (body over ``max_body_mb`` -- checked on ``Content-Length`` up front and counted while the body
@@ -82,6 +81,7 @@ from starlette.requests import ClientDisconnect
 from ..audio import AudioDecodeError, AudioTooLong, NeedsFFmpeg, read_mono_limited
 from ..data.windows import window_starts, windows
 from ..isolated_decoding import DecoderPool, IsolatedDecodeFailed
+from ..predictions import DEFAULT_TOP_K
 
 log = logging.getLogger("audioclf.serving")
 
@@ -551,9 +551,11 @@ def _query_openapi(top_k: int) -> list[dict]:
 
 
 _CLASSIFY_RESPONSES = {
-    200: {"description": "A list `[{label, score}]` for audio up to the model window; an object "
-                         "`{predictions, events, duration, window}` for longer audio.",
-          "content": {"application/json": {"example": [{"label": "3", "score": 0.91}, {"label": "8", "score": 0.04}]}}},
+    200: {"description": "`{predictions, events, duration, window}` for audio of every length.",
+          "content": {"application/json": {"example": {
+              "predictions": [{"label": "3", "score": 0.91}, {"label": "8", "score": 0.04}],
+              "events": [{"label": "3", "start": 0.0, "end": 0.75, "peak": 0.93}], "duration": 0.62,
+              "window": 0.75}}}},
     400: {"description": "Malformed multipart, no `file` field, empty body or bad query"},
     413: {"description": "Body over the size limit or audio over the duration limit"},
     415: {"description": "Not decodable audio"},
@@ -563,7 +565,7 @@ _CLASSIFY_RESPONSES = {
 
 def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size: int = 256,
                max_body_mb: float = 20, max_seconds: float = 600, micro_batching: bool = True,
-               top_k: int = 5, device: str = "cpu", amp: bool = False) -> FastAPI:
+               top_k: int = DEFAULT_TOP_K, device: str = "cpu", amp: bool = False) -> FastAPI:
     """The service for the run in ``run_dir``; see the module docstring. The model is loaded here."""
     from contextlib import asynccontextmanager
 
@@ -592,7 +594,7 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
             decoders.close()
             shutil.rmtree(upload_dir, ignore_errors=True)
 
-    app = _Service(title="audioclf", version=_version(),
+    app = _Service(title="audioclf", version=_version(), docs_url=None, redoc_url=None,
                    description=f"Audio classification with the `{model_name}` model of `{Path(run_dir).name}` "
                                f"({len(clf.labels)} labels). POST audio to `/v1/classify`.",
                    lifespan=lifespan)
@@ -622,6 +624,8 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
     async def index():
         return HTMLResponse(page)
 
+    add_docs_page(app)
+
     @app.get("/health", summary="Liveness and the model served")
     async def health():
         return {"status": "ok", "model": model_name, "labels": len(clf.labels),
@@ -646,8 +650,8 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
     async def classify(request: Request):
         """Audio as the multipart field `file`, or as the raw request body (any content type).
 
-        Returns a list `[{"label", "score"}]` (best first) when the audio is no longer than the model window,
-        otherwise `{"predictions": [...], "events": [{"label", "start", "end", "peak"}], "duration", "window"}`.
+        Returns `{"predictions": [{"label", "score"}], "events": [{"label", "start", "end", "peak"}], "duration",
+        "window"}` for audio of every length (predictions best first; times in seconds).
         """
         query = _query(request.query_params)
         k = min(query["top_k"] or top_k, len(clf.labels))
@@ -660,16 +664,13 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
                 clip = await _decode_upload(source, clf.sample_rate, max_seconds, decoders)
             finally:
                 upload.remove()
-            long = len(clip) > clf.clip_samples
             queued = True
-            result = await batcher.submit(clip, long)
+            result = await batcher.submit(clip, True)
         finally:
             upload.remove()
             if not queued:
                 batcher.withdraw()
         preds = clf.ranked(result.scores, k)
-        if not long:
-            return JSONResponse(preds)
         from ..longform import events as find_events
         thr = query["threshold"]
         if thr is None:
@@ -681,6 +682,23 @@ def create_app(run_dir, max_batch: int = 32, max_wait_ms: float = 10, queue_size
 
     app.classify = classify
     return app
+
+
+def add_docs_page(app: FastAPI) -> None:
+    """``/docs``: the OpenAPI page with its Swagger UI assets served from the ``swagger-ui-bundle`` package under
+    ``/docs-assets``, so the page works with no internet (FastAPI's own loads them from a CDN)."""
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title} - API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
 class _Service(FastAPI):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import multiprocessing
 import os
+import shutil
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
+from ..run_folder import claim
 from ..malloc import keep_activations_in_heap
 from ..models import create_model
 from .autoconfig import choose_model
@@ -59,26 +62,29 @@ def cross_validate(data, out, folds: int = 5, adapt: int = 0, jobs: int = 1, **s
         raise ValueError(f"--adapt {adapt}: a test fold has only {min(map(len, fold_tests))} clip(s); adapting "
                          "needs more, so that some are left to score")
     cfg = TrainConfig(**settings)
+    cfg.check()
     check_models(cfg)  # an unknown --model or a bad --ensemble is refused before any training
     if adapt:  # so is a model that cannot be adapted
         for model in cfg.model_names() or [choose_model(len(manifest.items))[0]]:
             check_adaptable(create_model(model, 2))
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out, overwrite=cfg.overwrite, resume=cfg.resume)
     source = "declared folds" if declared else f"stratified{' group-aware' if manifest.has_groups else ''} {folds}-fold"
     print(f"cross-validation: {len(fold_tests)} folds ({source})")
     plan = [_write_fold(manifest, out, name, set(test)) for name, test in zip(names, fold_tests)]
-    fold_settings = {**settings, "pattern": None, "test_fold": "test"}
+    fold_settings = {**settings, "pattern": None, "test_fold": "test", "overwrite": False}
+    done = {fold.name: report for fold in plan if cfg.resume and (report := finished_fold(fold, fold_settings, adapt))}
+    todo = [fold for fold in plan if fold.name not in done]
     if jobs == 1:
-        reports = []
-        for fold in plan:
+        for fold in todo:
             print(f"--- fold {fold.name}: {len(fold.test_items)} test files")
-            reports.append(_run_fold(fold, fold_settings, adapt))
+            done[fold.name] = _run_fold(fold, fold_settings, adapt)
             if adapt:
-                print(_adapted_line(reports[-1], adapt))
-    else:
-        reports = _run_folds_in_processes(plan, fold_settings, adapt, jobs)
+                print(_adapted_line(done[fold.name], adapt))
+    elif todo:
+        done.update(zip([f.name for f in todo], _run_folds_in_processes(todo, fold_settings, adapt, jobs)))
+    reports = [done[fold.name] for fold in plan]
     summary = summarise_folds(reports)
     if adapt:
         summary.update(_adapted_summary([r["adapted"] for r in reports]))
@@ -116,8 +122,47 @@ def _write_fold(manifest, out: Path, name: str, test: set) -> Fold:
                 [manifest.items[i] for i in sorted(test)])
 
 
+OPERATIONAL = ("resume", "overwrite", "workers", "cache_dir", "checkpoint_every", "device", "nproc", "compile")
+
+
+def finished_fold(fold: Fold, settings: dict, adapt: int) -> dict | None:
+    """The report of the fold's run when it finished and is the run these settings would train (same fold data,
+    same results-bearing settings, weights that load and match their config); else None, with the reason."""
+    from ..checkpoint import CheckpointError, load_run
+    report_path = fold.run / "report.json"
+    if not report_path.is_file():
+        if fold.run.exists():
+            print(f"fold {fold.name}: unfinished run in {fold.run}: "
+                  + ("resuming it" if (fold.run / "state").is_dir() else "training it again"))
+        return None
+    try:
+        _, config = load_run(fold.run)  # weights checked against the config's hash
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (CheckpointError, OSError, ValueError) as e:
+        print(f"fold {fold.name}: its run cannot be reused ({e}); training it again")
+        shutil.rmtree(fold.run)
+        return None
+    trained = config.get("training", {})
+    differ = [k for k, v in settings.items() if k not in OPERATIONAL and v is not None and v != "auto"
+              and trained.get(k) != ({"on": True, "off": False}.get(v, v) if k == "balance" else v)]
+    if "metrics" not in config or config.get("data_sha256") != load_manifest(fold.csv).fingerprint() or differ:
+        why = f"settings differ ({', '.join(differ)})" if differ else "its data or split differ, or it did not finish"
+        print(f"fold {fold.name}: its run is not this one ({why}); training it again")
+        shutil.rmtree(fold.run)
+        return None
+    report["fold"] = fold.name
+    if adapt:
+        report["adapted"] = adapted_test_report(fold.run, fold.test_items, adapt, settings.get("cache_dir"),
+                                                settings.get("seed", 0))
+    print(f"fold {fold.name}: finished run kept ({fold.run}: settings, data and weights checked)")
+    return report
+
+
 def _run_fold(fold: Fold, settings: dict, adapt: int) -> dict:
-    """Train the fold's run and test it (and adapt it, given ``adapt``); its report, ``fold`` set to its name."""
+    """Train the fold's run and test it (and adapt it, given ``adapt``); its report, ``fold`` set to its name. A
+    fold run that exists but did not finish resumes from its state, or else is trained again from the start."""
+    resumable = (fold.run / "state").is_dir() and settings.get("resume")
+    settings = {**settings, "resume": bool(resumable), "overwrite": not resumable}
     report = train(fold.csv, fold.run, **settings)
     report["fold"] = fold.name
     if adapt:

@@ -7,6 +7,7 @@ unconditionally. Rank 0 is the *main* process: it alone prints and writes files.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -70,6 +71,11 @@ def uses_gpus(device: str, nproc: int) -> bool:
     return True
 
 
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (``RANK``; 0 without one), readable before the group is joined."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def info() -> DistInfo:
     return _INFO
 
@@ -112,9 +118,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def cleanup() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown() -> None:
+    """End of a run on every rank: wait for all, free what holds the group (a DDP reducer and its pending work, which
+    the caller has dropped), then destroy the group, so that no collective's thread or buffer outlives it into the
+    interpreter's exit."""
+    if not dist.is_initialized():
+        return
+    dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
 
 
 class DistributedEpochSampler(DistributedSampler):

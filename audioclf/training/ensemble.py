@@ -20,7 +20,8 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
     """Train ``cfg.ensemble`` members into ``OUT/member-1`` ... (complete runs with their own reports), all on the
     split of ``--split-seed`` (default ``--seed``), then save their :class:`Ensemble` as the run in ``OUT`` and test
     it there (``report.json``). Multi-label thresholds are tuned again on the ensemble's validation scores."""
-    from .trainer import TrainError, prepare_data, resolve_device, split_seed, test_best_checkpoint, train
+    from ..devices import resolve_device
+    from .trainer import TrainError, prepare_data, split_seed, test_best_checkpoint, train
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.nproc > 1:
         raise TrainError("--ensemble trains its members one after another in one process: leave out --nproc, or "

@@ -37,7 +37,7 @@ class InitSource:
 
     def provenance(self) -> dict:
         """Where the initial weights came from: ``{"source", "run", "name", "sha256"[, "release_sha256"]}``."""
-        from ..weights.fetch import file_sha256
+        from ..io_utils import file_sha256
 
         release = self.config.get("pretrained") or {}
         return {"source": self.spec, "run": str(self.run), "name": release.get("name", self.run.name),

@@ -34,7 +34,7 @@ TENSORS_NAME = "state.safetensors"
 META_NAME = "state.json"
 STATE_FORMAT = 1
 # settings that may change between the interrupted run and its resumption
-_MAY_CHANGE = {"resume", "device", "workers", "compile", "checkpoint_every", "cache_dir"}
+_MAY_CHANGE = {"resume", "overwrite", "device", "workers", "compile", "checkpoint_every", "cache_dir"}
 
 
 class ResumeError(RuntimeError):

@@ -20,6 +20,7 @@ from ..data.cache import AudioCache
 from ..data.clips import ClipDataset
 from ..data.manifest import load_manifest
 from ..data.splits import label_matrix, make_split
+from ..devices import resolve_device
 from ..evaluation.evaluate import build_report, summary_line, write_report
 from ..evaluation.metrics import tune_thresholds
 from ..evaluation.plots import plot_curves
@@ -27,6 +28,7 @@ from ..features import FrontendConfig
 from ..inference import bf16_is_native, clip_logits, scores_from_logits
 from ..io_utils import write_json_atomic, write_text_atomic
 from ..models import create_model, list_models
+from ..run_folder import claim
 from . import autoconfig, distributed
 from .config import TrainConfig
 from .ema import ModelEma
@@ -37,12 +39,6 @@ from .schedule import warmup_cosine
 
 class TrainError(RuntimeError):
     """The run cannot go on (e.g. no usable files)."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def resolve_amp(amp: bool | None, device: torch.device) -> bool:
@@ -137,8 +133,9 @@ def train_step(step_model, model, optimizer, ema, wave, target, lr: float, cfg: 
     """One optimiser step on a batch (mixup, autocast, clipping, EMA update); returns the batch loss. Raises
     ``TrainError`` before the step when the gradients are not finite: the weights would turn NaN and every later
     epoch, checkpoint and report with them."""
-    if not multilabel and cfg.mixup > 0 and cfg.augment and torch.rand(()) < model.frontend.augment_config.mixup_prob:
-        wave, target = mixup(wave, target, cfg.mixup)
+    aug = model.frontend.augment_config  # --mixup, --no-augment and --aug mixup_alpha=... all end up here
+    if not multilabel and aug.mixup_alpha > 0 and torch.rand(()) < aug.mixup_prob:
+        wave, target = mixup(wave, target, aug.mixup_alpha)
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
     with torch.autocast(wave.device.type, dtype=torch.bfloat16, enabled=cfg.amp):
@@ -182,6 +179,47 @@ def write_skipped(run: Path, skipped: list[tuple[str, str]]) -> None:
     writer.writerow(["path", "reason"])
     writer.writerows(skipped)
     write_text_atomic(run / "skipped.csv", buf.getvalue())
+
+
+SHOWN_SKIPPED = 10  # skipped files named in the output (all of them in skipped.csv)
+
+
+def report_skipped(skipped: list[tuple[str, str]], run: Path) -> None:
+    """Name the first ``SHOWN_SKIPPED`` unusable files with their reasons; the count and ``skipped.csv`` for all."""
+    if not skipped:
+        return
+    print(f"skipped {len(skipped)} file(s) that cannot be used (all listed in {run / 'skipped.csv'}):")
+    for path, reason in skipped[:SHOWN_SKIPPED]:
+        print(f"  {path}: {reason}")
+    if len(skipped) > SHOWN_SKIPPED:
+        print(f"  ... and {len(skipped) - SHOWN_SKIPPED} more")
+
+
+SPLIT_NAME = "split.csv"  # path,subset of every item the run was split from: evaluate knows the clips it saw
+
+
+def write_split(run: Path, manifest, split) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "subset"])
+    for subset, idx in (("train", split.train), ("validation", split.val), ("test", split.test)):
+        writer.writerows((manifest.items[i].path, subset) for i in idx)
+    write_text_atomic(run / SPLIT_NAME, buf.getvalue())
+
+
+class ProgressLines:
+    """Within an epoch, where no progress bar shows (output to a file or a pipe): a line every ``every`` seconds."""
+
+    def __init__(self, desc: str, total: int, enabled: bool, every: float = 30.0):
+        self.desc, self.total, self.enabled, self.every = desc, total, enabled, every
+        self.start = self.last = time.monotonic()
+
+    def update(self, done: int, loss: float) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last >= self.every:
+            self.last = now
+            print(f"  {self.desc}: batch {done}/{self.total}, train_loss {loss:.4f}, {now - self.start:.0f} s",
+                  flush=True)
 
 
 def write_metrics(run: Path, rows: list[dict]) -> None:
@@ -228,9 +266,6 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
         cfg.noise_dir = manifest.noise_dir
         print(f"noise: background noise for augmentation from the data set's {cfg.noise_dir}")
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, split_seed(cfg))
-    print(f"split: {split.sizes()}; {len(labels)} classes, {'multi' if multilabel else 'single'}-label"
-          + ("; validation shares train's groups (the test fold does, or train has under 10 groups)"
-             if split.val_shares_groups else ""))
     init = init_source(cfg.pretrained, cfg.cache_dir) if cfg.pretrained else None
     if init:  # a fine-tune keeps the source's front end and architecture
         fixed = init.config
@@ -258,14 +293,19 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
     skipped = manifest.skipped + bad
     if main:
         write_skipped(run, skipped)
-    if skipped:
-        print(f"skipped {len(skipped)} file(s), listed in {run / 'skipped.csv'}")
+        write_split(run, manifest, split)
+    report_skipped(skipped, run)
     keep = lambda idx: [i for i in idx if source or manifest.items[i].path in clips]  # noqa: E731
-    train_idx = keep(split.train)
+    train_idx, val_idx, test_idx = keep(split.train), keep(split.val), keep(split.test)
+    print(f"split: train {len(train_idx)}, validation {len(val_idx)}, test {len(test_idx)} usable clips"
+          + (f" ({split.declared})" if split.declared else "")
+          + f"; {len(labels)} classes, {'multi' if multilabel else 'single'}-label"
+          + ("; validation shares train's groups (the test fold does, or train has under 10 groups)"
+             if split.val_shares_groups else ""))
     if not train_idx:
-        raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, see {run / 'skipped.csv'})")
+        raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, named above)")
     return TrainingData(manifest, source, cache, labels, multilabel, s, init, clips, skipped, train_idx,
-                        keep(split.val), keep(split.test), label_matrix(manifest, labels))
+                        val_idx, test_idx, label_matrix(manifest, labels))
 
 
 def training_loader(d: TrainingData, cfg: TrainConfig, clip_samples: int, rank: int, world: int):
@@ -355,8 +395,11 @@ def train(data, out, **settings) -> dict:
     ``settings`` are :class:`TrainConfig` fields.
     """
     cfg = TrainConfig(**settings)
-    augment = augment_config(cfg)  # a bad --aug fails here, before any work
+    cfg.check()  # ranges, choices and the device, before any work
+    augment = augment_config(cfg)  # a bad --aug fails here
     check_models(cfg)
+    if distributed.launch_rank() == 0:  # the other ranks write into the folder rank 0 claimed
+        claim(out, overwrite=cfg.overwrite, resume=cfg.resume)
     if cfg.ensemble > 1:
         from .ensemble import train_ensemble
         return train_ensemble(data, out, cfg)
@@ -407,7 +450,8 @@ def train(data, out, **settings) -> dict:
     patience = cfg.patience or max(10, epochs // 2)  # never cut the cosine decay short on a noisy validation set
     config = {"labels": labels, "task": "multi_label" if multilabel else "single_label",
               "clip_seconds": s["clip_seconds"], "training": {**cfg.to_dict(), **{k: v for k, v in s.items()}},
-              "data": str(data), "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
+              "data": str(data), "data_sha256": d.manifest.fingerprint(),
+              "split_sizes": {"train": len(train_idx), "val": len(val_idx), "test": len(test_idx)},
               **({"init": init.provenance()} if init else {})}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {s['model']} {s['model_args']} ({n_params / 1e6:.2f} M parameters) on {device}"
@@ -452,8 +496,10 @@ def train(data, out, **settings) -> dict:
         first_batch = start_batch if epoch == start_epoch else 0
         sampler.set_epoch(epoch, first_batch * s["batch_size"])  # skip the batches done before an interruption
         total, count = running if epoch == start_epoch else (0.0, 0)
-        for batch, (wave, target) in enumerate(tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None),
-                                               start=first_batch):
+        bar = tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=None, total=steps_per_epoch,
+                   initial=first_batch)  # a bar on a terminal; elsewhere ProgressLines
+        lines = ProgressLines(f"epoch {epoch}", steps_per_epoch, enabled=bar.disable and main)
+        for batch, (wave, target) in enumerate(bar, start=first_batch):
             seed_step(cfg.seed + 7919 * dist_info.rank, step)  # mixup/augmentation randomness from (seed, step): resumes identically
             wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
             lr = warmup_cosine(step, total_steps, warmup_steps, cfg.lr)
@@ -462,6 +508,7 @@ def train(data, out, **settings) -> dict:
             except TrainError as e:
                 raise TrainError(f"epoch {epoch}, step {step + 1}: {e}") from None
             total, count, step = total + loss * len(wave), count + len(wave), step + 1
+            lines.update(batch + 1, total / count)
             if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and batch + 1 < steps_per_epoch:
                 checkpoint(epoch, batch + 1, False, (total, count))
         row = {"epoch": epoch, "train_loss": distributed.all_reduce_mean(total / max(1, count)), "lr": lr}
@@ -492,15 +539,12 @@ def train(data, out, **settings) -> dict:
             print(f"early stop: no improvement for {patience} epochs")
             break
     train_seconds = time.perf_counter() - t_start
-    if not main:  # rank 0 tests the best checkpoint and writes the report; the others wait for it, then leave
-        distributed.barrier()
-        distributed.cleanup()
-        return {}
-    plot_curves(rows, run / "curves.png")
-
-    report = test_best_checkpoint(run, device, d, clip_samples, thresholds, best_epoch, train_seconds)
-    distributed.barrier()
-    distributed.cleanup()
+    del step_model, loader  # the DDP wrapper holds the process group: gone before the group is (distributed.shutdown)
+    report = {}
+    if main:  # rank 0 tests the best checkpoint and writes the report; the others wait for it, then leave
+        plot_curves(rows, run / "curves.png")
+        report = test_best_checkpoint(run, device, d, clip_samples, thresholds, best_epoch, train_seconds)
+    distributed.shutdown()
     return report
 
 

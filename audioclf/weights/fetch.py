@@ -20,7 +20,7 @@ import urllib.request
 from pathlib import Path
 
 from ..checkpoint import CONFIG_NAME, CheckpointError, read_config, save_run
-from ..io_utils import AtomicFile
+from ..io_utils import AtomicFile, file_sha256
 from .catalogue import CATALOGUE, PretrainedWeights, audioset_labels
 
 __all__ = ["PretrainedError", "pretrained", "resolve_run", "download", "read_release", "convert_release",
@@ -104,14 +104,6 @@ def _local_release(path: Path, root: Path) -> Path:
     if (target / CONFIG_NAME).is_file():
         return target
     return convert_release(path, entry, digest, target)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _checked_hash(path: Path, entry: PretrainedWeights, digest: str | None = None) -> str:

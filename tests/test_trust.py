@@ -1,0 +1,412 @@
+"""No silent wrong results: output folders, stale derived files, input types, exit codes, flag validation, reports."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from conftest import FSDD_CLIPS, make_tiny_run, run_cli
+
+SR = 8000
+TONES = {"low": 300.0, "high": 1200.0}
+FAST = ["--model", "cnn", "--width", "0.25", "--epochs", "1", "--batch-size", "8", "--sample-rate", "8000",
+        "--clip-seconds", "0.5", "--n-mels", "32", "--device", "cpu", "--no-amp", "--ema-decay", "0"]
+
+
+def tone(freq: float, seconds: float = 0.5, phase: float = 0.0) -> np.ndarray:
+    t = np.arange(int(SR * seconds)) / SR
+    return (0.3 * np.sin(2 * np.pi * freq * t + phase)).astype(np.float32)
+
+
+def write_tones(root: Path, per_label: int = 10) -> Path:
+    """``root/<label>/g<k>_<n>.wav``: two tone classes, five groups; returns ``root``."""
+    for label, freq in TONES.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for n in range(per_label):
+            sf.write(root / label / f"g{n % 5}_{n}.wav", tone(freq * (1 + 0.01 * n), phase=n), SR)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trust")
+    return write_tones(base / "data"), base / "cache"
+
+
+@pytest.fixture(scope="module")
+def trained(tones, tmp_path_factory):
+    """One quick run on the tones (held-out test clips), trained through the CLI."""
+    data, cache = tones
+    run = tmp_path_factory.mktemp("trained") / "run"
+    rc, out, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *FAST)
+    assert rc == 0, err
+    return run, out
+
+
+def one_line_error(err: str, *words: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+# --- 1: output folders and stale derived files
+
+def test_train_refuses_a_non_empty_out_and_overwrite_replaces_the_whole_run(tones, tmp_path):
+    data, cache = tones
+    run = tmp_path / "run"
+    assert run_cli("train", data, "--out", run, "--cache-dir", cache, *FAST)[0] == 0
+    assert run_cli("export", run)[0] == 0
+    (run / "evaluation").mkdir()
+    (run / "evaluation" / "report.json").write_text("{}")
+    weights = (run / "model.safetensors").read_bytes()
+    rc, _, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *FAST, "--seed", "1")
+    assert rc == 2
+    one_line_error(err, str(run), "--overwrite", "--resume")
+    assert (run / "model.safetensors").read_bytes() == weights and (run / "model.onnx").is_file()
+    rc, _, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *FAST, "--seed", "1", "--overwrite")
+    assert rc == 0, err
+    assert not (run / "model.onnx").exists() and not (run / "evaluation").exists()
+    assert (run / "model.safetensors").read_bytes() != weights
+
+
+def test_overwrite_only_replaces_audioclf_output(tones, tmp_path):
+    data, cache = tones
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    rc, _, err = run_cli("train", data, "--out", folder, "--cache-dir", cache, *FAST, "--overwrite")
+    assert rc == 2
+    one_line_error(err, "holds none")
+    assert (folder / "notes.txt").read_text() == "keep me"
+
+
+def test_a_stale_onnx_export_is_refused_and_predict_exports_again(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from audioclf.checkpoint import load_run, save_run
+    from audioclf.inference import load
+    from audioclf.onnx_predictor import OnnxClassifier
+    run = make_tiny_run(tmp_path / "run", FSDD_CLIPS)
+    assert run_cli("export", run)[0] == 0
+    OnnxClassifier(run)  # current
+    model, config = load_run(run)
+    with torch.no_grad():
+        model.get_classifier().bias.add_(torch.arange(10.0))  # other weights: other answers
+    save_run(run, model, config)
+    with pytest.raises(ValueError, match="exported from other weights"):
+        OnnxClassifier(run)
+    rc, out, err = run_cli("predict", run, FSDD_CLIPS[0], "--backend", "onnx", "--format", "json", "--top-k", "3")
+    assert rc == 0 and "exporting it first" in err
+    got = json.loads(out)[0]["predictions"]
+    want = load(run).predict(FSDD_CLIPS[0], top_k=3)
+    assert [p["label"] for p in got] == [p["label"] for p in want]
+
+
+def test_weights_and_config_from_different_saves_are_refused(tmp_path):
+    from audioclf.checkpoint import CheckpointError, load_run
+    a = make_tiny_run(tmp_path / "a", FSDD_CLIPS[:8])
+    b = make_tiny_run(tmp_path / "b", FSDD_CLIPS[4:])
+    assert (a / "model.safetensors").read_bytes() != (b / "model.safetensors").read_bytes()
+    shutil.copy(b / "model.safetensors", a / "model.safetensors")
+    with pytest.raises(CheckpointError, match="weights_sha256"):
+        load_run(a)
+
+
+def test_config_carries_label_maps(tiny_run):
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["id2label"] == {str(i): label for i, label in enumerate(config["labels"])}
+    assert config["label2id"] == {label: i for i, label in enumerate(config["labels"])}
+
+
+# --- 2: Classifier.predict inputs
+
+def test_predict_takes_the_pipeline_inputs_and_resamples(tiny_run):
+    import audioclf
+    from audioclf.audio import load_audio, resample
+    clf = audioclf.load(tiny_run)
+    path = FSDD_CLIPS[3]
+    want = clf.scores(path)[0]
+    native, rate = sf.read(path, dtype="float32")
+    assert rate == 8000
+    same = lambda x, **kw: np.testing.assert_allclose(clf.scores(x, **kw)[0], want, atol=1e-5)  # noqa: E731
+    same(native, sampling_rate=8000)
+    same(Path(path).read_bytes())
+    same({"raw": native, "sampling_rate": 8000})
+    same({"array": native.astype(np.float64), "sampling_rate": 8000})
+    same(load_audio(path), sampling_rate=8000)  # torch (1, samples)
+    same(np.stack([native, native], axis=1), sampling_rate=8000)  # soundfile's stereo (samples, 2)
+    same(np.stack([native, native]), sampling_rate=8000)  # (2, samples)
+    same((native * 32767).astype(np.int16), sampling_rate=8000)
+    up = resample(native, 8000, 16000)
+    np.testing.assert_allclose(clf.scores(up, sampling_rate=16000)[0], want, atol=2e-2)
+    single = clf.predict(native, sampling_rate=8000, top_k=2)
+    assert isinstance(single, list) and len(single) == 2 and set(single[0]) == {"label", "score"}
+    batch = clf.predict([path, {"raw": up, "sampling_rate": 16000}], top_k=2)
+    assert len(batch) == 2 and all(len(row) == 2 for row in batch)
+
+
+@pytest.mark.parametrize("audio, kw, match", [
+    (np.zeros(8000, np.float32), {}, "sampling_rate="),
+    (np.zeros((100, 200), np.float32), {"sampling_rate": 8000}, "ambiguous shape"),
+    (np.zeros((2, 3, 4000), np.float32), {"sampling_rate": 8000}, "shape"),
+    (np.zeros(0, np.float32), {"sampling_rate": 8000}, "no samples"),
+    (np.full(800, np.nan, np.float32), {"sampling_rate": 8000}, "NaN"),
+    (np.zeros(800, np.float32), {"sampling_rate": 0}, "sampling_rate must be"),
+    ({"raw": np.zeros(800)}, {}, "'raw'"),
+    (3.5, {}, "float is not audio"),
+])
+def test_predict_refuses_inputs_it_cannot_read_unambiguously(tiny_run, audio, kw, match):
+    import audioclf
+    with pytest.raises(ValueError, match=match):
+        audioclf.load(tiny_run).predict(audio, **kw)
+
+
+# --- 4: predict reports every input
+
+def test_predict_gives_a_row_per_input_and_exit_1_when_one_failed(tiny_run, tmp_path):
+    bad = tmp_path / "bad.wav"
+    bad.write_text("not audio")
+    good = FSDD_CLIPS[0]
+    rc, out, err = run_cli("predict", tiny_run, good, bad, FSDD_CLIPS[1], "--format", "json")
+    assert rc == 1 and str(bad) in err
+    rows = json.loads(out)
+    assert [r["path"] for r in rows] == [good, str(bad), FSDD_CLIPS[1]]
+    assert "predictions" in rows[0] and "error" in rows[1] and "predictions" in rows[2]
+    rc, out, _ = run_cli("predict", tiny_run, good, bad, "--format", "csv", "--top-k", "1")
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert rc == 1 and [r["path"] for r in table] == [good, str(bad)]
+    assert table[0]["error"] == "" and table[1]["error"] and table[1]["label"] == ""
+    rc, out, _ = run_cli("predict", tiny_run, good, bad, "--window", "0.5")
+    assert rc == 1 and f"{bad}: error:" in out
+    assert run_cli("predict", tiny_run, good)[0] == 0
+
+
+# --- 5 and the sweep: every flag checked up front, one line, exit 2, nothing written
+
+SWEEP = [
+    ("train", ["DATA", "--out", "OUT", "--balance", "maybe"], "--balance"),
+    ("train", ["DATA", "--out", "OUT", "--clip-seconds", "-1"], "--clip-seconds"),
+    ("train", ["DATA", "--out", "OUT", "--epochs", "two"], "--epochs"),
+    ("train", ["DATA", "--out", "OUT", "--lr", "0"], "--lr"),
+    ("train", ["DATA", "--out", "OUT", "--val-fraction", "1.5"], "--val-fraction"),
+    ("train", ["DATA", "--out", "OUT", "--device", "gpu"], "--device gpu"),
+    ("train", ["DATA", "--out", "OUT", "--device", "cuda:7"], "--device cuda:7"),
+    ("train", ["DATA", "--out", "OUT", "--model", "nosuch"], "nosuch"),
+    ("train", ["DATA", "--out", "OUT", "--aug", "nosuch=1"], "nosuch"),
+    ("train", ["DATA", "--out", "OUT", "--pretrained", "nosuch_as"], "nosuch_as"),
+    ("train", ["MISSING", "--out", "OUT"], "MISSING"),
+    ("cv", ["DATA", "--out", "OUT", "--folds", "1"], "--folds"),
+    ("cv", ["DATA", "--out", "OUT", "--jobs", "0"], "--jobs"),
+    ("cv", ["DATA", "--out", "OUT", "--test-fold", "1"], "--test-fold"),
+    ("cv", ["MISSING", "--out", "OUT"], "MISSING"),
+    ("predict", ["RUN", "CLIP", "--top-k", "0"], "--top-k"),
+    ("predict", ["RUN", "CLIP", "--median", "2"], "--median"),
+    ("predict", ["RUN", "CLIP", "--window", "-1"], "--window"),
+    ("predict", ["RUN", "CLIP", "--threshold", "nan"], "--threshold"),
+    ("predict", ["RUN", "CLIP", "--device", "cuda"], "--device cuda"),
+    ("predict", ["MISSING", "CLIP"], "MISSING"),
+    ("predict", ["nosuch_as", "CLIP"], "nosuch_as"),
+    ("evaluate", ["RUN", "MISSING"], "MISSING"),
+    ("evaluate", ["MISSING", "DATA"], "MISSING"),
+    ("embed", ["RUN", "CLIP", "--out", "OUT.txt"], ".npy"),
+    ("export", ["MISSING"], "MISSING"),
+    ("export", ["RUN", "--opset", "3"], "--opset"),
+    ("adapt", ["RUN", "CLIP", "--out", "OUT", "--max-windows", "0"], "--max-windows"),
+    ("adapt", ["MISSING", "CLIP", "--out", "OUT"], "MISSING"),
+    ("pack", ["DATA", "--out", "OUT", "--shard-size", "0"], "--shard-size"),
+    ("pack", ["MISSING", "--out", "OUT"], "MISSING"),
+    ("serve", ["RUN", "--port", "70000"], "--port"),
+    ("serve", ["RUN", "--max-batch", "0"], "--max-batch"),
+    ("serve", ["MISSING"], "MISSING"),
+    ("models", ["--sample-rate", "x"], "--sample-rate"),
+]
+
+
+@pytest.mark.parametrize("command, args, named", SWEEP, ids=[f"{c}-{'-'.join(a[2:] or a)}" for c, a, _ in SWEEP])
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(command, args, named, tiny_run, tones, tmp_path):
+    data, _ = tones
+    names = {"DATA": str(data), "RUN": str(tiny_run), "CLIP": FSDD_CLIPS[0], "OUT": str(tmp_path / "out"),
+             "OUT.txt": str(tmp_path / "out.txt"), "MISSING": str(tmp_path / "missing")}
+    argv = [command] + [names.get(a, a) for a in args]
+    named = names.get(named, named)
+    before = sorted(tmp_path.iterdir())
+    rc, _, err = run_cli(*argv)
+    assert rc == 2
+    one_line_error(err, f"audioclf {command}: error:", named)
+    assert sorted(tmp_path.iterdir()) == before  # nothing written, no empty folder left
+
+
+def test_a_failed_train_leaves_no_folder_behind(tmp_path):
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for n in range(3):
+            (data / label / f"{n}.wav").write_bytes(b"RIFF....WAVEjunk")
+    rc, _, err = run_cli("train", data, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", *FAST)
+    assert rc == 2 and "no usable training files" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_aug_mixup_alpha_is_the_mixup_the_loop_uses(monkeypatch):
+    from audioclf.augment import AugmentConfig
+    from audioclf.features import FrontendConfig
+    from audioclf.models import create_model
+    from audioclf.training import trainer
+    from audioclf.training.config import TrainConfig
+    used = []
+    monkeypatch.setattr(trainer, "mixup", lambda w, t, alpha: (used.append(alpha), (w, t))[1])
+    for cfg in (TrainConfig(mixup=0.0, aug="mixup_alpha=0.7,mixup_prob=1", amp=False),
+                TrainConfig(mixup=0.3, augment=False, amp=False)):
+        augment = trainer.augment_config(cfg)
+        model = create_model("cnn", 2, FrontendConfig(sample_rate=8000, n_mels=16), augment, width=0.25)
+        opt = torch.optim.AdamW(model.parameters())
+        target = torch.nn.functional.one_hot(torch.tensor([0, 1]), 2).float()
+        trainer.train_step(model, model, opt, None, torch.randn(2, 4000), target, 1e-3, cfg, False, None)
+    assert used == [0.7]  # --aug mixup_alpha=0.7 with --mixup 0 mixes; --no-augment does not
+
+
+def test_train_config_check_names_the_flag():
+    from audioclf.training.config import TrainConfig
+    for kw, flag in [({"balance": "maybe"}, "--balance"), ({"clip_seconds": -1.0}, "--clip-seconds"),
+                     ({"ensemble": 0}, "--ensemble"), ({"device": "gpu"}, "--device")]:
+        with pytest.raises(ValueError, match=flag):
+            TrainConfig(**kw).check()
+    TrainConfig().check()
+
+
+# --- 6: reports
+
+def test_train_names_skipped_files_and_counts_usable_clips(tones, tmp_path):
+    data, cache = tones
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "low" / "g0_broken.wav").write_bytes(b"RIFF....WAVEjunk")
+    rc, out, err = run_cli("train", copy, "--out", tmp_path / "run", "--cache-dir", cache, *FAST)
+    assert rc == 0, err
+    assert "g0_broken.wav:" in out
+    line = next(line for line in out.splitlines() if line.startswith("split:"))
+    counts = [int(w.strip(",")) for w in line.split()[2:7:2]]
+    assert sum(counts) == 20 and "usable clips" in line  # 21 files, 20 decodable
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert sum(config["split_sizes"].values()) == 20
+
+
+def test_evaluate_leaves_out_the_clips_the_run_trained_on(trained, tones):
+    run, _ = trained
+    data, cache = tones
+    split = list(csv.DictReader(open(run / "split.csv")))
+    assert len(split) == 20 and {r["subset"] for r in split} == {"train", "validation", "test"}
+    n_test = sum(r["subset"] == "test" for r in split)
+    rc, out, _ = run_cli("evaluate", run, data, "--cache-dir", cache, "--out", run / "eval")
+    assert rc == 0 and "leaving out" in out and "--include-training-clips" in out
+    report = json.loads((run / "eval" / "report.json").read_text())
+    assert report["n"] == n_test
+    assert report["weights_sha256"] == json.loads((run / "config.json").read_text())["weights_sha256"]
+    rc, out, _ = run_cli("evaluate", run, data, "--cache-dir", cache, "--out", run / "eval-all",
+                         "--include-training-clips")
+    assert rc == 0 and json.loads((run / "eval-all" / "report.json").read_text())["n"] == 20
+
+
+# --- 7: progress and offline docs
+
+def test_progress_lines_appear_only_where_no_bar_shows(capsys):
+    from audioclf.training.trainer import ProgressLines
+    lines = ProgressLines("epoch 3", 40, enabled=True, every=0.0)
+    lines.update(10, 0.5)
+    quiet = ProgressLines("epoch 3", 40, enabled=False, every=0.0)
+    quiet.update(10, 0.5)
+    out = capsys.readouterr().out
+    assert out.count("epoch 3: batch 10/40, train_loss 0.5000") == 1
+
+
+def test_docs_page_needs_no_internet(tiny_run):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("swagger_ui_bundle")
+    import re
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    from audioclf.serving import create_app
+    with TestClient(create_app(tiny_run)) as client:
+        page = client.get("/docs")
+        assert page.status_code == 200 and "swagger" in page.text.lower()
+        assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+        assert assets and all(a.startswith("/") for a in assets)
+        assert "http://" not in page.text and "https://" not in page.text
+        for a in assets:
+            assert client.get(a).status_code == 200, a
+
+
+# --- 8: conventions
+
+def test_version_help_defaults_and_one_top_k():
+    import argparse
+    import inspect
+
+    from audioclf import __version__
+    from audioclf.cli import build_parser
+    from audioclf.predictions import DEFAULT_TOP_K, Predictor
+    from audioclf.serving.app import create_app
+    parser = build_parser()
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["--version"])
+    assert e.value.code == 0
+    commands = parser._subparsers._group_actions[0].choices
+    for name, sub in commands.items():
+        own = {s for a in sub._actions for s in a.option_strings}
+        text = sub.format_help()
+        import re
+        mentioned = set(re.findall(r"(?<![\w-])--[a-z][a-z-]+", text))
+        assert mentioned <= own | {"--no-" + s[2:] for s in own}, (name, mentioned - own)
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.dest)
+    assert commands["predict"].get_default("top_k") == DEFAULT_TOP_K == commands["serve"].get_default("top_k")
+    assert inspect.signature(Predictor.predict).parameters["top_k"].default == DEFAULT_TOP_K
+    assert inspect.signature(create_app).parameters["top_k"].default == DEFAULT_TOP_K
+    assert "(default: 1000)" in commands["pack"].format_help()
+    assert __version__ and isinstance(parser, argparse.ArgumentParser)
+
+
+def test_a_missing_extra_names_the_extra(tiny_run, monkeypatch):
+    from audioclf.export import ExportError, export_onnx
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(ExportError, match=r"pip install 'audioclf\[export\]'"):
+        export_onnx(tiny_run, tiny_run / "x.onnx")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    from audioclf.onnx_predictor import OnnxClassifier
+    with pytest.raises(RuntimeError, match=r"pip install 'audioclf\[export\]'"):
+        OnnxClassifier(tiny_run)
+
+
+# --- 10: cv resumes finished folds
+
+def test_cv_keeps_finished_folds_and_retrains_the_others(tones, tmp_path):
+    data, cache = tones
+    out = tmp_path / "cv"
+    args = ["cv", data, "--out", out, "--folds", "2", "--cache-dir", cache, *FAST]
+    rc, first, err = run_cli(*args)
+    assert rc == 0, err
+    report = json.loads((out / "cv_report.json").read_text())
+    rc, _, err = run_cli(*args)
+    assert rc == 2 and "--resume" in err  # not silently redone or overwritten
+    folds = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(folds) == 2
+    (folds[1] / "report.json").unlink()  # a fold that did not finish
+    rc, again, err = run_cli(*args, "--resume")
+    assert rc == 0, err
+    assert again.count("finished run kept") == 1 and "unfinished run" in again
+    resumed = json.loads((out / "cv_report.json").read_text())
+    assert resumed["folds"][0] == report["folds"][0]
+    rc, changed, err = run_cli(*args[:-2], "--ema-decay", "0.5", "--resume")  # other settings: nothing kept
+    assert rc == 0, err
+    assert "finished run kept" not in changed and changed.count("settings differ (ema_decay)") == 2
