@@ -1,12 +1,12 @@
 """Fine-tuning from AudioSet weights against training from scratch, side by side in one run.
 
-    python bench/finetune.py [--sets env,fsdd,fsdd-loso] [--configs scratch,mn04_as] [--out DIR] [--csv FILE]
+    python bench/finetune.py [--sets env,fsdd,fsdd-loso] [--configs default,scratch,mn04_as] [--out DIR] [--csv FILE]
 
 Sets: ``env``, the five-fold environmental-sound set of ``bench/envsounds.py`` (400 five-second clips from real drum
 kits and Sonic Pi's samples, kits held out; built into OUT/env when missing); ``fsdd``, FSDD's official split
-(takes 0-4 tested); ``fsdd-loso``, FSDD leave one speaker out (six folds). Configurations: ``scratch``, the default
-``audioclf train`` / ``cv`` with no flags; ``mn04_as``, the same with ``--pretrained mn04_as``; ``mn04_as-probe``,
-with ``--freeze-backbone`` too. Prints one row per set and configuration: accuracy (mean +- std over folds),
+(takes 0-4 tested); ``fsdd-loso``, FSDD leave one speaker out (six folds). Configurations: ``default``, ``audioclf train`` /
+``cv`` with no flags (from scratch and fine-tuned, the better on validation kept); ``scratch``, with ``--pretrained
+off``; ``mn04_as``, with ``--pretrained mn04_as``; ``mn04_as-probe``, with ``--freeze-backbone`` too. Prints one row per set and configuration: accuracy (mean +- std over folds),
 macro-F1, the training loops' seconds, and the process CPU seconds and wall seconds of the whole command (decoding
 and testing included); with ``--csv`` the rows are appended there as well.
 """
@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import io
 import json
 import platform
 import time
 from pathlib import Path
 
+from results_csv import append_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "datasets/fsdd"
-CONFIGS = {"scratch": {}, "mn04_as": {"pretrained": "mn04_as"},
+CONFIGS = {"default": {}, "scratch": {"pretrained": "off"}, "mn04_as": {"pretrained": "mn04_as"},
            "mn04_as-probe": {"pretrained": "mn04_as", "freeze_backbone": True}}
 
 
@@ -79,12 +80,7 @@ def main() -> None:
                   f"{row['macro_f1']:.4f}  train {row['train_seconds']:.0f} s  CPU {row['cpu_seconds']:.0f} s  "
                   f"wall {row['wall_seconds']:.0f} s", flush=True)
     if args.csv:
-        new = not args.csv.is_file()
-        with open(args.csv, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            if new:
-                writer.writeheader()
-            writer.writerows(rows)
+        append_rows(args.csv, rows)
 
 
 def _cores() -> int:

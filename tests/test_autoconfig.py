@@ -1,34 +1,36 @@
-"""The automatic settings ``audioclf train DATA`` picks from the data (audioclf/training/autoconfig.py)."""
-from audioclf.training.autoconfig import MAX_EPOCHS, choose_clip_seconds, choose_epochs, DataSummary
+"""The automatic settings ``audioclf train DATA`` picks from the data (audioclf/training/autoconfig.py) and the rule
+that ends training (audioclf/training/schedule.py)."""
+import numpy as np
+import pytest
+
+from audioclf.augment import AugmentConfig
+from audioclf.training.autoconfig import (CEILING, FINETUNE_STEPS, MAX_EPOCHS, STEPS, DataSummary,
+                                          choose_augmentation, choose_clip_seconds, choose_epochs, choose_patience)
+from audioclf.training.schedule import DECAY_SHARE, StopRule, warmup_stable_decay
 
 
-def steps(train_files: int, batch_size: int, model: str = "cnn") -> int:
-    """The optimiser steps ``choose_epochs`` plans for, a last partial batch counted."""
-    return choose_epochs(train_files, batch_size, model) * -(-train_files // batch_size)
+def steps(train_files: int, batch_size: int, model: str = "cnn", **kw) -> int:
+    """The optimiser steps ``choose_epochs`` allows at most, a last partial batch counted."""
+    return choose_epochs(train_files, batch_size, model, **kw) * -(-train_files // batch_size)
 
 
-def test_a_small_data_set_gets_the_steps_of_a_large_one():
-    # a few hundred files: about 1,000 optimiser steps however many epochs that takes (a cap of 50 epochs gave
-    # 243 FSDD clips 350 steps and a test accuracy 6-9 points lower: bench/small_data.py)
-    for files in (121, 243, 288, 640):
-        assert 900 <= steps(files, 32) <= 1100, files
-    assert choose_epochs(243, 32) == 125
+def test_the_ceiling_is_a_multiple_of_the_typical_steps_whatever_the_size():
+    for files in (243, 288, 400, 640):  # below ~200 files the epoch cap binds first
+        assert 0.9 * CEILING * STEPS <= steps(files, 32) <= 1.1 * CEILING * STEPS, files
+        assert 0.9 * STEPS <= steps(files, 32, validated=False) <= 1.1 * STEPS, files  # nothing to stop on
+        assert 0.9 * CEILING * FINETUNE_STEPS <= steps(files, 32, finetune=True) <= 1.1 * CEILING * FINETUNE_STEPS
+    assert 1700 * CEILING <= steps(640, 32, "crnn") <= 1900 * CEILING  # the recurrent model converges slower
 
 
 def test_large_data_sets_train_at_least_ten_epochs_and_tiny_ones_at_most_the_cap():
-    assert choose_epochs(2430, 64) == 26  # FSDD's official split, as `make demo` trains it
-    assert choose_epochs(85_000, 64) == 10  # Speech Commands: ten epochs, over 13,000 steps
+    assert choose_epochs(85_000, 64) == 10
     assert choose_epochs(10, 32) == MAX_EPOCHS
 
 
-def test_the_recurrent_model_gets_more_steps_than_the_others():
-    # crnn was still improving at the end of 1,000 steps; 1,800 gave it 2.8 points on held-out voices
-    assert choose_epochs(2250, 64, "crnn") == 50  # FSDD leave one speaker out: 36 steps an epoch
-    assert choose_epochs(2250, 64, "cnn") == choose_epochs(2250, 64) == 28
-    for files in (243, 640, 2250):
-        assert 1700 <= steps(files, 32, "crnn") <= 1900, files
-        assert 900 <= steps(files, 32, "mobilenet") <= 1100, files
-    assert choose_epochs(85_000, 64, "crnn") == 10 and choose_epochs(10, 32, "crnn") == MAX_EPOCHS
+def test_patience_is_a_share_of_the_typical_steps_and_at_least_three_epochs():
+    assert choose_patience(1000, 10) == 20
+    assert choose_patience(1000, 500) == 3
+    assert choose_patience(200, 10) < choose_patience(1000, 10)
 
 
 def test_clip_length_is_the_90th_percentile_within_limits():
@@ -38,9 +40,124 @@ def test_clip_length_is_the_90th_percentile_within_limits():
     assert choose_clip_seconds(summary(30.0)) == 10.0
 
 
-def test_fine_tuning_aims_at_fewer_steps():
-    from audioclf.training.autoconfig import FINETUNE_STEPS, choose_finetune_epochs
-    assert choose_finetune_epochs(320, 32) == FINETUNE_STEPS // 10  # 10 steps an epoch
-    assert choose_finetune_epochs(2430, 64) == 10  # FSDD's official split: 38 steps an epoch, at least 10 epochs
-    assert choose_finetune_epochs(85_000, 64) == 10 and choose_finetune_epochs(10, 32) == FINETUNE_STEPS  # 1 step each
-    assert choose_finetune_epochs(2430, 64) < choose_epochs(2430, 64)
+def run_rule(rule: StopRule, improving_until: int, epochs: int) -> tuple[int, list[float]]:
+    """Epochs run under ``rule`` when validation improves until epoch ``improving_until``; with the lr per step."""
+    step, best, lrs = 0, 0, []
+    for epoch in range(1, epochs + 1):
+        for _ in range(rule.steps_per_epoch):
+            lrs.append(warmup_stable_decay(step, 10, rule.decay_start, rule.decay_steps, 1.0))
+            step += 1
+        best = epoch if epoch <= improving_until else best
+        rule.after_epoch(step, epoch - best)
+        if rule.finished(step):
+            return epoch, lrs
+    return epochs, lrs
+
+
+def test_training_stops_a_decay_after_the_patience_runs_out():
+    rule = StopRule(ceiling_steps=100 * 10, steps_per_epoch=10, patience=5)
+    epochs, lrs = run_rule(rule, improving_until=20, epochs=100)
+    assert rule.decay_start == 25 * 10  # five epochs without improvement after epoch 20
+    assert rule.decay_steps == 70  # DECAY_SHARE of the run, in whole epochs
+    assert epochs == 32 and abs(rule.decay_steps / (rule.decay_start + rule.decay_steps) - DECAY_SHARE) < 0.03
+    assert lrs[100] == 1.0 and lrs[249] == 1.0 and lrs[-1] < 0.05  # stable, then decayed to the floor
+
+
+def test_training_never_passes_the_ceiling_and_decays_before_it():
+    rule = StopRule(ceiling_steps=40 * 10, steps_per_epoch=10, patience=5)
+    epochs, lrs = run_rule(rule, improving_until=1000, epochs=40)  # validation never stops improving
+    assert epochs == 40 and len(lrs) == 400 and rule.finished(400)
+    assert rule.decay_start == 320 and lrs[-1] < 0.05  # the last fifth decays
+
+
+def test_no_decay_before_the_minimum_steps():
+    rule = StopRule(ceiling_steps=100 * 10, steps_per_epoch=10, patience=3, min_steps=300)
+    run_rule(rule, improving_until=2, epochs=100)
+    assert rule.decay_start == 300
+
+
+def test_stop_rule_round_trips_through_its_state():
+    rule = StopRule(ceiling_steps=1000, steps_per_epoch=10, patience=4)
+    rule.after_epoch(200, 4)
+    assert StopRule(**rule.state()) == rule and rule.decay_start == 200
+
+
+def tones(rng, n, sr, freq, level_db, seconds=1.0):
+    t = np.arange(int(seconds * sr)) / sr
+    return [(10 ** (level_db / 20) * np.sin(2 * np.pi * freq * t) + 0.001 * rng.standard_normal(len(t))).astype(np.float32)
+            for _ in range(n)]
+
+
+def choose_on_two_thirds(rng, clips, ids, sr):
+    """``choose_augmentation`` with a random two thirds of ``clips`` for training, the rest for validation."""
+    ids = np.array(ids)
+    order = rng.permutation(len(ids))
+    train, val = order[:2 * len(ids) // 3], order[2 * len(ids) // 3:]
+    return choose_augmentation(AugmentConfig(), None, set(), ([clips[i] for i in train], ids[train]),
+                               ([clips[i] for i in val], ids[val]), 2, sr)
+
+
+def test_a_label_carried_by_level_turns_level_normalisation_and_gain_off():
+    """Two classes of the same sounds at levels 12 dB apart: level normalisation and the +-20 dB gain would erase
+    the only cue; pitch and tempo say nothing, so speed and stretch stay."""
+    rng, sr = np.random.default_rng(0), 8000
+    clips, ids = [], []
+    for k, level in enumerate((-30, -18)):
+        for _ in range(30):
+            clips += tones(rng, 1, sr, rng.uniform(140, 320), level + rng.uniform(-2, 2))
+            ids.append(k)
+    augment, level_norm, reasons = choose_on_two_thirds(rng, clips, ids, sr)
+    assert level_norm is False and augment.gain_db == 0
+    assert augment.speed == AugmentConfig().speed and augment.stretch == AugmentConfig().stretch
+    assert "level alone tells the labels apart" in reasons["level_norm=off"]
+    assert "gain_db=0" in reasons and "level" in reasons["cues"]
+
+
+def test_a_label_carried_by_pitch_turns_speed_and_the_filter_bank_warp_off():
+    """Two classes 6% apart in pitch (as two emotions of one voice) at random levels: speed perturbation
+    (+-10%) and the filter-bank warp would blur them; level normalisation stays on."""
+    rng, sr = np.random.default_rng(1), 16000
+    clips, ids = [], []
+    for k, f in enumerate((200, 212)):
+        for _ in range(60):
+            clips += tones(rng, 1, sr, f * rng.uniform(0.99, 1.01), rng.uniform(-40, -5))
+            ids.append(k)
+    augment, level_norm, reasons = choose_on_two_thirds(rng, clips, ids, sr)
+    assert augment.speed == 0 and augment.fb_jitter == 0 and level_norm is True
+    assert "pitch alone tells the labels apart" in reasons["speed=0"]
+    assert augment.gain_db == AugmentConfig().gain_db and "level_norm=on" in reasons
+
+
+def test_what_the_user_set_is_kept():
+    rng, sr = np.random.default_rng(0), 8000
+    clips = tones(rng, 20, sr, 200, -30) + tones(rng, 20, sr, 200, -10)
+    ids = np.array([0] * 20 + [1] * 20)
+    order = rng.permutation(40)
+    train, val = order[:28], order[28:]
+    augment, level_norm, reasons = choose_augmentation(
+        AugmentConfig(gain_db=3.0), True, {"gain_db"}, ([clips[i] for i in train], ids[train]),
+        ([clips[i] for i in val], ids[val]), 2, sr)
+    assert level_norm is True and augment.gain_db == 3.0
+    assert not any(k.startswith(("level_norm", "gain_db")) for k in reasons)
+
+
+@pytest.mark.parametrize("train_clips, classes, expected", [(3000, 10, 0.1), (400, 5, 0.25), (600, 8, 100 / 600),
+                                                              (2000, 35, 0.175)])
+def test_validation_share_aims_at_enough_clips(train_clips, classes, expected):
+    from audioclf.data.splits import validation_fraction
+    assert validation_fraction(train_clips, classes) == pytest.approx(expected)
+
+
+def test_a_small_or_missing_validation_split_is_noted(capsys):
+    from audioclf.training.config import TrainConfig
+    from audioclf.training.trainer import note_validation
+    y = np.eye(4)[np.arange(400) % 4]
+    reasons = note_validation(TrainConfig(), 400, list(range(100)), y)
+    out = capsys.readouterr().out
+    assert reasons == {"val_fraction=0.25": reasons["val_fraction=0.25"]} and "auto: val_fraction=0.25" in out
+    assert "note:" not in out  # 100 clips, 25 a class: enough
+    assert note_validation(TrainConfig(val_fraction=0.05), 400, list(range(20)), y) == {}  # the user's share
+    assert "note: validation holds 20 clips (5 of the rarest class; one clip is 5.0 accuracy points)" in \
+        capsys.readouterr().out
+    note_validation(TrainConfig(val_fraction=0.0), 400, [], y)
+    assert "note: no validation clips" in capsys.readouterr().out

@@ -184,7 +184,7 @@ def test_each_member_gets_the_automatic_epochs_of_its_own_model(tmp_path, monkey
 
     root = tmp_path / "tones"
     write_tones(root, groups=("a", "b", "c", "d"), per_group=3)
-    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model: {"crnn": 2}.get(model, 1))
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model, *args: {"crnn": 2}.get(model, 1))
     audioclf.train(str(root), str(tmp_path / "run"), width=0.25, n_mels=32, sample_rate=SR, clip_seconds=0.25,
                    batch_size=8, cache_dir=str(tmp_path / "cache"), model="cnn,crnn")
     for member, (model, epochs) in zip(("member-1", "member-2"), (("cnn", 1), ("crnn", 2))):

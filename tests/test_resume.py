@@ -180,11 +180,11 @@ def test_resume_keeps_the_automatic_settings_the_run_started_with(tones, tmp_pat
     data, cache = tones
     run = tmp_path / "auto"
     settings = dict(cache_dir=str(cache), batch_size=8, device="cpu", seed=0, amp=False)
-    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model: 2)
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model, *args: 2)
     audioclf.train(data, run, **settings)
-    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model: 4)  # another version's choice
+    monkeypatch.setattr(autoconfig, "choose_epochs", lambda files, batch, model, *args: 4)  # another version's choice
     audioclf.train(data, run, resume=True, **settings)
-    assert "epochs=2 (auto, kept from the interrupted run)" in capsys.readouterr().out
+    assert "auto: epochs=2 (kept from the interrupted run)" in capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
     assert config["training"]["epochs"] == 2
     assert len((run / "metrics.csv").read_text().splitlines()) == 1 + 2  # no epoch trained past the old schedule

@@ -79,11 +79,22 @@ def holdout(indices: list[int], y: np.ndarray, groups: list, fraction: float, se
     return (kept, held) if kept else (held, kept)
 
 
+MIN_VALIDATION_CLIPS, MIN_VALIDATION_PER_CLASS = 100, 10  # what an automatic validation share aims at
+VALIDATION_SHARE = (0.1, 0.25)  # ... within these shares of the training clips
+
+
+def validation_fraction(train_clips: int, classes: int) -> float:
+    """The automatic validation share of the training clips: enough clips to tell epochs apart
+    (``MIN_VALIDATION_CLIPS``, ``MIN_VALIDATION_PER_CLASS`` a class), within ``VALIDATION_SHARE``."""
+    wanted = max(MIN_VALIDATION_CLIPS, MIN_VALIDATION_PER_CLASS * classes) / max(1, train_clips)
+    return float(min(VALIDATION_SHARE[1], max(VALIDATION_SHARE[0], wanted)))
+
+
 def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: float = 0.2,
-               val_fraction: float = 0.1, seed: int = 0) -> Split:
+               val_fraction: float | None = 0.1, seed: int = 0) -> Split:
     """Test = the declared ``test_fold`` (default: a fold named as in ``TEST_FOLD_NAMES``, e.g. Speech Commands'
     ``testing``) or a stratified, group-aware hold-out; validation = a declared fold named as in ``VAL_FOLD_NAMES``
-    (other than the test fold), else carved from train.
+    (other than the test fold), else carved from train: ``val_fraction`` of it (``None``: :func:`validation_fraction`).
 
     The test split never shares a group with train unless a declared fold does (FSDD's take-based split).
     Carved validation keeps groups whole too, unless the test split shares groups, or train holds fewer than
@@ -113,6 +124,8 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
         declared.append(f"validation = the declared fold {val_fold!r}")
         return Split([i for i in train if manifest.items[i].fold != val_fold], val, sorted(test), False,
                      ", ".join(declared))
+    if val_fraction is None:
+        val_fraction = validation_fraction(len(train), y.shape[1])
     train_groups = {groups[i] for i in train} - {None}
     within = shared or 0 < len(train_groups) < MIN_VALIDATION_GROUPS
     train, val = holdout(train, y, [None] * len(groups) if within else groups, val_fraction, seed + 1)

@@ -61,40 +61,65 @@ def choose_batch_size(train_files: int) -> int:
 
 
 MAX_EPOCHS = 500  # bounds the per-epoch validation and checkpoint on a data set of a few dozen files
+STEPS = 1000  # optimiser steps a from-scratch model typically needs; the ceiling is CEILING times more
+MODEL_STEPS = {"crnn": 1800}  # models that converge slower (the GRU)
+FINETUNE_STEPS = 200  # ... and a pretrained backbone, fine-tuned
+CEILING = 3  # with validation data, training may run this many times the typical steps before it must end
+PATIENCE_SHARE = 0.2  # epochs without improvement before the decay: this share of the typical steps (3 epochs or more)
 
 
-STEPS = 1000  # optimiser steps the automatic epochs aim at
-MODEL_STEPS = {"crnn": 1800}  # models that converge slower: their automatic epochs aim at more steps (below)
+def target_steps(model: str, finetune: bool = False) -> int:
+    """The optimiser steps a model typically needs: ``FINETUNE_STEPS`` from pretrained weights, else ``STEPS``
+    (``MODEL_STEPS`` for the slower ones)."""
+    return FINETUNE_STEPS if finetune else MODEL_STEPS.get(model, STEPS)
 
 
-def choose_epochs(train_files: int, batch_size: int, model: str = "cnn") -> int:
-    """About ``STEPS`` optimiser steps (counting a last, partial batch, which the training loader drops) and at least
-    10 epochs, at most ``MAX_EPOCHS``. A small data set needs the steps, however many epochs they take: FSDD's official
-    split trained on 5% / 10% of its training clips (121 / 243 files) tested 60.0-62.3% / 89.0-89.7% after the 150 /
-    350 steps that a cap of 50 epochs allowed, and 88.0-93.0% / 95.7-97.7% after 750 / 875 steps (250 / 125 epochs;
-    ``python bench/small_data.py``).
-
-    ``crnn`` (its GRU) aims at 1,800: after 1,000 steps its best epoch was the last or nearly (23-28 of 28, FSDD
-    leave one speaker out) and its validation loss still falling; with 1,800 (50 epochs) the best epochs are 30-46
-    and the held-out voices 2.8 +- 0.7 points more accurate (18 paired folds; docs/experiments.md)."""
-    return _epochs_for(MODEL_STEPS.get(model, STEPS), train_files, batch_size)
-
-
-FINETUNE_STEPS = 200  # optimiser steps the automatic epochs aim at when fine-tuning pretrained weights
-
-
-def choose_finetune_epochs(train_files: int, batch_size: int) -> int:
-    """About ``FINETUNE_STEPS`` optimiser steps, at least 10 epochs, at most ``MAX_EPOCHS``: a pretrained backbone
-    needs a fraction of the steps that training from scratch takes."""
-    return _epochs_for(FINETUNE_STEPS, train_files, batch_size)
-
-
-def _epochs_for(steps: int, train_files: int, batch_size: int) -> int:
+def choose_epochs(train_files: int, batch_size: int, model: str = "cnn", finetune: bool = False,
+                  validated: bool = True) -> int:
+    """The epoch ceiling: ``CEILING`` times :func:`target_steps` (once, without validation data to stop on),
+    counting a last, partial batch, which the training loader drops; at least 10 epochs, at most ``MAX_EPOCHS``.
+    Training normally ends earlier, when validation stops improving (:class:`~audioclf.training.schedule.StopRule`)."""
+    steps = target_steps(model, finetune) * (CEILING if validated else 1)
     steps_per_epoch = max(1, math.ceil(train_files / batch_size))
     return int(min(MAX_EPOCHS, max(10, round(steps / steps_per_epoch))))
+
+
+def choose_patience(target: int, steps_per_epoch: int) -> int:
+    """Epochs without validation improvement before the learning rate decays: ``PATIENCE_SHARE`` of the ``target``
+    steps, at least 3 epochs, so a noisy validation curve does not end a run that is still learning."""
+    return max(3, math.ceil(PATIENCE_SHARE * target / max(1, steps_per_epoch)))
 
 
 def choose_model(train_files: int) -> tuple[str, dict]:
     """The compact CNN: on a CPU it trains faster to a better accuracy than the MobileNetV3-style model
     (dense 3x3 convs use the cores well, depthwise ones do not); wider when there is data to feed it."""
     return ("cnn", {"width": 1.0 if train_files < 20000 else 1.5})
+
+
+def choose_augmentation(augment, level_norm: bool | None, given: set[str], train: tuple[list, np.ndarray],
+                        val: tuple[list, np.ndarray], classes: int, sample_rate: int, seed: int = 0):
+    """Switch off the settings that would erase a cue the labels live in (:mod:`~audioclf.training.cues`), unless
+    the user set them (``given``: ``--aug`` keys; ``level_norm`` not ``None``). ``train``/``val``: (clips, class ids),
+    single-label. Returns ``(AugmentConfig, level_norm, {setting: reason})``; the reasons name every cue probed."""
+    from .cues import PROBE_CLIPS, augment_policy, clip_cues, probe
+
+    if not val[0] or len(set(val[1].tolist())) < 2:
+        return augment, True if level_norm is None else level_norm, {
+            "level_norm=on": "too few validation classes to probe the cues"}
+    rng = np.random.default_rng(seed)
+
+    def cues(clips, y):
+        pick = rng.permutation(len(clips))[:PROBE_CLIPS]
+        return np.array([clip_cues(clips[i], sample_rate) for i in pick]), y[pick]
+    (xt, yt), (xv, yv) = cues(*train), cues(*val)
+    probed = probe(xt, yt, xv, yv, classes, augment.gain_db, augment.speed, augment.stretch, augment.fb_jitter, seed)
+    off = {k: v for k, v in augment_policy(probed).items() if k not in given and not (k == "level_norm" and level_norm is not None)}
+    reasons = {f"{k}=off" if k == "level_norm" else f"{k}=0": v for k, v in off.items()}
+    told = ", ".join(f"{c.name} {100 * c.clean:.0f}%" for c in probed)
+    reasons["cues"] = f"balanced validation accuracy from each cue alone: {told} (chance {100 / classes:.0f}%)"
+    if level_norm is None and "level_norm" not in off:
+        reasons["level_norm=on"] = "level does not tell the labels apart (gain-independent predictions)"
+    values = {k: 0.0 for k in off if k != "level_norm"}
+    if values:
+        augment = type(augment)(**{**augment.to_dict(), **values})
+    return augment, ("level_norm" not in off) if level_norm is None else level_norm, reasons

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+SCRATCH = "off"  # --pretrained off: from scratch
+
 
 def check_value(f, value) -> None:
     """``ValueError`` naming ``--flag`` when ``value`` breaks the field's ``metadata`` bounds or choices."""
@@ -41,17 +43,23 @@ class TrainConfig:
                                                                   "(1+step)/(10+step), which passes 0.995 after "
                                                                   "1,790 steps; 0 disables the EMA"})
     grad_clip: float = field(default=5.0, metadata={"min": 0, "help": "gradient norm clip; 0 disables"})
-    patience: int | None = field(default=None, metadata={"min": 1, "help": "early stopping after this many epochs without improvement"})
+    patience: int | None = field(default=None, metadata={"min": 1, "help": "epochs without validation improvement before the "
+                                                                 "learning rate decays and training ends (default: "
+                                                                 "a fifth of the typical steps, 3 epochs or more)"})
     sample_rate: int | None = field(default=None, metadata={"min": 1000, "max": 384000, "help": "audio sample rate in Hz"})
     clip_seconds: float | None = field(default=None, metadata={"min": 0.01, "max": 3600, "help": "training window length in seconds"})
     n_mels: int = field(default=64, metadata={"min": 1, "max": 512, "help": "mel bands (a --pretrained model keeps its own front end)"})
-    level_norm: bool = field(default=True, metadata={"help": "normalise each window's level (loudest frame at "
-                                                             "0 dB): predictions that do not depend on gain"})
+    level_norm: bool | None = field(default=None, metadata={"help": "normalise each window's level (loudest frame "
+                                                                    "at 0 dB): predictions that do not depend on "
+                                                                    "gain (default: on, unless level tells the "
+                                                                    "labels apart)"})
     pattern: str | None = field(default=None, metadata={"help": "regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths"})
     test_fold: str | None = field(default=None, metadata={"help": "declared fold used as the test set (default: a fold named "
                                                                 "test/testing/eval, else a stratified hold-out)"})
     test_fraction: float = field(default=0.2, metadata={"min": 0, "lt": 1, "help": "stratified hold-out test fraction when no --test-fold"})
-    val_fraction: float = field(default=0.1, metadata={"min": 0, "lt": 1, "help": "validation fraction carved from train"})
+    val_fraction: float | None = field(default=None, metadata={"min": 0, "lt": 1, "help": "validation fraction carved from "
+                                                               "train (default: 100 clips and 10 a class or more, "
+                                                               "within 0.1-0.25)"})
     balance: str = field(default="auto", metadata={"choices": ("auto", "on", "off"), "help": "class-balanced loss weights: auto|on|off"})
     mixup: float = field(default=0.3, metadata={"min": 0, "help": "mixup Beta alpha; 0 disables"})
     specaugment: bool = field(default=True, metadata={"help": "SpecAugment masks"})
@@ -64,8 +72,11 @@ class TrainConfig:
     noise_dir: str | None = field(default=None, metadata={"help": "folder of background-noise audio for augmentation"})
     pretrained: str | None = field(default=None, metadata={"help": "start from pretrained weights and fine-tune: a "
                                                                    "catalogue name (mn04_as; `audioclf models` lists "
-                                                                   "them), a release file or a run folder; a new head "
-                                                                   "for the data's labels"})
+                                                                   "them), a release file or a run folder, with a new "
+                                                                   "head for the data's labels; off: from scratch "
+                                                                   "(default: both from scratch and from mn04_as, "
+                                                                   "the better on validation kept, unless the "
+                                                                   "model's flags fix the model)"})
     freeze_backbone: bool = field(default=False, metadata={"help": "with --pretrained: train the head alone (a linear "
                                                                "probe on the pretrained embeddings)"})
     seed: int = field(default=0, metadata={"help": "random seed (CPU runs are reproducible)"})
@@ -101,6 +112,11 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def init_spec(self) -> str | None:
+        """The pretrained source to fine-tune from; None for a run from scratch (``--pretrained off``, or not yet
+        chosen)."""
+        return None if self.pretrained in (None, SCRATCH) else self.pretrained
 
     def model_names(self) -> list[str]:
         """The ``--model`` names in order (empty when the data chooses)."""

@@ -216,5 +216,7 @@ def restore_state(loaded: tuple[dict, dict], model, optimizer, ema, cfg) -> dict
     random.setstate((version, tuple(internal), gauss_next))
     progress = {k: meta[k] for k in ("epoch", "batches_done", "epoch_done", "step", "best", "best_epoch",
                                       "thresholds", "rows", "running")}
+    if "stop" in meta:  # when the learning-rate decay started, if it has
+        progress["stop"] = meta["stop"]
     progress["best"] = tuple(progress["best"]) if progress["best"] is not None else None
     return progress

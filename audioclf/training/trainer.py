@@ -19,7 +19,8 @@ from ..checkpoint import load_run, save_run
 from ..data.cache import AudioCache
 from ..data.clips import ClipDataset
 from ..data.manifest import load_manifest
-from ..data.splits import label_matrix, make_split
+from ..data.splits import (MIN_VALIDATION_CLIPS, MIN_VALIDATION_PER_CLASS, VALIDATION_SHARE, label_matrix, make_split,
+                           validation_fraction)
 from ..devices import resolve_device
 from ..evaluation.evaluate import build_report, summary_line, write_report
 from ..evaluation.metrics import tune_thresholds
@@ -34,7 +35,8 @@ from .config import TrainConfig
 from .ema import ModelEma
 from .finetune import FINETUNE_LR, finetune_augment, init_source
 from .resume import EpochSampler, GroupBatchSampler, load_state, restore_state, save_state, seed_step
-from .schedule import warmup_cosine
+from .schedule import StopRule, warmup_stable_decay
+from .selection import candidates, selection_score, train_candidates
 
 
 class TrainError(RuntimeError):
@@ -58,10 +60,12 @@ def split_seed(cfg: TrainConfig) -> int:
 AUTO_SETTINGS = ("sample_rate", "clip_seconds", "model", "model_args", "batch_size", "epochs")  # chosen from the data
 
 
-def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | None = None) -> dict:
-    """Fill every ``None`` in ``cfg`` from the data; returns the concrete settings. ``resumed``: the interrupted run's
-    ``AUTO_SETTINGS`` (``--resume``), which its automatic choices keep, so that it ends as it would have, also when
-    this version of audioclf would choose otherwise (as the precision does)."""
+def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | None = None,
+                     validated: bool = True) -> dict:
+    """Fill every ``None`` in ``cfg`` from the data; returns the concrete settings, with ``reasons``
+    (``{setting: why}`` of each automatic choice). ``resumed``: the interrupted run's ``AUTO_SETTINGS``
+    (``--resume``), which its automatic choices keep, so that it ends as it would have, also when this version of
+    audioclf would choose otherwise (as the precision does). ``validated``: there are validation clips to stop on."""
     summary = autoconfig.summarise(manifest, split_seed(cfg))
     print(f"data: {summary.describe()}")
     batch_size = cfg.batch_size or autoconfig.choose_batch_size(n_train)
@@ -70,24 +74,36 @@ def resolve_settings(cfg: TrainConfig, manifest, n_train: int, resumed: dict | N
         model, model_args = cfg.model, {}
     if cfg.width is not None:
         model_args["width"] = cfg.width
+    finetune = cfg.init_spec() is not None
     chosen = {
         "sample_rate": cfg.sample_rate or autoconfig.choose_sample_rate(summary),
         "clip_seconds": cfg.clip_seconds or autoconfig.choose_clip_seconds(summary),
         "model": model, "model_args": model_args, "batch_size": batch_size,
-        "epochs": cfg.epochs or (autoconfig.choose_finetune_epochs(n_train, batch_size) if cfg.pretrained
-                                 else autoconfig.choose_epochs(n_train, batch_size, model)),
+        "epochs": cfg.epochs or autoconfig.choose_epochs(n_train, batch_size, model, finetune, validated),
         "balance": cfg.balance == "on" or (cfg.balance == "auto" and summary.imbalance > 3),
+    }
+    reasons = {
+        "sample_rate": f"the files' median rate, {summary.sample_rate} Hz, at most {autoconfig.MAX_SAMPLE_RATE} Hz",
+        "clip_seconds": f"90% of the files last {summary.duration_p90:.2f} s or less (0.5-10 s; longer ones are windowed)",
+        "model": f"the compact CNN for {n_train} training files",
+        "batch_size": f"{n_train} training files",
+        "epochs": (f"a ceiling of {autoconfig.CEILING if validated else 1} x "
+                   f"{autoconfig.target_steps(model, finetune)} steps; training ends when validation stops improving"
+                   if validated else f"{autoconfig.target_steps(model, finetune)} steps: no validation clips to stop on"),
     }
     auto = [k for k in AUTO_SETTINGS if k != "model_args" and getattr(cfg, k) is None]
     if resumed:
         kept = auto + (["model_args"] if "model" in auto else [])  # an automatic model comes with its arguments
         chosen.update({k: resumed[k] for k in kept if k in resumed})
         model_args = chosen["model_args"]
-    tag = " (auto, kept from the interrupted run)" if resumed else " (auto)"
-    print("settings: " + ", ".join(f"{k}={chosen[k]}" + (tag if k in auto else "")
-                                   for k in ("sample_rate", "clip_seconds", "model", "batch_size", "epochs"))
-          + f", model_args={model_args}, class-balanced loss={'on' if chosen['balance'] else 'off'}")
+    tag = " (kept from the interrupted run)" if resumed else ""
+    for k in ("sample_rate", "clip_seconds", "model", "batch_size", "epochs"):
+        if k in auto:
+            print(f"auto: {k}={chosen[k]}{tag}: {reasons[k]}")
+    print(f"settings: model_args={model_args}, class-balanced loss={'on' if chosen['balance'] else 'off'}"
+          + (f" (auto: class imbalance {summary.imbalance:.1f}x)" if cfg.balance == "auto" else ""))
     chosen["auto"] = auto
+    chosen["reasons"] = {f"{k}={chosen[k]}": reasons[k] for k in auto}
     chosen["data_summary"] = vars(summary)
     return chosen
 
@@ -100,10 +116,33 @@ def augment_config(cfg: TrainConfig) -> AugmentConfig:
     (:func:`~audioclf.training.finetune.finetune_augment`), none with ``--no-augment``; then ``--aug`` overrides."""
     if not cfg.augment:
         return AugmentConfig.off().with_overrides(cfg.aug)
-    base = finetune_augment(cfg.mixup) if cfg.pretrained else AugmentConfig(mixup_alpha=cfg.mixup)
+    base = finetune_augment(cfg.mixup) if cfg.init_spec() else AugmentConfig(mixup_alpha=cfg.mixup)
     if not cfg.specaugment:
         base = AugmentConfig(**{**base.to_dict(), "freq_masks": 0, "time_masks": 0})
     return base.with_overrides(cfg.aug)
+
+
+def probe_augmentation(d: TrainingData, cfg: TrainConfig, augment: AugmentConfig) -> AugmentConfig:
+    """The augmentation with the settings that would erase a label's cue switched off, and ``cfg.level_norm``
+    decided (:func:`~audioclf.training.autoconfig.choose_augmentation`); prints each choice and its reason and
+    adds them to ``d.settings["reasons"]``. Probed on single-label clips in memory; otherwise level
+    normalisation stays on."""
+    given = {item.partition("=")[0].strip() for item in (cfg.aug or "").split(",") if "=" in item}
+    if d.multilabel or d.source:
+        level_norm, reasons = (True if cfg.level_norm is None else cfg.level_norm), {
+            "level_norm=on": "cues are probed on single-label data held in memory"}
+    else:
+        ids = d.y.argmax(axis=1)
+        augment, level_norm, reasons = autoconfig.choose_augmentation(
+            augment, cfg.level_norm, given, (d.audio(d.train), ids[d.train]), (d.audio(d.val), ids[d.val]),
+            len(d.labels), d.settings["sample_rate"], split_seed(cfg))
+    if cfg.level_norm is not None:
+        reasons.pop("level_norm=on", None)
+    cfg.level_norm = level_norm
+    for k, why in reasons.items():
+        print(f"auto: {k}: {why}")
+    d.settings["reasons"].update(reasons)
+    return augment
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
@@ -153,15 +192,6 @@ def train_step(step_model, model, optimizer, ema, wave, target, lr: float, cfg: 
     if ema:
         ema.update(model)
     return loss.item()
-
-
-def selection_score(val_loss: float, metric: float, multilabel: bool) -> tuple[float, float]:
-    """What "best epoch" maximises (compared as a tuple). Single-label: the validation cross-entropy first, accuracy
-    breaking ties. Accuracy moves in steps of one clip and saturates on a small validation set, so ranking by it
-    first kept a lucky early epoch (FSDD leave-one-speaker-out, seed 1: epoch 7 of 28 at 99.6% validation
-    accuracy, then an early stop; 76.0% test vs 84.0% when ranked by loss). Multi-label: mAP first (threshold-free
-    and already continuous), the loss breaking ties."""
-    return (metric, -val_loss) if multilabel else (-val_loss, metric)
 
 
 def validate(model, audio, targets: np.ndarray, labels, clip_samples: int, multilabel: bool, device):
@@ -266,7 +296,7 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
         cfg.noise_dir = manifest.noise_dir
         print(f"noise: background noise for augmentation from the data set's {cfg.noise_dir}")
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, split_seed(cfg))
-    init = init_source(cfg.pretrained, cfg.cache_dir) if cfg.pretrained else None
+    init = init_source(cfg.pretrained, cfg.cache_dir) if cfg.init_spec() else None
     if init:  # a fine-tune keeps the source's front end and architecture
         fixed = init.config
         if source and cfg.sample_rate != fixed["frontend"]["sample_rate"]:
@@ -279,7 +309,7 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
         print(f"fine-tune: from {init.spec} ({fixed['model']}, {cfg.sample_rate} Hz); head lr {cfg.lr or FINETUNE_LR:g}, "
               f"backbone lr x{cfg.backbone_lr_scale:g}" + (", backbone frozen" if cfg.freeze_backbone else ""))
     cfg.lr = cfg.lr or (FINETUNE_LR if init else DEFAULT_LR)
-    s = resolve_settings(cfg, manifest, len(split.train), resumed)
+    s = resolve_settings(cfg, manifest, len(split.train), resumed, validated=bool(split.val))
     if init:
         s["model_args"] = dict(init.config["model_args"])
     cache = AudioCache(cfg.cache_dir, s["sample_rate"])
@@ -304,8 +334,35 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
              if split.val_shares_groups else ""))
     if not train_idx:
         raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, named above)")
+    s["reasons"].update(note_validation(cfg, len(split.train) + len(split.val), val_idx, label_matrix(manifest, labels)))
     return TrainingData(manifest, source, cache, labels, multilabel, s, init, clips, skipped, train_idx,
                         val_idx, test_idx, label_matrix(manifest, labels))
+
+
+SMALL_VALIDATION = 50  # fewer validation clips (or under 3 of a class) cannot tell nearby epochs apart
+
+
+def note_validation(cfg: TrainConfig, n_train: int, val_idx: list[int], y: np.ndarray) -> dict:
+    """Print the automatic validation share and its reason, and a note when validation is too small to choose an
+    epoch by (or missing); returns ``{setting: reason}`` of the automatic share. ``n_train``: training and
+    validation clips; ``y``: ``(clips, classes)`` labels."""
+    reasons = {}
+    if cfg.val_fraction is None and val_idx:
+        share = validation_fraction(n_train, y.shape[1])
+        reasons[f"val_fraction={share:.2f}"] = (f"at least {MIN_VALIDATION_CLIPS} clips and {MIN_VALIDATION_PER_CLASS} "
+                                                f"a class, within {VALIDATION_SHARE[0]}-{VALIDATION_SHARE[1]} of the "
+                                                "training clips")
+    for k, why in reasons.items():
+        print(f"auto: {k}: {why}")
+    if not val_idx:
+        print("note: no validation clips: training runs to its ceiling and keeps the last epoch")
+        return reasons
+    fewest = int(y[val_idx].sum(axis=0).min())
+    if len(val_idx) < SMALL_VALIDATION or fewest < 3:
+        print(f"note: validation holds {len(val_idx)} clips ({fewest} of the rarest class; one clip is "
+              f"{100 / len(val_idx):.1f} accuracy points): too few to tell nearby epochs apart, so the best epoch "
+              f"and the stop follow its loss and may be noisy; more data or a larger --val-fraction steady them")
+    return reasons
 
 
 def training_loader(d: TrainingData, cfg: TrainConfig, clip_samples: int, rank: int, world: int):
@@ -337,8 +394,10 @@ def training_loader(d: TrainingData, cfg: TrainConfig, clip_samples: int, rank: 
 
 
 def test_best_checkpoint(run: Path, device, d: TrainingData, clip_samples: int, thresholds, best_epoch: int,
-                         train_seconds: float) -> dict:
-    """Reload the saved best model, test it, write ``report.json`` and the final ``config.json``; the report."""
+                         train_seconds: float, validation: dict | None = None, started: tuple | None = None) -> dict:
+    """Reload the saved best model, test it, write ``report.json`` and the final ``config.json`` (with
+    ``validation``: the best epoch's ``val_*`` figures; ``started``: the run's ``(process_time, perf_counter)`` at
+    its start, for its CPU and wall seconds); the report."""
     best_model, config = load_run(run, device)
     best_model.to(memory_format=torch.channels_last)
     report = {}
@@ -349,8 +408,10 @@ def test_best_checkpoint(run: Path, device, d: TrainingData, clip_samples: int, 
         write_report(report, run)
         print(f"test ({len(d.test)} clips, best epoch {best_epoch}): {summary_line(report)}")
     report_keys = ("accuracy", "balanced_accuracy", "macro_f1", "mAP", "micro_f1")
-    config["metrics"] = {"train_seconds": train_seconds, "best_epoch": best_epoch,
+    config["metrics"] = {"train_seconds": train_seconds, "best_epoch": best_epoch, **(validation or {}),
                          **{f"test_{k}": report[k] for k in report_keys if k in report}}
+    if started:
+        config["metrics"].update(cpu_seconds=time.process_time() - started[0], wall_seconds=time.perf_counter() - started[1])
     config["skipped_files"] = len(d.skipped)
     write_json_atomic(run / "config.json", config)
     print(f"trained in {train_seconds:.1f} s; run folder: {run}  (report: {run / 'report.json'})")
@@ -371,9 +432,9 @@ def check_models(cfg: TrainConfig) -> None:
         cfg.ensemble = len(names)
     if cfg.ensemble < 1:
         raise ValueError(f"--ensemble must be at least 1, got {cfg.ensemble}")
-    if cfg.freeze_backbone and not cfg.pretrained:
+    if cfg.freeze_backbone and not cfg.init_spec():
         raise ValueError("--freeze-backbone needs --pretrained (a backbone to freeze)")
-    if cfg.pretrained:  # fetched and checked now: a bad name, hash or file fails before any work
+    if cfg.init_spec():  # fetched and checked now: a bad name, hash or file fails before any work
         fixed = init_source(cfg.pretrained, cfg.cache_dir).config
         if any(name != fixed["model"] for name in names):
             raise ValueError(f"--model {cfg.model}: --pretrained {cfg.pretrained} is a {fixed['model']} model")
@@ -394,12 +455,20 @@ def train(data, out, **settings) -> dict:
 
     ``settings`` are :class:`TrainConfig` fields.
     """
+    started = time.process_time(), time.perf_counter()
     cfg = TrainConfig(**settings)
     cfg.check()  # ranges, choices and the device, before any work
     augment = augment_config(cfg)  # a bad --aug fails here
     check_models(cfg)
     if distributed.launch_rank() == 0:  # the other ranks write into the folder rank 0 claimed
         claim(out, overwrite=cfg.overwrite, resume=cfg.resume)
+    auto_start, (starts, start_reason) = cfg.pretrained is None, candidates(cfg, data, out)
+    if len(starts) > 1:
+        print(f"auto: pretrained: {start_reason}")
+        return train_candidates(data, out, cfg, starts)
+    if auto_start:
+        cfg.pretrained = starts[0]
+        print(f"auto: pretrained={cfg.pretrained}: {start_reason}")
     if cfg.ensemble > 1:
         from .ensemble import train_ensemble
         return train_ensemble(data, out, cfg)
@@ -420,6 +489,9 @@ def train(data, out, **settings) -> dict:
     s, labels, multilabel, y = d.settings, d.labels, d.multilabel, d.y
     train_idx, val_idx, test_idx, init = d.train, d.val, d.test, d.init
     sr, clip_samples = s["sample_rate"], int(round(s["clip_seconds"] * s["sample_rate"]))
+    augment = probe_augmentation(d, cfg, augment)
+    if auto_start:
+        s["reasons"][f"pretrained={cfg.pretrained}"] = start_reason
 
     # --- model, optimiser
     frontend = (FrontendConfig(**init.config["frontend"]) if init
@@ -446,8 +518,10 @@ def train(data, out, **settings) -> dict:
                                      device=device)
     dataset, sampler, loader = training_loader(d, cfg, clip_samples, dist_info.rank, world)
     epochs, steps_per_epoch = s["epochs"], len(loader)
-    total_steps, warmup_steps = epochs * steps_per_epoch, max(1, int(cfg.warmup_epochs * steps_per_epoch))
-    patience = cfg.patience or max(10, epochs // 2)  # never cut the cosine decay short on a noisy validation set
+    warmup_steps = max(1, int(cfg.warmup_epochs * steps_per_epoch))
+    target = autoconfig.target_steps(s["model"], bool(init))
+    stop = StopRule(epochs * steps_per_epoch, steps_per_epoch,
+                    cfg.patience or autoconfig.choose_patience(target, steps_per_epoch), min_steps=target // 2)
     config = {"labels": labels, "task": "multi_label" if multilabel else "single_label",
               "clip_seconds": s["clip_seconds"], "training": {**cfg.to_dict(), **{k: v for k, v in s.items()}},
               "data": str(data), "data_sha256": d.manifest.fingerprint(),
@@ -456,7 +530,8 @@ def train(data, out, **settings) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {s['model']} {s['model_args']} ({n_params / 1e6:.2f} M parameters) on {device}"
           f"{' with bf16 autocast' if cfg.amp else ''}; "
-          f"{epochs} epochs x {steps_per_epoch} steps")
+          f"at most {epochs} epochs x {steps_per_epoch} steps; the learning rate decays after {stop.patience} epochs "
+          f"without validation improvement (from step {stop.min_steps}), and training ends with the decay")
 
     # --- epochs
     eval_model = lambda: ema.module if ema else model  # noqa: E731
@@ -471,8 +546,9 @@ def train(data, out, **settings) -> dict:
         start_epoch, start_batch, running = p["epoch"], p["batches_done"], tuple(p["running"])
         if p["epoch_done"]:
             start_epoch, start_batch, running = p["epoch"] + 1, 0, (0.0, 0)
-            if p["epoch"] - best_epoch >= patience:  # it had stopped early
-                start_epoch = epochs + 1
+        stop = StopRule(**p.get("stop", stop.state()))
+        if p["epoch_done"] and stop.finished(step):  # it had ended
+            start_epoch = epochs + 1
         config.update(best_epoch=best_epoch, **({"thresholds": thresholds} if thresholds else {}))
         print(f"resumed from {run / 'state'}: epoch {start_epoch}, batch {start_batch}, step {step}")
 
@@ -483,7 +559,7 @@ def train(data, out, **settings) -> dict:
             "epoch": epoch, "batches_done": batches_done, "epoch_done": epoch_done, "step": step,
             "best": list(best) if best is not None else None, "best_epoch": best_epoch,
             "thresholds": thresholds, "rows": rows, "running": list(running),
-            "settings": {k: s[k] for k in AUTO_SETTINGS}})
+            "settings": {k: s[k] for k in AUTO_SETTINGS}, "stop": stop.state()})
     t_start = time.perf_counter()
     for epoch in range(start_epoch, epochs + 1):
         t_epoch = time.perf_counter()
@@ -502,7 +578,7 @@ def train(data, out, **settings) -> dict:
         for batch, (wave, target) in enumerate(bar, start=first_batch):
             seed_step(cfg.seed + 7919 * dist_info.rank, step)  # mixup/augmentation randomness from (seed, step): resumes identically
             wave, target = wave.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            lr = warmup_cosine(step, total_steps, warmup_steps, cfg.lr)
+            lr = warmup_stable_decay(step, warmup_steps, stop.decay_start, stop.decay_steps, cfg.lr)
             try:
                 loss = train_step(step_model, model, optimizer, ema, wave, target, lr, cfg, multilabel, class_weights)
             except TrainError as e:
@@ -534,16 +610,21 @@ def train(data, out, **settings) -> dict:
               + f"  lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""), flush=True)
         if main:
             write_metrics(run, rows)
+        decay = stop.after_epoch(step, epoch - best_epoch)
+        if decay:
+            print(decay)
         checkpoint(epoch, steps_per_epoch, True, (0.0, 0))
-        if epoch - best_epoch >= patience:
-            print(f"early stop: no improvement for {patience} epochs")
+        if stop.finished(step):
+            print(f"end: the decay finished at epoch {epoch}; best epoch {best_epoch}")
             break
     train_seconds = time.perf_counter() - t_start
     del step_model, loader  # the DDP wrapper holds the process group: gone before the group is (distributed.shutdown)
     report = {}
     if main:  # rank 0 tests the best checkpoint and writes the report; the others wait for it, then leave
         plot_curves(rows, run / "curves.png")
-        report = test_best_checkpoint(run, device, d, clip_samples, thresholds, best_epoch, train_seconds)
+        validation = {k: v for r in rows if r["epoch"] == best_epoch for k, v in r.items() if k.startswith("val_")}
+        report = test_best_checkpoint(run, device, d, clip_samples, thresholds, best_epoch, train_seconds, validation,
+                                      started)
     distributed.shutdown()
     return report
 
