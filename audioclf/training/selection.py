@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from ..checkpoint import read_config
+from ..evaluation.evaluate import summary_line
 from ..io_utils import write_json_atomic
 from ..weights.catalogue import EFFICIENTAT_FRONTEND
 from .config import SCRATCH, TrainConfig
@@ -110,6 +111,6 @@ def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
     config["candidates"] = [{"pretrained": n, "run": str(f.relative_to(run)), "model": c["model"],
                              "kept": n == name, **c["metrics"]} for n, f, c, _ in results]
     write_json_atomic(run / "config.json", config)
-    print(f"kept {describe(name)}; run folder: {run}  (report: {run / 'report.json'}; both candidates in "
-          f"{run / CANDIDATES_DIR})")
+    print((f"kept {describe(name)}: test {summary_line(report)}\n" if report else f"kept {describe(name)}\n")
+          + f"run folder: {run}  (report: {run / 'report.json'}; both candidates in {run / CANDIDATES_DIR})")
     return report
