@@ -2,7 +2,7 @@
 and its alternatives side by side in one run.
 
     python bench/generalise.py [--sets speech,prosody,env,music,multilabel] \
-        [--configs default,scratch,pretrained,no-augment] [--out DIR] [--csv FILE]
+        [--configs default,scratch,pretrained,no-augment] [--jobs 2] [--out DIR] [--csv FILE]
 
 Sets (built into ``OUT/<set>`` on first use; each a ``manifest.csv`` with ``path,label,group,fold``, tested on
 ``fold == test``, whose groups training never hears):
@@ -18,10 +18,10 @@ Sets (built into ``OUT/<set>`` on first use; each a ``manifest.csv`` with ``path
   them; the held-out groups of the three sets above make the test mixtures.
 
 Configurations: ``default`` (``audioclf train`` with no flags), ``scratch`` (``--pretrained off``), ``pretrained``
-(``--pretrained mn04_as``), ``no-augment`` (``--no-augment``). The default trains both starts and keeps the one
-that validates better; the ``scratch`` and ``pretrained`` columns are its two candidates (the same runs those flags
-make: same split and seeds), read from ``OUT/runs/<set>-default/candidates/`` when the default ran, trained
-otherwise. Prints one table: accuracy (mAP for the multi-label set), macro-F1 and process CPU seconds of each;
+(``--pretrained mn04_as``), ``no-augment`` (``--no-augment`` on the start the default kept). The default trains both
+starts and keeps one (:mod:`audioclf.training.selection`); the ``scratch`` and ``pretrained`` columns are its two
+candidates (the same runs those flags make: same split and seeds), read from ``OUT/runs/<set>-default/candidates/``
+when the default ran, trained otherwise. ``--jobs`` sets train at once, each process with its share of the cores. Prints one table: accuracy (mAP for the multi-label set), macro-F1 and process CPU seconds of each;
 ``--csv`` appends the rows.
 Needs ``apt-get install espeak-ng fluidsynth fluid-soundfont-gm hydrogen-drumkits sonic-pi-samples``.
 """
@@ -32,12 +32,15 @@ import contextlib
 import csv
 import io
 import json
+import multiprocessing
+import os
 import platform
 import struct
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +56,7 @@ CONFIGS = {"default": {}, "scratch": {"pretrained": "off"}, "pretrained": {"pret
 FLAGS = {"default": "", "scratch": "--pretrained off", "pretrained": "--pretrained mn04_as", "no-augment": "--no-augment"}
 CANDIDATE_OF = {"scratch": "scratch", "pretrained": "mn04_as"}  # the default run's candidate folder of each
 SETS = ("speech", "prosody", "env", "music", "multilabel")
+COST = {"multilabel": 5, "env": 3, "prosody": 3, "music": 2, "speech": 1}  # relative training time: longest first
 
 
 def write_manifest(out: Path, rows: list[list]) -> Path:
@@ -242,6 +246,32 @@ def candidate(default_run: Path, config: str) -> dict | None:
     return result(run, metrics["cpu_seconds"], metrics["wall_seconds"])
 
 
+def run_set(name: str, manifest: Path, configs: list[str], out: Path, seed: int) -> list[dict]:
+    """Every configuration of one set, the default first: its candidates are the scratch and pretrained columns,
+    and ``no-augment`` retrains the start it kept, without augmentation."""
+    rows, kept = [], None
+    for config in sorted(configs, key=lambda c: c != "default"):
+        settings = {**CONFIGS[config], "seed": seed}
+        if config == "no-augment" and kept:
+            settings["pretrained"] = kept
+        r = ("default" in configs and candidate(out / "runs" / f"{name}-default", config)
+             or run_one(manifest, out / "runs" / f"{name}-{config}", settings))
+        kept = r["kept"] if config == "default" else kept
+        flags = FLAGS[config] + (f" --pretrained {settings['pretrained']}" if "pretrained" in settings
+                                 and config == "no-augment" else "")
+        command = f"audioclf train {manifest} --test-fold test --seed {seed} {flags}".strip()
+        rows.append({"set": name, "config": config, **r, "command": command})
+        print(f"{name:10s} {config:10s} {r['metric']} {100 * r['value']:6.2f}  macro-F1 {r['macro_f1']:.3f}  "
+              f"CPU {r['cpu_seconds']:7.0f} s  wall {r['wall_seconds']:6.0f} s  best epoch {r['best_epoch']}/{r['epochs']}"
+              f"  start {r['kept']}", flush=True)
+    return rows
+
+
+def start_worker(threads: int) -> None:
+    import torch
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default=",".join(SETS))
@@ -249,25 +279,27 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/audioclf-generalise"))
     ap.add_argument("--csv", type=Path, help="append the rows to this CSV")
     ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--jobs", type=int, default=2, help="sets trained at once, each in its own process with the "
+                                                        "cores shared out (default 2)")
     args = ap.parse_args()
     sets, configs = args.sets.split(","), args.configs.split(",")
     unknown = [s for s in sets if s not in SETS] + [c for c in configs if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown set or configuration: {', '.join(unknown)}")
-    t_suite, rows = time.perf_counter(), []
-    machine = f"{platform.machine()} {platform.processor() or ''} x{len(__import__('os').sched_getaffinity(0))}".strip()
-    for name in sets:
-        manifest = dataset(name, args.out)
-        for config in sorted(configs, key=lambda c: c != "default"):  # the default first: its candidates are columns
-            r = ("default" in configs and candidate(args.out / "runs" / f"{name}-default", config)
-                 or run_one(manifest, args.out / "runs" / f"{name}-{config}", {**CONFIGS[config], "seed": args.seed}))
-            command = f"audioclf train {manifest} --test-fold test --seed {args.seed} {FLAGS[config]}".strip()
-            rows.append({"set": name, "config": config, **r, "command": command, "machine": machine})
-            print(f"{name:10s} {config:10s} {r['metric']} {100 * r['value']:6.2f}  macro-F1 {r['macro_f1']:.3f}  "
-                  f"CPU {r['cpu_seconds']:7.0f} s  wall {r['wall_seconds']:6.0f} s  best epoch {r['best_epoch']}/{r['epochs']}"
-                  f"  start {r['kept']}",
-                  flush=True)
-    print(f"\nsuite: {time.perf_counter() - t_suite:.0f} s wall on {machine}\n")
+    t_suite = time.perf_counter()
+    cores = len(os.sched_getaffinity(0))
+    machine = f"{platform.machine()} {platform.processor() or ''} x{cores}".strip()
+    manifests = {name: dataset(name, args.out) for name in sets}  # built first: the mixtures read the others
+    jobs = max(1, min(args.jobs, len(sets)))
+    by_set = {}
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
+                             initargs=(max(1, cores // jobs),)) as pool:
+        running = {pool.submit(run_set, name, manifests[name], configs, args.out, args.seed): name
+                   for name in sorted(sets, key=lambda n: -COST[n])}  # the longest first
+        for done in as_completed(running):
+            by_set[running[done]] = done.result()
+    rows = [{**r, "machine": machine, "jobs": jobs} for name in sets for r in by_set[name]]
+    print(f"\nsuite: {time.perf_counter() - t_suite:.0f} s wall on {machine}, {jobs} set(s) at a time\n")
     print("| set | " + " | ".join(configs) + " |\n|---|" + "---|" * len(configs))
     for name in sets:
         cells = [next(r for r in rows if r["set"] == name and r["config"] == c) for c in configs]

@@ -1,15 +1,18 @@
 """``audioclf train DATA`` with the model left to the data: from scratch and fine-tuned mn04_as both trained, the
-better on validation kept (audioclf/training/selection.py)."""
+fine-tuned one kept unless the other leads clearly on the validation clips (audioclf/training/selection.py)."""
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from test_cli import write_tones
 
 import audioclf
 from audioclf.training.config import SCRATCH, TrainConfig
-from audioclf.training.selection import DEFAULT_PRETRAINED, candidates, keep
+from audioclf.evaluation.metrics import average_precision
+from audioclf.training.selection import (DEFAULT_PRETRAINED, accuracy, candidates, keep, mean_ap, paired_z,
+                                         read_validation, write_validation)
 
 
 @pytest.mark.parametrize("settings, starts, named", [
@@ -36,16 +39,60 @@ def test_a_single_run_interrupted_before_resumes_as_it_began(tmp_path):
     assert candidates(TrainConfig(resume=True), tmp_path, tmp_path / "run")[0] == [SCRATCH, DEFAULT_PRETRAINED]
 
 
-def test_a_clear_accuracy_lead_decides_and_within_the_noise_the_loss_does():
-    run = lambda acc, loss: {"val_accuracy": acc, "val_loss": loss}  # noqa: E731
-    assert keep([run(0.80, 0.50), run(0.95, 0.60)], 200)[0] == 1  # 15 points on 200 clips: clear
-    best, why = keep([run(0.985, 0.094), run(0.995, 0.141)], 200)  # two clips apart: the loss decides
-    assert best == 0 and "lower loss" in why
-    assert keep([run(0.635, 0.946), run(0.762, 0.975)], 63)[0] == 0  # 8 clips of 63: within two standard errors
-    assert keep([run(0.635, 0.946), run(0.762, 0.975)], 630)[0] == 1  # the same lead on ten times the clips
-    assert keep([run(1.0, 0.02), run(1.0, 0.01)], 100)[0] == 1
-    assert keep([{}, run(0.5, 2.0)], 100)[0] == 1  # a run without validation figures is never kept over one with
-    assert keep([{"val_mAP": 0.6, "val_loss": 0.1}, {"val_mAP": 0.7, "val_loss": 0.3}], 100) == (1, "the higher mAP")
+def write_candidate(folder, targets, scores, labels=("a", "b")):
+    folder.mkdir(parents=True)
+    write_validation(folder, [f"clip{i}.wav" for i in range(len(targets))], list(labels), targets, scores)
+    return folder
+
+
+def single_label(n, wrong, classes=2):
+    """``(targets, scores)`` of ``n`` clips, the clips in ``wrong`` scored as the next class."""
+    truth = np.arange(n) % classes
+    guess = np.where(np.isin(np.arange(n), list(wrong)), (truth + 1) % classes, truth)
+    return np.eye(classes)[truth], 0.1 + 0.8 * np.eye(classes)[guess]
+
+
+@pytest.mark.parametrize("n, scratch_wrong, pretrained_wrong, kept, why", [
+    (200, range(0, 4), range(4, 44), SCRATCH, "a clear lead"),  # 36 clips better on 200: clear
+    (200, range(0, 4), range(4, 8), DEFAULT_PRETRAINED, "no clear lead"),  # the same clips right: a tie
+    (63, range(0, 4), range(4, 12), DEFAULT_PRETRAINED, "no clear lead"),  # 4 clips on 63: noise
+    (630, range(0, 40), range(40, 120), SCRATCH, "a clear lead"),  # the same share on ten times the clips
+    (200, range(0, 40), range(40, 44), DEFAULT_PRETRAINED, "no clear lead"),  # the pretrained one better
+])
+def test_the_pretrained_start_is_kept_unless_scratch_leads_clearly_on_the_same_clips(tmp_path, n, scratch_wrong,
+                                                                                      pretrained_wrong, kept, why):
+    folders = [write_candidate(tmp_path / name, *single_label(n, wrong))
+               for name, wrong in (("scratch", scratch_wrong), ("mn04_as", pretrained_wrong))]
+    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=False)
+    assert [SCRATCH, DEFAULT_PRETRAINED][index] == kept and why in reason and f"on {n} validation clips" in reason
+
+
+def test_multi_label_compares_map_and_a_missing_comparison_keeps_the_pretrained_start(tmp_path):
+    rng = np.random.default_rng(0)
+    targets = (rng.random((120, 4)) < 0.3).astype(float)
+    good, poor = targets * 0.6 + rng.random((120, 4)) * 0.5, rng.random((120, 4))
+    labels = ("a", "b", "c", "d")
+    folders = [write_candidate(tmp_path / "s", targets, good, labels), write_candidate(tmp_path / "p", targets, poor, labels)]
+    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=True)
+    assert index == 0 and "mAP" in reason and "a clear lead" in reason
+    assert keep([SCRATCH, DEFAULT_PRETRAINED], folders[::-1], multilabel=True)[0] == 1  # roles swapped: tie goes to it
+    assert keep([SCRATCH, DEFAULT_PRETRAINED], [folders[0], tmp_path / "none"], multilabel=True)[0] == 1
+    ap = mean_ap(targets, good)
+    assert ap == pytest.approx(np.mean([average_precision(targets[:, c], good[:, c]) for c in range(4)]))
+
+
+def test_validation_scores_round_trip_and_paired_differences_scale_with_the_clips(tmp_path):
+    targets, scores = single_label(50, range(5), classes=3)
+    write_candidate(tmp_path / "v", targets, scores, ("x", "y", "z"))
+    paths, t, s = read_validation(tmp_path / "v")
+    assert paths == [f"clip{i}.wav" for i in range(50)] and np.array_equal(t, targets) and np.allclose(s, scores)
+    assert accuracy(t, s) == pytest.approx(0.9)
+    small = paired_z(accuracy, *single_label(100, range(10))[:1], single_label(100, range(10))[1],
+                     single_label(100, range(10, 16))[1])
+    large = paired_z(accuracy, *single_label(1000, range(100))[:1], single_label(1000, range(100))[1],
+                     single_label(1000, range(100, 160))[1])
+    assert small[0] == pytest.approx(-0.04) and large[0] == pytest.approx(-0.04)
+    assert abs(large[1]) > 2.5 * abs(small[1])  # the same difference, ten times the clips: about sqrt(10) times the z
 
 
 def test_the_run_keeps_the_candidate_that_validates_better(tmp_path, capsys):
@@ -58,13 +105,18 @@ def test_the_run_keeps_the_candidate_that_validates_better(tmp_path, capsys):
     assert set(tried) == {SCRATCH, DEFAULT_PRETRAINED} and sum(c["kept"] for c in tried.values()) == 1
     kept = next(name for name, c in tried.items() if c["kept"])
     other = next(name for name in tried if name != kept)
-    assert keep([tried[kept], tried[other]], config["split_sizes"]["val"])[0] == 0
+    n_val = config["split_sizes"]["val"]
+    for name, c in tried.items():  # each candidate's validation clips at its best epoch, which the choice compared
+        assert len(read_validation(run / c["run"])[0]) == n_val
+        reasons = json.loads((run / c["run"] / "config.json").read_text())["training"]["reasons"]
+        lr = "lr=0.003" if name == SCRATCH else "lr=0.001"  # the peak rate of each start, printed with its reason
+        assert lr in reasons and f"auto: {lr}: {reasons[lr]}" in out
     folder = run / tried[kept]["run"]
     assert (run / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     assert json.loads((run / "report.json").read_text()) == json.loads((folder / "report.json").read_text())
     assert config["training"]["pretrained"] == kept and config["model"] == tried[kept]["model"]
     assert (run / tried[other]["run"] / "report.json").is_file()  # the other candidate stays, complete
     reason = config["training"]["reasons"][f"pretrained={kept}"]
-    assert f"auto: pretrained={kept}: {reason}" in out and "accuracy" in reason
+    assert f"auto: pretrained={kept}: {reason}" in out and "accuracy" in reason and f"on {n_val} validation clips" in reason
     assert "auto: cues: balanced validation accuracy from each cue alone" in out and "cues" in config["training"]["reasons"]
     assert audioclf.load(run).labels == config["labels"]  # the run folder serves as any other

@@ -1,19 +1,23 @@
 """``audioclf train DATA`` with the model left to the data: train from scratch and fine-tune the bundled AudioSet
-model, both on one split, and keep the one that scores better on the validation clips.
+model, both on one split, and keep the fine-tuned one unless the one from scratch scores clearly higher on the
+same validation clips.
 
 Neither start wins everywhere: pretrained features carry environmental sound, music and mixtures; a model trained
-from scratch follows labels the pretraining did not care for (pitch, rate, loudness), so the data decide.
+from scratch can follow labels the pretraining did not care for (pitch, rate, loudness), so the data decide.
 """
 from __future__ import annotations
 
-import math
+import csv
+import io
 import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from ..checkpoint import read_config
 from ..evaluation.evaluate import summary_line
-from ..io_utils import write_json_atomic
+from ..io_utils import write_json_atomic, write_text_atomic
 from ..weights.catalogue import EFFICIENTAT_FRONTEND
 from .config import SCRATCH, TrainConfig
 
@@ -47,37 +51,93 @@ def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
 
 def selection_score(val_loss: float, metric: float, multilabel: bool) -> tuple[float, float]:
     """What "best epoch" maximises (compared as a tuple). Single-label: the validation cross-entropy first, accuracy
-    breaking ties. Accuracy moves in steps of one clip and saturates on a small validation set, so ranking by it
-    first kept a lucky early epoch (FSDD leave-one-speaker-out, seed 1: epoch 7 of 28 at 99.6% validation
-    accuracy, then an early stop; 76.0% test vs 84.0% when ranked by loss). Multi-label: mAP first (threshold-free
-    and already continuous), the loss breaking ties."""
+    breaking ties (accuracy moves in steps of one clip and saturates on a small validation set). Multi-label: mAP
+    first (threshold-free and continuous), the loss breaking ties."""
     return (metric, -val_loss) if multilabel else (-val_loss, metric)
 
 
-CLEAR_SE = 2.0  # an accuracy lead beyond this many standard errors decides; a smaller one is noise
+CLEAR_Z = 2.0  # a validation lead beyond this many standard errors (paired, over the same clips) decides
+VALIDATION_NAME = "validation.csv"  # path, labels and per-class scores of the validation clips at the best epoch
+BOOTSTRAP_DRAWS = 400
 
 
-def keep(runs: list[dict], n_val: int) -> tuple[int, str]:
-    """Which of several finished runs to keep, from their ``metrics`` (best epoch's ``val_*``), and why.
-    Multi-label: the higher validation mAP. Single-label: the higher validation accuracy when it leads every other
-    by more than ``CLEAR_SE`` standard errors of the difference on ``n_val`` clips; otherwise the lower validation
-    loss among the runs within that margin (the loss is continuous; a few clips either way are not)."""
-    if any("val_mAP" in m for m in runs):
-        best = max(range(len(runs)), key=lambda i: (runs[i].get("val_mAP", -math.inf), -runs[i].get("val_loss", math.inf)))
-        return best, "the higher mAP"
-    acc = [m.get("val_accuracy", -math.inf) for m in runs]
-    top = max(range(len(runs)), key=lambda i: acc[i])
-    n = max(1, n_val)
+def write_validation(run: Path, paths: list[str], labels: list[str], targets: np.ndarray, scores: np.ndarray) -> None:
+    """``RUN/validation.csv``: one row per validation clip, ``path``, ``labels`` (``;``-joined) and the score of
+    each class; ``targets`` (clips, classes) 0/1, ``scores`` (clips, classes)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["path", "labels", *labels])
+    for path, t, row in zip(paths, targets, scores):
+        writer.writerow([path, ";".join(labels[i] for i in np.flatnonzero(t)), *(f"{v:.6g}" for v in row)])
+    write_text_atomic(Path(run) / VALIDATION_NAME, buf.getvalue())
 
-    def margin(i):  # CLEAR_SE standard errors of the difference between run i's accuracy and the top one's
-        p, q = min(max(acc[i], 0.0), 1.0), acc[top]
-        return CLEAR_SE * max(math.sqrt((p * (1 - p) + q * (1 - q)) / n), 1 / n)
-    close = [i for i in range(len(runs)) if acc[top] - acc[i] <= margin(i)]
-    if len(close) == 1:
-        return top, f"the higher accuracy, by more than {CLEAR_SE:g} standard errors on {n_val} clips"
-    best = min(close, key=lambda i: runs[i].get("val_loss", math.inf))
-    return best, (f"accuracies within {CLEAR_SE:g} standard errors of each other on {n_val} clips, so the lower loss "
-                  "decides")
+
+def read_validation(run: Path) -> tuple[list[str], np.ndarray, np.ndarray] | None:
+    """``(paths, targets (clips, classes), scores (clips, classes))`` from ``RUN/validation.csv``; None without it."""
+    f = Path(run) / VALIDATION_NAME
+    if not f.is_file():
+        return None
+    with open(f, newline="") as fh:
+        rows = list(csv.reader(fh))
+    labels = rows[0][2:]
+    targets = np.array([[name in r[1].split(";") for name in labels] for r in rows[1:]], dtype=np.float64)
+    return [r[0] for r in rows[1:]], targets.reshape(-1, len(labels)), np.array(
+        [[float(v) for v in r[2:]] for r in rows[1:]]).reshape(-1, len(labels))
+
+
+def accuracy(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Single-label accuracy: the top-scoring class is a target. ``(clips, classes)`` each."""
+    return float(np.take_along_axis(targets, scores.argmax(1)[:, None], 1).mean())
+
+
+def mean_ap(targets: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over classes with a positive of the average precision (ties in score ranked in clip order)."""
+    order = np.argsort(-scores, axis=0, kind="stable")
+    hits = np.take_along_axis(targets, order, 0)
+    precision = np.cumsum(hits, 0) / np.arange(1, len(hits) + 1)[:, None]
+    positives = hits.sum(0)
+    ap = (precision * hits).sum(0)[positives > 0] / positives[positives > 0]
+    return float(ap.mean()) if ap.size else 0.0
+
+
+def paired_z(metric, targets: np.ndarray, a: np.ndarray, b: np.ndarray, draws: int = BOOTSTRAP_DRAWS,
+             seed: int = 0) -> tuple[float, float]:
+    """``metric(a) - metric(b)`` on the same clips and that difference in standard errors of a paired bootstrap
+    (clips resampled together for both): ``(difference, z)``; z is 0 when no resample tells them apart."""
+    diff = metric(targets, a) - metric(targets, b)
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(draws):
+        i = rng.integers(0, len(targets), len(targets))
+        boot.append(metric(targets[i], a[i]) - metric(targets[i], b[i]))
+    sd = float(np.std(boot))
+    return diff, (diff / sd if sd > 0 else 0.0)
+
+
+def keep(names: list[str], folders: list[Path], multilabel: bool) -> tuple[int, str]:
+    """Which of the finished candidate runs to keep, and why. The pretrained start unless another scores clearly
+    higher on the same validation clips (accuracy, or mAP for multi-label): by more than ``CLEAR_Z`` standard
+    errors of the paired difference. Validation clips come from the training groups (speakers, recordings), where
+    a model from scratch looks as good as it is; pretrained features also carry to groups it never heard."""
+    metric, what = (mean_ap, "mAP") if multilabel else (accuracy, "accuracy")
+    preferred = next((i for i, n in enumerate(names) if n != SCRATCH), 0)
+    found = [read_validation(f) for f in folders]
+    if found[preferred] is None:
+        return preferred, f"{describe(names[preferred])} preferred: no per-clip validation scores to compare"
+    paths, targets, base = found[preferred]
+    best, best_z, told = preferred, CLEAR_Z, []
+    for i, v in enumerate(found):
+        if i == preferred or v is None or v[0] != paths:
+            continue
+        diff, z = paired_z(metric, targets, v[2], base)
+        told.append(f"{describe(names[i])} {100 * diff:+.1f} points of {what} ({z:+.1f} standard errors)")
+        if z > best_z:
+            best, best_z = i, z
+    n = len(paths)
+    if best != preferred:
+        return best, f"{'; '.join(told)} on {n} validation clips: a clear lead"
+    return preferred, (f"{'; '.join(told) or 'no comparison'} on {n} validation clips: no clear lead over "
+                       f"{describe(names[preferred])}, which is preferred (pretrained features carry to unheard groups)")
 
 
 def describe(name: str) -> str:
@@ -98,7 +158,7 @@ def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
         print(f"=== candidate {i + 1}/{len(names)}: {describe(name)}", flush=True)
         report = train(data, folder, **{**settings, "pretrained": name})
         results.append((name, folder, read_config(folder), report))
-    best, rule = keep([c["metrics"] for _, _, c, _ in results], results[0][2]["split_sizes"]["val"])
+    best, rule = keep([n for n, *_ in results], [f for _, f, *_ in results], results[0][2]["task"] == "multi_label")
     name, folder, config, report = results[best]
     told = "; ".join(f"{describe(n)} " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in c["metrics"].items() if k.startswith("val_"))
                      for n, _, c, _ in results)

@@ -36,7 +36,7 @@ from .ema import ModelEma
 from .finetune import FINETUNE_LR, finetune_augment, init_source
 from .resume import EpochSampler, GroupBatchSampler, load_state, restore_state, save_state, seed_step
 from .schedule import StopRule, warmup_stable_decay
-from .selection import candidates, selection_score, train_candidates
+from .selection import candidates, selection_score, train_candidates, write_validation
 
 
 class TrainError(RuntimeError):
@@ -308,8 +308,14 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
             cfg.clip_seconds = cfg.clip_seconds or fixed["clip_seconds"]
         print(f"fine-tune: from {init.spec} ({fixed['model']}, {cfg.sample_rate} Hz); head lr {cfg.lr or FINETUNE_LR:g}, "
               f"backbone lr x{cfg.backbone_lr_scale:g}" + (", backbone frozen" if cfg.freeze_backbone else ""))
+    lr_reason = None if cfg.lr else (
+        "fine-tuning: one peak rate for the new head and the pretrained backbone (a higher one unlearns the features)"
+        if init else "from scratch: the peak rate of AdamW after the warm-up; the schedule decays it on the validation curve")
     cfg.lr = cfg.lr or (FINETUNE_LR if init else DEFAULT_LR)
     s = resolve_settings(cfg, manifest, len(split.train), resumed, validated=bool(split.val))
+    if lr_reason:
+        s["reasons"][f"lr={cfg.lr:g}"] = lr_reason
+        print(f"auto: lr={cfg.lr:g}: {lr_reason}")
     if init:
         s["model_args"] = dict(init.config["model_args"])
     cache = AudioCache(cfg.cache_dir, s["sample_rate"])
@@ -536,6 +542,7 @@ def train(data, out, **settings) -> dict:
     # --- epochs
     eval_model = lambda: ema.module if ema else model  # noqa: E731
     val_audio, val_y = d.audio(val_idx), y[val_idx]
+    val_paths = [str(d.manifest.items[i].path) for i in val_idx]
     rows, best, best_epoch, step, thresholds = [], None, 0, 0, None
     start_epoch, start_batch, running = 1, 0, (0.0, 0)
     if cfg.resume and saved_state is None:
@@ -605,6 +612,8 @@ def train(data, out, **settings) -> dict:
             config.update(best_epoch=epoch, **({"thresholds": thresholds} if thresholds else {}))
             if main:
                 save_run(run, eval_model(), config)
+                if val_idx:
+                    write_validation(run, val_paths, labels, val_y, scores)
         print(f"epoch {epoch:3d}/{epochs}  train_loss {row['train_loss']:.4f}"
               + (f"  val_loss {row['val_loss']:.4f}  val_{'mAP' if multilabel else 'acc'} {metric:.4f}" if val_idx else "")
               + f"  lr {lr:.2e}  {row['seconds']:.1f}s" + ("  *" if improved else ""), flush=True)
