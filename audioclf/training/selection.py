@@ -45,8 +45,8 @@ def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
         given = [f"tar shards not at {rate} Hz"]
     if given:
         return [SCRATCH], f"from scratch: {', '.join(given)} {'fix' if len(given) > 1 else 'fixes'} the model"
-    return [SCRATCH, DEFAULT_PRETRAINED], (f"from scratch and fine-tuning {DEFAULT_PRETRAINED}; the better on "
-                                           "validation is kept")
+    return [SCRATCH, DEFAULT_PRETRAINED], (f"from scratch and fine-tuning {DEFAULT_PRETRAINED}; the fine-tuned run is "
+                                           "kept unless the one from scratch is clearly better on validation")
 
 
 def selection_score(val_loss: float, metric: float, multilabel: bool) -> tuple[float, float]:
