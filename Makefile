@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 RUNS   := runs
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-fast bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ setup: $(VENV)/.installed
 demo: setup  ## train the default model on the bundled FSDD, test on the official split, print the metrics
 	$(BIN)/audioclf train datasets/fsdd/manifest.csv --test-fold 0 --out $(RUNS)/fsdd-demo --overwrite
 
-test: setup
+test: setup  ## the whole suite, as CI runs it
 	$(BIN)/python -m pytest
+
+test-fast: setup  ## the unit tests alone, without the end-to-end ones marked slow
+	$(BIN)/python -m pytest -m "not slow"
 
 bench: setup
 	$(BIN)/python bench/pipeline.py

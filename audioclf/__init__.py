@@ -8,7 +8,7 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ("audioclf.training.trainer", "train"),
+    "train": ("audioclf.training", "train"),
     "load": ("audioclf.inference", "load"),
     "pretrained": ("audioclf.weights", "pretrained"),
     "evaluate": ("audioclf.evaluation.evaluate", "evaluate"),

@@ -4,12 +4,11 @@ Every batch norm of a trained model normalises with the feature means and varian
 Audio from another microphone, room or voice shifts those statistics; re-estimating them from a few unlabelled
 clips of the new domain (AdaBN, Li et al. 2016) recovers much of the accuracy the shift costs. The weights stay as
 trained; only the batch norms' running means and variances change, so an adapted run exports and serves like any
-other. FSDD leave-one-speaker-out, default ``cnn`` (README, seed 0, two draws of the clips): 50 unlabelled clips of
-the held-out voice take the mean accuracy on its other clips from 93.1% to 93.6-93.8%. Before the filter-bank jitter
-was centred, whose shift it partly corrected, it gained more: 89.7% -> 92.4% with 10 clips and 92.7% with 50.
+other.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +16,12 @@ import torch
 from torch import nn
 
 from .data.windows import fit_length, window_starts
+from .settings import CACHE_HELP, DEVICE_HELP, check_fields, option
 
-ADAPT_MAX_WINDOWS = 4096  # bounds the time on hours of audio (all 3,095 FSDD windows: 8.3 s with start-up, 2 cores)
+ADAPT_MAX_WINDOWS = 4096  # bounds the time on hours of audio
 ADAPT_BATCH = 64  # windows per forward pass, so each batch's statistics are well estimated
 # The trained statistics weigh as much as this many windows of the new audio (Schneider et al. 2020): a few clips
-# give noisy estimates. FSDD leave-one-speaker-out, 10 clips (docs/experiments.md; training seeds 0 / 1, three
-# draws each): 91.7% / 92.0% without the prior, 92.2% / 92.5% with it; 50 clips: 92.6% / 92.9% without, 92.7% /
-# 92.8% with it.
+# give noisy estimates.
 ADAPT_PRIOR_WINDOWS = 4.0
 
 
@@ -34,8 +32,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 def check_adaptable(model: nn.Module) -> None:
     """Refuse a model with no batch norm after its front end (``ast_tiny`` normalises with layer norms): adapting
-    the front end's per-mel statistics alone feeds the layers after it inputs unlike those they were trained on.
-    Measured: ``ast_tiny`` on the FSDD george fold, 44% -> 27-36% with 10 or 50 clips."""
+    the front end's per-mel statistics alone feeds the layers after it inputs unlike those they were trained on."""
     front = set(batchnorm_layers(model.frontend)) if hasattr(model, "frontend") else set()
     if not set(batchnorm_layers(model)) - front:
         raise ValueError(f"model {getattr(model, 'model_name', type(model).__name__)!r} has no batch norm after its "
@@ -96,12 +93,26 @@ def adapt_batchnorm(model: nn.Module, clips, clip_samples: int, max_windows: int
     return len(picks)
 
 
-def adapt_run(run, paths, out, max_windows: int | None = None, cache_dir=None, device: str = "cpu",
-              seed: int = 0, overwrite: bool = False) -> dict:
+@dataclass
+class AdaptConfig:
+    """``audioclf adapt`` / :func:`adapt_run` settings."""
+
+    max_windows: int | None = option(None, "windows drawn at random from the audio at most (default: "
+                                           "ADAPT_MAX_WINDOWS, 4096)", min=1)
+    seed: int = option(0, "random seed of the windows drawn")
+    overwrite: bool = option(False, "replace the run already in --out")
+    cache_dir: str | None = option(None, CACHE_HELP)
+    device: str = option("cpu", DEVICE_HELP)
+
+
+def adapt_run(run, paths, out, **settings) -> dict:
     """Adapt the run folder ``run`` to the audio files ``paths`` (at most ``max_windows`` windows, default
     ``ADAPT_MAX_WINDOWS``) and save the result as the run folder ``out`` (``run`` is left as it is; ``out`` new or
     empty, or a run replaced with ``overwrite``). Files that fail to decode are skipped and listed. Returns the
-    ``adaptation`` record stored in ``out/config.json``."""
+    ``adaptation`` record stored in ``out/config.json``. ``settings``: :class:`AdaptConfig` fields."""
+    cfg = AdaptConfig(**settings)
+    check_fields(cfg)
+    max_windows, cache_dir, device, seed, overwrite = cfg.max_windows, cfg.cache_dir, cfg.device, cfg.seed, cfg.overwrite
     from .checkpoint import save_run
     from .data.cache import AudioCache
     from .inference import load

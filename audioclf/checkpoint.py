@@ -73,10 +73,10 @@ def model_config(model) -> dict:
     }
 
 
-def _state_for_save(model) -> dict[str, torch.Tensor]:
-    """CPU, contiguous, storage-unshared copies of the state dict tensors (what safetensors accepts)."""
+def tensors_for_save(state_dict: dict) -> dict[str, torch.Tensor]:
+    """CPU, contiguous, storage-unshared copies of a state dict's tensors (what safetensors accepts)."""
     state, seen = {}, set()
-    for name, t in model.state_dict().items():
+    for name, t in state_dict.items():
         t = t.detach().to("cpu").contiguous()
         storage = t.untyped_storage()
         key = storage.data_ptr()
@@ -114,7 +114,7 @@ def save_run(run_dir, model, config: dict) -> None:
     validate_config(full, run)
     try:
         from safetensors.torch import save
-        weights = save(_state_for_save(model), metadata={"format": "pt"})
+        weights = save(tensors_for_save(model.state_dict()), metadata={"format": "pt"})
     except Exception as e:
         raise CheckpointError(run, f"cannot serialise the weights: {e}") from e
     full.update(label_maps(full["labels"]), weights_sha256=hashlib.sha256(weights).hexdigest())

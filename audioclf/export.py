@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_run
+from .spec import RunSpec
 from .io_utils import write_atomic, write_json_atomic
 from .onnx_predictor import METADATA_KEY, ONNX_NAME  # the torch-free side owns the file's name and metadata key
 
@@ -109,7 +110,7 @@ def export_model(model, config: dict, out_path, opset: int = 17, verify: bool = 
 
 def _export(model, name: str, meta: dict, out: Path, opset: int, verify: bool) -> Path:
     sample_rate = meta["sample_rate"]
-    clip_samples = max(int(round(meta["clip_seconds"] * sample_rate)), 1)
+    clip_samples = RunSpec.from_config(meta).clip_samples
     dummy = torch.from_numpy(_probe_signal(2, clip_samples, sample_rate, seed=0))
     failures = []
     # The TorchScript exporter first, torch.export where it fails; the TorchScript exporter bakes the batch size

@@ -13,6 +13,7 @@ import torch
 from .checkpoint import load_run
 from .data.windows import window_average
 from .predictions import Predictor, scores_from_logits  # noqa: F401  (re-exported)
+from .spec import RunSpec
 
 
 CPU_BATCH_CELLS = 60_000  # float32 mel bins x frames per forward pass on a CPU (see inference_batch_size)
@@ -22,11 +23,8 @@ def inference_batch_size(model: torch.nn.Module, samples: int, device: str | tor
                          amp: bool = False) -> int:
     """Windows of ``samples`` per forward pass: 64 on an accelerator; on a CPU as many as make about
     ``CPU_BATCH_CELLS`` mel x frame cells in float32, so the activations stay in cache, and twice as many under bf16
-    autocast (``amp``), whose activations take half the bytes. Measured with the default ``cnn`` (64 mels, 0.75 s at
-    8 kHz: 76 frames, 4,864 cells) on the 2-core machine, ms a window: float32 on 2 threads 0.42-0.43 for batches of
-    8-12, 0.73-0.74 for 16-20 (another day: 0.44 at 16, 0.78 at 32, so the cliff moves with the machine's load); on
-    1 thread 0.73-0.76 for 12-20, 1.29 for 32. 60k cells (12 such windows) stays clear of it. bf16 on 2 threads of
-    an AMX CPU: 0.42-0.44 at 12, 0.35-0.36 at 24, 0.33-0.34 at 32 (``bench/serving.py --amp``)."""
+    autocast (``amp``), whose activations take half the bytes. Past that a window's cost jumps (``bench/serving.py``
+    measures it)."""
     config = getattr(getattr(model, "frontend", None), "config", None)
     if torch.device(device).type != "cpu" or config is None:
         return 64
@@ -86,16 +84,21 @@ class Classifier(Predictor):
     which the ONNX export matches, by about 1e-2 at most)."""
 
     def __init__(self, model: torch.nn.Module, config: dict, device: str = "cpu", amp: bool = False):
-        # channels-last activations: the CPU convolutions run ~1.5x faster on batches (bench/pipeline.py)
+        # channels-last activations: faster CPU convolutions on batches (bench/pipeline.py)
         self.model = model.to(device, memory_format=torch.channels_last).eval()
         self.config, self.device, self.amp = config, device, amp
         if amp and not bf16_is_native(device):
             warnings.warn(f"bf16 is emulated on {device}: autocast will be slower than float32 here", stacklevel=2)
-        self.labels: list[str] = config["labels"]
-        self.sample_rate: int = config["frontend"]["sample_rate"]
-        self.clip_samples = int(round(config["clip_seconds"] * self.sample_rate))
-        self.multilabel = config.get("task") == "multi_label"
-        self.thresholds = np.asarray(config.get("thresholds") or [0.5] * len(self.labels))
+        self.use_spec(RunSpec.from_config(config))
+        self.frame_hop = self.model.frontend.config.hop_length
+        self.spectrogram_frontend = self.model.frontend
+
+    @classmethod
+    def for_model(cls, model: torch.nn.Module, clip_seconds: float | None = None) -> "Classifier":
+        """A bare model (no run folder) as a classifier: labels ``"0"`` ... on the device its weights are on."""
+        config = {"labels": [str(i) for i in range(model.num_classes)], "frontend": model.frontend.config.to_dict(),
+                  "clip_seconds": clip_seconds, "task": "single_label"}
+        return cls(model, config, next(model.parameters()).device)
 
     def clip_logits(self, clips) -> np.ndarray:
         return clip_logits(self.model, clips, self.clip_samples, device=self.device, amp=self.amp)
@@ -112,6 +115,12 @@ class Classifier(Predictor):
     def logits(self, batch: np.ndarray, spectrogram: bool = False) -> np.ndarray:
         """Logits ``(batch, classes)`` of a batch of windows (:func:`forward_logits`), no window averaging."""
         return forward_logits(self.model, batch, self.device, self.amp, spectrogram)
+
+    def window_logits(self, batch: np.ndarray, spectrogram: bool = False) -> np.ndarray:
+        return self.logits(batch, spectrogram)
+
+    def window_batch(self, samples: int) -> int:
+        return inference_batch_size(self.model, samples, self.device, self.amp)
 
 
 def load(run_dir, device: str = "cpu", amp: bool = False, fold_batchnorm: bool = True) -> Classifier:

@@ -18,16 +18,15 @@ Back ends:
   the frame of one whole-file spectrogram, so the scores do not depend on ``block_s``. They differ slightly from running the model on each window's waveform: a window's own centred STFT
   reflect-pads its first and last ``n_fft // 2`` samples, while the slice holds the real neighbouring audio in
   those edge frames (``n_fft // 2 // hop_length + 1`` frames at each end: 2 + 2 of the 76 frames of a 0.75 s window
-  at 8 kHz, 25 ms / 10 ms). Measured: scores within 0.02 of the per-window ones, same top label. A window whose
+  at 8 kHz, 25 ms / 10 ms), so scores differ by a few hundredths at most. A window whose
   start is not a multiple of the STFT hop is snapped to the nearest frame (the returned times are the snapped
   ones; the default hop is a whole number of frames, so this only happens for an explicit ``hop_s`` and for the
   final end-aligned window). What it saves is the front end's share of the work (overlapping windows' STFT and
-  mel computed once rather than window/hop times): small next to the backbone for the conv models (a few per
-  cent for the default ``cnn`` at 8 kHz). ``reuse_spectrogram=False`` runs each window's waveform instead (the
+  mel computed once rather than window/hop times), small next to the backbone for the conv models.
+  ``reuse_spectrogram=False`` runs each window's waveform instead (the
   same numbers as the ONNX back end and ``Classifier``).
-* Memory: one block of audio and spectrogram plus one batch. A torch process's RSS still creeps up over hours
-  (~+170 MB at 3 h at 8 kHz) from glibc heap fragmentation as torch frees and reallocates activation buffers;
-  ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment keeps it flat (``bench/longform.py`` shows both).
+* Memory: one block of audio and spectrogram plus one batch (:mod:`audioclf.malloc` keeps glibc's heap from
+  fragmenting over hours).
 * ONNX (an :class:`audioclf.onnx_predictor.OnnxClassifier` or a ``.onnx`` path): the window waveforms go through
   the graph as batches. This path (and ``events``) never imports torch.
 
@@ -45,51 +44,26 @@ import numpy as np
 from .audio import iter_blocks
 from .data.windows import fit_length
 from .onnx_predictor import OnnxClassifier, scores_from_logits
+from .predictions import Predictor
 
 __all__ = ["scan", "events", "median_smooth"]
 
 
-class _Backend:
-    """What scan needs from a classifier, whatever its kind."""
-
-    def __init__(self, obj, multilabel: bool | None):
-        self.model = self.predictor = self.classifier = None
-        if isinstance(obj, (str, Path)):
-            p = Path(obj)
-            if p.suffix.lower() == ".onnx":
-                obj = OnnxClassifier(p)
-            else:
-                from .inference import load
-                obj = load(p)
-        if isinstance(obj, OnnxClassifier):
-            self.predictor = obj
-            self.sample_rate, self.clip_seconds, task_multi = obj.sample_rate, obj.clip_seconds, obj.multilabel
-            fe = obj.metadata.get("frontend") or {}
-            self.frame_hop = max(1, int(round(self.sample_rate * fe.get("hop_ms", 10.0) / 1000)))
-        elif hasattr(obj, "model") and hasattr(obj, "config"):  # audioclf.inference.Classifier
-            self.classifier, self.model, self.device = obj, obj.model, getattr(obj, "device", "cpu")
-            self.sample_rate, self.clip_seconds = obj.sample_rate, float(obj.config["clip_seconds"])
-            task_multi = obj.multilabel
-        elif hasattr(obj, "forward_spectrogram") and hasattr(obj, "frontend"):  # a bare AudioClassifier
-            self.model, self.device = obj, next(obj.parameters()).device
-            self.sample_rate, self.clip_seconds, task_multi = obj.frontend.config.sample_rate, None, False
-        else:
-            raise TypeError(f"scan needs a Classifier, an OnnxClassifier, an AudioClassifier, a run folder or a "
-                            f".onnx path, got {type(obj).__name__}")
-        if self.model is not None:
-            self.frame_hop = self.model.frontend.config.hop_length
-        self.multilabel = task_multi if multilabel is None else bool(multilabel)
-
-    def logits(self, kind: str, batch: list[np.ndarray]) -> np.ndarray:
-        x = np.stack(batch)
-        if self.predictor is not None:
-            return self.predictor.logits(x)
-        if self.classifier is not None:  # its own forward pass (bf16 autocast if loaded with amp)
-            return self.classifier.logits(x, spectrogram=kind == "spec")
-        from .inference import forward_logits
-
-        self.model.eval()
-        return forward_logits(self.model, x, self.device, spectrogram=kind == "spec")
+def as_predictor(obj) -> Predictor:
+    """``obj`` as a :class:`~audioclf.predictions.Predictor`: as given, loaded from a run folder or a ``.onnx`` path,
+    or a bare :class:`~audioclf.models.base.AudioClassifier` wrapped (``Classifier.for_model``)."""
+    if isinstance(obj, Predictor):
+        return obj
+    if isinstance(obj, (str, Path)):
+        if Path(obj).suffix.lower() == ".onnx":
+            return OnnxClassifier(obj)
+        from .inference import load
+        return load(obj)
+    if hasattr(obj, "forward_spectrogram") and hasattr(obj, "frontend"):
+        from .inference import Classifier
+        return Classifier.for_model(obj)
+    raise TypeError(f"scan needs a Classifier, an OnnxClassifier, an AudioClassifier, a run folder or a .onnx path, "
+                    f"got {type(obj).__name__}")
 
 
 def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float | None = None,
@@ -104,37 +78,37 @@ def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float |
     as mono ``(1, n)`` blocks (:func:`audioclf.audio.iter_blocks`; ``DecoderPool.blocks`` decodes the formats only
     FFmpeg reads in a worker process).
     """
-    backend = _Backend(model_or_predictor, multilabel)
-    sr = backend.sample_rate
+    predictor = as_predictor(model_or_predictor)
+    multilabel = predictor.multilabel if multilabel is None else bool(multilabel)
+    sr = predictor.sample_rate
     if window_s is None:
-        if backend.clip_seconds is None:
+        if predictor.clip_seconds is None:
             raise ValueError("window_s is required for a bare model (it has no run config)")
-        window_s = backend.clip_seconds
-    if batch_size is None and backend.model is not None and window_s > 0:
-        from .inference import inference_batch_size
-        batch_size = inference_batch_size(backend.model, int(round(window_s * sr)), backend.device,
-                                          getattr(backend.classifier, "amp", False))
+        window_s = predictor.clip_seconds
+    if batch_size is None and window_s > 0:
+        batch_size = predictor.window_batch(int(round(window_s * sr)))
     batch_size = 32 if batch_size is None else batch_size
     if window_s <= 0 or (hop_s is not None and hop_s <= 0) or block_s <= 0 or batch_size < 1:
         raise ValueError(f"window_s, hop_s, block_s and batch_size must be positive "
                          f"(got {window_s}, {hop_s}, {block_s}, {batch_size})")
     win = max(1, int(round(window_s * sr)))
     if hop_s is None:  # half a window, rounded to whole STFT frames (so spectrogram slices line up exactly)
-        hop = max(1, int(round(win / 2 / backend.frame_hop))) * backend.frame_hop
+        hop = max(1, int(round(win / 2 / predictor.frame_hop))) * predictor.frame_hop
     else:
         hop = max(1, int(round(hop_s * sr)))
     blocks = _with_last(b[0] for b in read_blocks(path, sr, max(1, int(round(block_s * sr)))))
-    if backend.model is not None and reuse_spectrogram:
-        items = _spectrogram_windows(backend.model.frontend, blocks, win, hop)
+    if predictor.spectrogram_frontend is not None and reuse_spectrogram:
+        items = _spectrogram_windows(predictor.spectrogram_frontend, blocks, win, hop)
     else:
         items = _waveform_windows(blocks, win, hop)
 
     # Results go to two growing flat buffers, not an object per window or batch: small live objects left between
-    # the large blocks that each forward pass frees kept glibc from reusing them, and a scan's RSS grew ~80 MB/h.
+    # the large blocks that each forward pass frees keep glibc from reusing them.
     bounds, logits, batch, batch_kind = array("q"), array("f"), [], None
 
     def run(batch):  # one forward pass, its float32 logits appended to the flat buffer
-        logits.frombytes(np.asarray(backend.logits(batch_kind, batch), np.float32).tobytes())
+        logits.frombytes(np.asarray(predictor.window_logits(np.stack(batch), batch_kind == "spec"),
+                                    np.float32).tobytes())
 
     for start, end, kind, x in items:
         if batch and (kind != batch_kind or len(batch) == batch_size):
@@ -148,7 +122,7 @@ def scan(model_or_predictor, path, window_s: float | None = None, hop_s: float |
     n = len(bounds) // 2  # windows
     times = np.frombuffer(bounds, dtype=np.int64).reshape(n, 2) / sr
     logits = np.frombuffer(logits, dtype=np.float32).reshape(n, len(logits) // max(1, n))
-    return times, scores_from_logits(logits, backend.multilabel)
+    return times, scores_from_logits(logits, multilabel)
 
 
 def _with_last(it) -> Iterator[tuple[bool, np.ndarray]]:

@@ -4,10 +4,8 @@
 glibc's ``malloc`` serves blocks above ``M_MMAP_THRESHOLD`` (128 KiB, raised on the fly up to 32 MiB) with fresh
 ``mmap`` pages and returns freed heap tops to the system past ``M_TRIM_THRESHOLD``. A batched forward pass allocates
 activations of a few MiB per layer, so every pass page-faults and zeroes them again. Keeping such blocks in the
-heap measured, with the default ``cnn`` on a batch of 12 windows (``bench/serving.py``, "model alone"): 0.41-0.49
-instead of 0.58-0.95 ms a window on 2 threads, 0.73-0.82 instead of 1.05-1.47 ms on 1 thread; a lone window is
-unchanged. Training (``make demo``) took 102.6, 107.2 and 108.6 s instead of 108.3 and 114.3 s. The price is that up to
-``trim_mib`` of freed memory stays with the process: peak RSS of that training 736-738 instead of 686-695 MB.
+heap makes batched passes and training steps faster; the price is that up to ``trim_mib`` of freed memory stays
+with the process.
 """
 from __future__ import annotations
 

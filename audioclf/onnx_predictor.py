@@ -14,6 +14,7 @@ from typing import Iterable
 import numpy as np
 
 from .predictions import Predictor, scores_from_logits
+from .spec import RunSpec
 from .data.windows import window_average
 
 __all__ = ["OnnxClassifier", "scores_from_logits", "read_onnx_metadata", "stale_reason"]
@@ -92,12 +93,8 @@ class OnnxClassifier(Predictor):
         if stale:
             raise ValueError(f"{stale}: export it again (audioclf export {path.parent})")
         self.metadata = meta
-        self.labels: list[str] = list(meta["labels"])
-        self.sample_rate: int = int(meta["sample_rate"])
-        self.clip_seconds: float = float(meta["clip_seconds"])
-        self.clip_samples = int(round(self.clip_seconds * self.sample_rate))
-        self.multilabel = meta.get("task") == "multi_label"
-        self.thresholds = np.asarray(meta.get("thresholds") or [0.5] * len(self.labels), dtype=np.float64)
+        self.use_spec(RunSpec.from_config(meta))
+        self.frame_hop = max(1, int(round(self.sample_rate * (meta.get("frontend") or {}).get("hop_ms", 10.0) / 1000)))
         self._input = meta.get("input") or self.session.get_inputs()[0].name
         self._output = meta.get("output") or self.session.get_outputs()[0].name
 

@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .audio import read_audio
+from .spec import RunSpec
 
 
 def scores_from_logits(logits: np.ndarray, multilabel: bool) -> np.ndarray:
@@ -83,18 +84,44 @@ def is_batch(audio) -> bool:
 
 
 class Predictor:
-    """Answers for clips. Subclasses set ``labels``, ``sample_rate``, ``clip_samples``, ``multilabel``,
-    ``thresholds`` and implement ``clip_logits(clips) -> (clips, classes)`` (whole-clip window averaging) of mono
-    float32 clips at ``sample_rate``."""
+    """Answers for clips, whatever runs the model (PyTorch, ONNX Runtime). A subclass calls :meth:`use_spec` and
+    implements ``logits(batch)`` (windows ``(n, samples)`` at ``sample_rate`` -> ``(n, classes)``) and
+    ``clip_logits(clips)`` (whole clips, window-averaged). Long recordings (:func:`audioclf.longform.scan`) also use
+    ``frame_hop``, ``window_batch`` and, where a back end can score slices of one block's spectrogram,
+    ``spectrogram_frontend`` and ``window_logits(batch, spectrogram=True)``."""
 
     labels: list[str]
     sample_rate: int
-    clip_samples: int
+    clip_seconds: float | None
+    clip_samples: int | None
     multilabel: bool
     thresholds: np.ndarray
+    frame_hop: int = 1  # samples between the front end's frames
+    spectrogram_frontend = None  # a front end whose frames ``window_logits(..., spectrogram=True)`` takes, or None
+
+    def use_spec(self, spec: RunSpec) -> None:
+        """Take the labels, rate, window, task and thresholds of ``spec``."""
+        self.spec = spec
+        self.labels, self.sample_rate, self.clip_seconds = list(spec.labels), spec.sample_rate, spec.clip_seconds
+        self.clip_samples, self.multilabel = spec.clip_samples, spec.multilabel
+        self.thresholds = np.asarray(spec.thresholds or [0.5] * len(spec.labels), dtype=np.float64)
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
 
     def clip_logits(self, clips: Sequence[np.ndarray]) -> np.ndarray:
         raise NotImplementedError
+
+    def window_logits(self, batch: np.ndarray, spectrogram: bool = False) -> np.ndarray:
+        """Logits of a batch of windows: waveforms, or (``spectrogram``) slices of ``spectrogram_frontend``'s
+        frames."""
+        if spectrogram:
+            raise ValueError(f"{type(self).__name__} scores waveforms only")
+        return self.logits(batch)
+
+    def window_batch(self, samples: int) -> int:
+        """Windows of ``samples`` per forward pass."""
+        return 32
 
     def clips(self, audio, sampling_rate: int | None = None) -> list[np.ndarray]:
         """Inputs (one, or a list or tuple of them; see :func:`as_clip`) as mono clips at the model's rate."""

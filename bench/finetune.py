@@ -31,7 +31,7 @@ CONFIGS = {"default": {}, "scratch": {"pretrained": "off"}, "mn04_as": {"pretrai
 def run_set(name: str, settings: dict, out: Path) -> dict:
     """Train / cross-validate one set with ``settings``; accuracy and macro-F1 (mean, std) and training seconds."""
     from audioclf.training.crossval import cross_validate
-    from audioclf.training.trainer import train
+    from audioclf.training import train
 
     if name == "fsdd":
         report = train(FSDD / "manifest.csv", out, test_fold="0", overwrite=True, **settings)

@@ -226,7 +226,7 @@ def result(run: Path, cpu: float, wall: float) -> dict:
 
 def run_one(manifest: Path, out: Path, settings: dict) -> dict:
     """Train and test one configuration; its :func:`result`."""
-    from audioclf.training.trainer import train
+    from audioclf.training import train
 
     cpu, wall = time.process_time(), time.perf_counter()
     log = io.StringIO()

@@ -100,7 +100,7 @@ def bench_training(files: list[str], steps: int, batch_size: int = 64) -> tuple[
     from audioclf.features import FrontendConfig
     from audioclf.models import create_model
     from audioclf.training.autoconfig import choose_model
-    from audioclf.training.trainer import resolve_amp
+    from audioclf.training.settings import resolve_amp
     name, args = choose_model(len(files))
     amp = resolve_amp(None, torch.device("cpu"))  # as `audioclf train` decides: bf16 autocast where native
     precision = "bf16" if amp else "fp32"

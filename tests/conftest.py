@@ -144,3 +144,11 @@ def write_speech_commands(root, sr: int = 8000) -> None:
     for name, speaker in (("testing_list.txt", "a2b3c4d5"), ("validation_list.txt", "8c9d0e1f")):
         (root / name).write_text("".join(f"{word}/{speaker}_nohash_{n}.wav\n" for word in ("no", "yes")
                                          for n in range(2)))
+
+
+@pytest.fixture
+def tone_set(tmp_path):
+    """``(root, rows)``: the tone set written under ``tmp_path/tones`` (:func:`tones.write_tone_set`)."""
+    from tones import write_tone_set
+    root = tmp_path / "tones"
+    return root, write_tone_set(root)

@@ -82,8 +82,7 @@ def test_the_trained_statistics_weigh_as_prior_windows():
 
 
 def test_a_model_without_batch_norms_after_its_front_end_is_refused():
-    """``ast_tiny`` normalises its body with layer norms; adapting its front end alone made it worse
-    (docs/experiments.md)."""
+    """``ast_tiny`` normalises its body with layer norms; adapting its front end alone would make it worse."""
     torch.manual_seed(0)
     model = create_model("ast_tiny", 3, frontend=FrontendConfig(sample_rate=SR, n_mels=32)).eval()
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -123,7 +122,7 @@ def test_an_error_leaves_the_previous_statistics():
 
 
 def test_group_batches_come_from_one_group_each_and_resume_exactly():
-    from audioclf.training.resume import GroupBatchSampler
+    from audioclf.training.samplers import GroupBatchSampler
     groups = list(np.random.default_rng(0).choice(["ann", "ben", "cat"], 100))
     sampler = GroupBatchSampler(groups, batch=8, seed=0)
     counts = {g: groups.count(g) for g in set(groups)}

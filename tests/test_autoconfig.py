@@ -1,12 +1,10 @@
-"""The automatic settings ``audioclf train DATA`` picks from the data (audioclf/training/autoconfig.py) and the rule
-that ends training (audioclf/training/schedule.py)."""
+"""The automatic settings ``audioclf train DATA`` picks from the data (audioclf/training/autoconfig.py)."""
 import numpy as np
 import pytest
 
 from audioclf.augment import AugmentConfig
 from audioclf.training.autoconfig import (CEILING, FINETUNE_STEPS, MAX_EPOCHS, STEPS, DataSummary,
                                           choose_augmentation, choose_clip_seconds, choose_epochs, choose_patience)
-from audioclf.training.schedule import DECAY_SHARE, StopRule, warmup_stable_decay
 
 
 def steps(train_files: int, batch_size: int, model: str = "cnn", **kw) -> int:
@@ -38,48 +36,6 @@ def test_clip_length_is_the_90th_percentile_within_limits():
     assert choose_clip_seconds(summary(0.62)) == 0.75
     assert choose_clip_seconds(summary(0.1)) == 0.5
     assert choose_clip_seconds(summary(30.0)) == 10.0
-
-
-def run_rule(rule: StopRule, improving_until: int, epochs: int) -> tuple[int, list[float]]:
-    """Epochs run under ``rule`` when validation improves until epoch ``improving_until``; with the lr per step."""
-    step, best, lrs = 0, 0, []
-    for epoch in range(1, epochs + 1):
-        for _ in range(rule.steps_per_epoch):
-            lrs.append(warmup_stable_decay(step, 10, rule.decay_start, rule.decay_steps, 1.0))
-            step += 1
-        best = epoch if epoch <= improving_until else best
-        rule.after_epoch(step, epoch - best)
-        if rule.finished(step):
-            return epoch, lrs
-    return epochs, lrs
-
-
-def test_training_stops_a_decay_after_the_patience_runs_out():
-    rule = StopRule(ceiling_steps=100 * 10, steps_per_epoch=10, patience=5)
-    epochs, lrs = run_rule(rule, improving_until=20, epochs=100)
-    assert rule.decay_start == 25 * 10  # five epochs without improvement after epoch 20
-    assert rule.decay_steps == 70  # DECAY_SHARE of the run, in whole epochs
-    assert epochs == 32 and abs(rule.decay_steps / (rule.decay_start + rule.decay_steps) - DECAY_SHARE) < 0.03
-    assert lrs[100] == 1.0 and lrs[249] == 1.0 and lrs[-1] < 0.05  # stable, then decayed to the floor
-
-
-def test_training_never_passes_the_ceiling_and_decays_before_it():
-    rule = StopRule(ceiling_steps=40 * 10, steps_per_epoch=10, patience=5)
-    epochs, lrs = run_rule(rule, improving_until=1000, epochs=40)  # validation never stops improving
-    assert epochs == 40 and len(lrs) == 400 and rule.finished(400)
-    assert rule.decay_start == 320 and lrs[-1] < 0.05  # the last fifth decays
-
-
-def test_no_decay_before_the_minimum_steps():
-    rule = StopRule(ceiling_steps=100 * 10, steps_per_epoch=10, patience=3, min_steps=300)
-    run_rule(rule, improving_until=2, epochs=100)
-    assert rule.decay_start == 300
-
-
-def test_stop_rule_round_trips_through_its_state():
-    rule = StopRule(ceiling_steps=1000, steps_per_epoch=10, patience=4)
-    rule.after_epoch(200, 4)
-    assert StopRule(**rule.state()) == rule and rule.decay_start == 200
 
 
 def tones(rng, n, sr, freq, level_db, seconds=1.0):
@@ -150,7 +106,7 @@ def test_validation_share_aims_at_enough_clips(train_clips, classes, expected):
 
 def test_a_small_or_missing_validation_split_is_noted(capsys):
     from audioclf.training.config import TrainConfig
-    from audioclf.training.trainer import note_validation
+    from audioclf.training.setup import note_validation
     y = np.eye(4)[np.arange(400) % 4]
     reasons = note_validation(TrainConfig(), 400, list(range(100)), y)
     out = capsys.readouterr().out

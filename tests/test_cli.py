@@ -105,7 +105,7 @@ def test_train_writes_a_complete_run_folder(fsdd_run):
     assert config["model"] == "cnn" and config["model_args"] == {"width": 1.0}
     assert config["split_sizes"] == {"train": 224, "val": 76, "test": 100}
     assert config["skipped_files"] == 0
-    from audioclf.training.trainer import resolve_amp
+    from audioclf.training.settings import resolve_amp
     amp = resolve_amp(None, torch.device("cpu"))  # the default: what ran is stored, not "auto"
     assert config["training"]["amp"] is amp and ("with bf16 autocast" in out) == amp
 
@@ -391,7 +391,7 @@ def test_bad_augmentation_override_fails_before_any_work(tmp_path, aug, words):
 
 def test_augmentation_overrides_reach_the_model(tmp_path):
     from audioclf.training.config import TrainConfig
-    from audioclf.training.trainer import augment_config
+    from audioclf.training.settings import augment_config
     cfg = augment_config(TrainConfig(aug="gain_db=6, mixstyle_prob=0,freq_masks=3"))
     assert (cfg.gain_db, cfg.mixstyle_prob, cfg.freq_masks) == (6.0, 0.0, 3)
     assert augment_config(TrainConfig(augment=False, aug="noise_prob=0.5")).noise_prob == 0.5  # on top of all-off
@@ -399,7 +399,7 @@ def test_augmentation_overrides_reach_the_model(tmp_path):
 
 
 def test_bf16_autocast_is_on_by_default_only_where_the_hardware_computes_bf16(monkeypatch):
-    from audioclf.training.trainer import resolve_amp
+    from audioclf.training.settings import resolve_amp
     cpu = torch.device("cpu")
     for native in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
         for flag in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
@@ -430,7 +430,7 @@ def test_training_stops_with_a_clear_error_when_the_gradients_are_not_finite(tmp
 
 
 def test_best_epoch_ranks_single_label_runs_by_validation_loss():
-    from audioclf.training.selection import selection_score
+    from audioclf.training.validation import selection_score
     # a lucky early epoch (higher accuracy, worse loss) loses to a later one with a lower loss
     early, late = selection_score(0.19, 0.996, False), selection_score(0.08, 0.992, False)
     assert late > early
@@ -565,7 +565,7 @@ def test_train_on_speech_commands_uses_its_split_and_background_noise(tmp_path):
     """A Speech Commands folder trains as its files say: the listed test and validation speakers, and the
     ``_background_noise_`` recordings (cut into clip-length pieces) as the noise mixed into training examples."""
     from audioclf.data.cache import AudioCache
-    from audioclf.training.trainer import load_noise_bank
+    from audioclf.training.setup import load_noise_bank
 
     root = tmp_path / "speech_commands"
     write_speech_commands(root)

@@ -63,16 +63,17 @@ def test_more_processes_than_gpus_is_refused_before_any_starts(tmp_path, monkeyp
     import torch
 
     from audioclf import cli
+    from audioclf.cli import commands
     from audioclf.training.distributed import uses_gpus
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(cli, "_relaunch", lambda nproc: pytest.fail("launched processes"))
+    monkeypatch.setattr(commands, "relaunch", lambda nproc, argv: pytest.fail("launched processes"))
     assert uses_gpus("auto", 1) and uses_gpus("cuda", 1) and not uses_gpus("cpu", 2)
     with pytest.raises(ValueError, match="2 processes on this machine need 2 GPUs .* has 1"):
         uses_gpus("auto", 2)
     assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--nproc", "2"]) == 2
     err = capsys.readouterr().err
     assert "audioclf train: error: 2 processes" in err and "--device cpu" in err
-    monkeypatch.setattr(cli, "_relaunch", lambda nproc: 0)  # CPU processes are not limited by the GPUs
+    monkeypatch.setattr(commands, "relaunch", lambda nproc, argv: 0)  # CPU processes are not limited by the GPUs
     assert cli.main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--nproc", "2", "--device", "cpu"]) == 0

@@ -123,8 +123,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     if os.geteuid() != 0:
         os.chmod(tmp_path / "a.wav", 0)
     else:  # root reads anything: pretend the permission check fails
-        import audioclf.audio as audio
-        monkeypatch.setattr(audio.os, "access", lambda *a, **k: False)
+        monkeypatch.setattr(os, "access", lambda *a, **k: False)
     with pytest.raises(AudioDecodeError, match="permission denied"):
         read_audio(tmp_path / "a.wav")
 

@@ -87,22 +87,21 @@ def test_disk_full_is_a_clear_error_and_keeps_the_previous_checkpoint(data, tmp_
 def test_failed_state_write_keeps_the_previous_state(data, tmp_path, monkeypatch):
     """Writing RUN/state fails (read-only file system) at its first step checkpoint: clear error, old state kept."""
     import audioclf.io_utils as io_utils
-    from audioclf.training.resume import load_state
-
-    from audioclf.training import trainer
+    from audioclf.training import loop
+    from audioclf.training.state import load_state
 
     cache, run = tmp_path / "cache", tmp_path / "run"
     three = [*TINY, "--epochs", "3"]  # the last --epochs counts
-    real_step, steps = trainer.train_step, []
+    real_step, steps = loop.train_step, []
 
     def interrupted(*args, **kwargs):  # Ctrl-C in the first step of epoch 2: epoch 1's state is on disk
         steps.append(1)
         if len(steps) == 3:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
-    monkeypatch.setattr(trainer, "train_step", interrupted)
+    monkeypatch.setattr(loop, "train_step", interrupted)
     assert run_cli("train", data, "--out", run, "--cache-dir", cache, *three)[0] == 130
-    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(loop, "train_step", real_step)
     before = _snapshot(run / "state")
     real = io_utils._open_tmp
 

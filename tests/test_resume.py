@@ -120,7 +120,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tones, reference, tmp_path
 def test_state_files_are_not_pickle_and_name_the_tensors(tones, reference, tmp_path):
     import shutil
 
-    from audioclf.training.resume import load_state
+    from audioclf.training.state import load_state
 
     data, cache = tones
     run = tmp_path / "r"
@@ -153,7 +153,7 @@ def test_state_files_are_not_pickle_and_name_the_tensors(tones, reference, tmp_p
 def test_resume_keeps_the_precision_the_run_started_with(tones, tmp_path):
     # bf16 autocast is chosen from the hardware; a run resumed elsewhere (or saved before that default) goes on in
     # the precision it started with, unless --amp / --no-amp says otherwise, which is refused as a changed setting
-    from audioclf.training.trainer import resolve_amp
+    from audioclf.training.settings import resolve_amp
 
     data, cache = tones
     started = not resolve_amp(None, torch.device("cpu"))  # what this machine would not pick by itself

@@ -30,6 +30,7 @@ from audioclf.data.windows import window_starts  # noqa: E402
 from audioclf.inference import load  # noqa: E402
 from audioclf.serving import create_app  # noqa: E402
 from audioclf.serving import app as serving_app  # noqa: E402
+from audioclf.serving import uploads  # noqa: E402
 
 
 CLIPS, LABELS, SR = FSDD_CLIPS, FSDD_LABELS, 8000
@@ -224,7 +225,7 @@ def test_formats_only_ffmpeg_reads_decode_in_a_worker_process(client, clf, monke
     r = client.post("/v1/classify", files={"file": ("rec.webm", body, "audio/webm")})
     assert r.status_code == 200 and calls == [1]
     answer = r.json()["predictions"]
-    decoded = serving_app.read_mono_limited(body, clf.sample_rate, 600)
+    decoded = uploads.read_mono_limited(body, clf.sample_rate, 600)
     expected = clf.ranked(clf.scores(decoded, sampling_rate=clf.sample_rate)[0], len(answer))
     assert [p["label"] for p in answer] == [p["label"] for p in expected]
     assert np.allclose([p["score"] for p in answer], [p["score"] for p in expected], atol=1e-5)
@@ -401,12 +402,12 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
     global_tmp.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(global_tmp))
     if spool:
-        monkeypatch.setattr(serving_app, "MEMORY_BODY_BYTES", 0)
+        monkeypatch.setattr(uploads, "MEMORY_BODY_BYTES", 0)
     app = create_app(run)
     upload_dir = Path(app.state.upload_dir)
     assert upload_dir.parent == global_tmp and (upload_dir.stat().st_mode & 0o777) == 0o700
     seen = []
-    decode = serving_app.read_mono_limited
+    decode = uploads.read_mono_limited
 
     def spy(source, *args, **kw):
         if spool:
@@ -417,7 +418,7 @@ def test_uploads_only_touch_a_private_temp_dir_and_are_removed(run, tmp_path, mo
             assert isinstance(source, bytes) and os.listdir(upload_dir) == []
         return decode(source, *args, **kw)
 
-    monkeypatch.setattr(serving_app, "read_mono_limited", spy)  # every upload, junk too (then a decoder process)
+    monkeypatch.setattr(uploads, "read_mono_limited", spy)  # every upload, junk too (then a decoder process)
     burst(app, [clip_bytes(i % 3) for i in range(6)] + [b"junk"] * 3)  # concurrent, in their own event loop
     assert os.listdir(upload_dir) == []
     with TestClient(app) as c:
@@ -441,7 +442,7 @@ def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
     """A small upload whose header declares a short clip is decoded inline; a small file that declares a long
     recording (40 s of silence is a few KiB of FLAC) goes to a worker thread, so it cannot stall the server."""
     threads = []
-    decode = serving_app.read_mono_limited
+    decode = uploads.read_mono_limited
 
     def spy(source, *args, **kw):
         try:
@@ -451,11 +452,11 @@ def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
             threads.append(False)  # a worker thread has no running loop
         return decode(source, *args, **kw)
 
-    monkeypatch.setattr(serving_app, "read_mono_limited", spy)
+    monkeypatch.setattr(uploads, "read_mono_limited", spy)
     buf = io.BytesIO()
     sf.write(buf, np.zeros(SR * 40, np.float32), SR, format="FLAC")
     silence = buf.getvalue()
-    assert len(silence) < serving_app.INLINE_DECODE_BYTES
+    assert len(silence) < uploads.INLINE_DECODE_BYTES
     with TestClient(create_app(run)) as c:
         assert c.post("/v1/classify", content=clip_bytes(0)).status_code == 200
         assert c.post("/v1/classify", content=silence).status_code == 200
@@ -463,7 +464,7 @@ def test_only_short_small_uploads_decode_on_the_event_loop(run, monkeypatch):
 
 
 def test_spool_moves_to_a_file_past_the_memory_limit(tmp_path, monkeypatch):
-    monkeypatch.setattr(serving_app, "MEMORY_BODY_BYTES", 1000)
+    monkeypatch.setattr(uploads, "MEMORY_BODY_BYTES", 1000)
     chunks = [bytes([i]) * 600 for i in range(3)]
     opened = []
 
@@ -471,7 +472,7 @@ def test_spool_moves_to_a_file_past_the_memory_limit(tmp_path, monkeypatch):
         opened.append(tmp_path / "spooled")
         return open(opened[-1], "wb")
 
-    spool = serving_app._Spool(open_file)
+    spool = uploads.Spool(open_file)
     spool.write(chunks[0])
     assert not opened and bytes(spool.buffer) == chunks[0]  # under the limit: memory only
     for chunk in chunks[1:]:

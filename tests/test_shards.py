@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 from torch.utils.data import DataLoader
 
-from audioclf.data.shards import ShardSource, StreamingClipDataset, expand_urls, pack
+from audioclf.data.shards import ShardSource, StreamingClipDataset, expand_urls, is_shard_source, iter_samples, pack
 
 SR = 8000
 
@@ -41,6 +41,17 @@ def test_pack_layout(shards):
     assert set(meta) == {"labels", "group", "fold", "path", "sample_rate"} and meta["sample_rate"] == SR
     assert expand_urls(str(out / "shard-{000001..000003}.tar")) == [str(out / f"shard-00000{i}.tar") for i in (1, 2, 3)]
     assert len(expand_urls(out)) == 5
+
+
+def test_a_pipe_source_reads_the_same_samples_as_the_files(shards):
+    """Shard URLs go through webdataset: a ``pipe:`` command streams the same samples as the local files."""
+    out, _ = shards
+    local = [(k, sorted(parts)) for u in expand_urls(str(out / "shard-{000000..000001}.tar")) for k, parts in
+             iter_samples(u)]
+    piped = [(k, sorted(parts)) for u in expand_urls(f"pipe:cat {out}/shard-{{000000..000001}}.tar")
+             for k, parts in iter_samples(u)]
+    assert piped == local and len(local) == 24 and local[0] == ("000000000", ["json", "npy"])
+    assert is_shard_source(f"pipe:cat {out}/shard-000000.tar")
 
 
 def epoch_keys(urls, targets, epoch, shuffle_buffer=8):

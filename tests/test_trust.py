@@ -256,20 +256,20 @@ def test_a_failed_train_leaves_no_folder_behind(tmp_path):
 
 
 def test_aug_mixup_alpha_is_the_mixup_the_loop_uses(monkeypatch):
-    from audioclf.augment import AugmentConfig
     from audioclf.features import FrontendConfig
     from audioclf.models import create_model
-    from audioclf.training import trainer
+    from audioclf.training import loop
     from audioclf.training.config import TrainConfig
+    from audioclf.training.settings import augment_config
     used = []
-    monkeypatch.setattr(trainer, "mixup", lambda w, t, alpha: (used.append(alpha), (w, t))[1])
+    monkeypatch.setattr(loop, "mixup", lambda w, t, alpha: (used.append(alpha), (w, t))[1])
     for cfg in (TrainConfig(mixup=0.0, aug="mixup_alpha=0.7,mixup_prob=1", amp=False),
                 TrainConfig(mixup=0.3, augment=False, amp=False)):
-        augment = trainer.augment_config(cfg)
+        augment = augment_config(cfg)
         model = create_model("cnn", 2, FrontendConfig(sample_rate=8000, n_mels=16), augment, width=0.25)
         opt = torch.optim.AdamW(model.parameters())
         target = torch.nn.functional.one_hot(torch.tensor([0, 1]), 2).float()
-        trainer.train_step(model, model, opt, None, torch.randn(2, 4000), target, 1e-3, cfg, False, None)
+        loop.train_step(model, model, opt, None, torch.randn(2, 4000), target, 1e-3, cfg, False, None)
     assert used == [0.7]  # --aug mixup_alpha=0.7 with --mixup 0 mixes; --no-augment does not
 
 
@@ -318,7 +318,7 @@ def test_evaluate_leaves_out_the_clips_the_run_trained_on(trained, tones):
 # --- 7: progress and offline docs
 
 def test_progress_lines_appear_only_where_no_bar_shows(capsys):
-    from audioclf.training.trainer import ProgressLines
+    from audioclf.training.outputs import ProgressLines
     lines = ProgressLines("epoch 3", 40, enabled=True, every=0.0)
     lines.update(10, 0.5)
     quiet = ProgressLines("epoch 3", 40, enabled=False, every=0.0)
@@ -355,7 +355,7 @@ def test_version_help_defaults_and_one_top_k():
     from audioclf import __version__
     from audioclf.cli import build_parser
     from audioclf.predictions import DEFAULT_TOP_K, Predictor
-    from audioclf.serving.app import create_app
+    from audioclf.serving.config import ServeConfig
     parser = build_parser()
     with pytest.raises(SystemExit) as e:
         parser.parse_args(["--version"])
@@ -372,7 +372,7 @@ def test_version_help_defaults_and_one_top_k():
                 assert action.help, (name, action.dest)
     assert commands["predict"].get_default("top_k") == DEFAULT_TOP_K == commands["serve"].get_default("top_k")
     assert inspect.signature(Predictor.predict).parameters["top_k"].default == DEFAULT_TOP_K
-    assert inspect.signature(create_app).parameters["top_k"].default == DEFAULT_TOP_K
+    assert ServeConfig().top_k == DEFAULT_TOP_K
     assert "(default: 1000)" in commands["pack"].format_help()
     assert __version__ and isinstance(parser, argparse.ArgumentParser)
 

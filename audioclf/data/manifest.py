@@ -99,7 +99,7 @@ def _split_labels(cell: str, separators=(LABEL_SEPARATOR,)) -> tuple[str, ...]:
     return tuple(dict.fromkeys(x.strip() for x in cell.split(separators[0]) if x.strip()))
 
 
-def _audio_files(root: Path) -> list[Path]:
+def audio_files(root: Path) -> list[Path]:
     return list(_iter_audio(root))
 
 
@@ -110,7 +110,7 @@ def from_folders(root) -> Manifest:
     lists = [name for name in SPLIT_LISTS if (root / name).is_file()]
     folds = _split_lists(root, lists)
     items, skipped, aside = [], [], Counter()
-    for path in _audio_files(root):
+    for path in audio_files(root):
         rel = path.relative_to(root)
         if len(rel.parts) < 2:
             skipped.append((str(path), "not inside a class folder"))
@@ -278,7 +278,7 @@ def from_pattern(root, pattern: str) -> Manifest:
     if "label" not in regex.groupindex:
         raise ManifestError(f"--pattern {pattern!r} needs a named group (?P<label>...)")
     items, skipped = [], []
-    for path in _audio_files(root):
+    for path in audio_files(root):
         match = regex.search(path.relative_to(root).as_posix())
         if match is None:
             skipped.append((str(path), "does not match --pattern"))

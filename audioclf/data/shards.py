@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import tarfile
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,19 +27,33 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ..settings import CACHE_HELP, PATTERN_HELP, check_fields, option
 from .clips import fit_length
 from .manifest import Item, Manifest, ManifestError
 
 FORMAT = "audioclf-shards/1"
-_BRACE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
 
 # ---------------------------------------------------------------- writing
 
-def pack(data, out, shard_size: int = 1000, sample_rate: int = 16000, pattern: str | None = None,
-         cache_dir: str | None = None, overwrite: bool = False) -> dict:
+@dataclass
+class PackConfig:
+    """``audioclf pack`` / :func:`pack` settings."""
+
+    shard_size: int = option(1000, "clips per shard", min=1)
+    sample_rate: int = option(16000, "sample rate of the decoded audio in Hz", min=1000, max=384000)
+    pattern: str | None = option(None, PATTERN_HELP)
+    cache_dir: str | None = option(None, CACHE_HELP)
+    overwrite: bool = option(False, "replace the shards already in --out")
+
+
+def pack(data, out, **settings) -> dict:
     """Decode every clip of ``data`` (any :func:`load_manifest` source) at ``sample_rate`` into tar shards under ``out``
-    (new or empty; shards packed before are replaced with ``overwrite``)."""
+    (new or empty; shards packed before are replaced with ``overwrite``). ``settings``: :class:`PackConfig` fields."""
+    cfg = PackConfig(**settings)
+    check_fields(cfg)
+    shard_size, sample_rate, pattern, cache_dir, overwrite = (cfg.shard_size, cfg.sample_rate, cfg.pattern,
+                                                              cfg.cache_dir, cfg.overwrite)
     from ..run_folder import claim
     from .cache import AudioCache
     from .manifest import load_manifest
@@ -82,52 +96,50 @@ def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
 
 def is_shard_source(data) -> bool:
     text = str(data)
-    if text.startswith(("http://", "https://")) or ".tar" in text:
+    if text.startswith(REMOTE) or ".tar" in text:
         return True
     return Path(text).is_dir() and (Path(text) / "dataset.json").is_file()
 
 
+REMOTE = ("http://", "https://", "pipe:", "s3://", "gs://")  # read through urllib or webdataset's gopen
+
+
 def expand_urls(spec) -> list[str]:
-    """A folder (its ``shard-*.tar``), a brace pattern ``shard-{000000..000009}.tar``, a URL, or a single tar."""
+    """A folder (its ``*.tar``, sorted), or shard URLs as webdataset expands them: brace patterns
+    (``shard-{000000..000009}.tar``), ``::``-separated lists, ``pipe:`` commands, URLs, single files."""
+    from webdataset.shardlists import expand_urls as expand
+
     spec = str(spec)
-    if not spec.startswith(("http://", "https://")) and Path(spec).is_dir():
+    if not spec.startswith(REMOTE) and Path(spec).is_dir():
         urls = sorted(str(p) for p in Path(spec).glob("*.tar"))
         if not urls:
             raise ManifestError(f"{spec}: no .tar shards")
         return urls
-    match = _BRACE.search(spec)
-    if not match:
-        return [spec]
-    first, last = match.group(1), match.group(2)
-    return [u for i in range(int(first), int(last) + 1)
-            for u in expand_urls(spec[:match.start()] + str(i).zfill(len(first)) + spec[match.end():])]
+    return list(expand(spec))
 
 
-def _open(url: str):
+def open_url(url: str):
+    """A binary stream of a shard: a local file, http(s) through urllib (no external tool), anything else
+    (``pipe:CMD``, ``s3://`` and the other schemes webdataset knows) through webdataset's ``gopen``."""
     if url.startswith(("http://", "https://")):
         return urllib.request.urlopen(url)  # noqa: S310 - the user's own data URL
+    if url.startswith(REMOTE) or "://" in url:
+        from webdataset import gopen
+        return gopen(url, "rb")
     return open(url, "rb")
 
 
 def iter_samples(url: str, want: tuple[str, ...] = ("npy", "json")) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """``(key, {extension: bytes})`` for each sample of one shard, read sequentially; members not in ``want`` are
-    skipped (with a local file, seeked over)."""
-    with _open(url) as f:
-        with tarfile.open(fileobj=f, mode="r|*") as tar:
-            key, parts = None, {}
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name = member.name.rsplit("/", 1)[-1]
-                k, _, ext = name.partition(".")
-                if k != key:
-                    if key is not None:
-                        yield key, parts
-                    key, parts = k, {}
-                if ext in want:
-                    parts[ext] = tar.extractfile(member).read()
-            if key is not None:
-                yield key, parts
+    """``(key, {extension: bytes})`` for each sample of one shard, read sequentially by webdataset's tar iterator;
+    members whose extension is not in ``want`` are skipped unread."""
+    from webdataset.tariterators import group_by_keys, tar_file_iterator
+
+    wanted = lambda name: name.rpartition("/")[2].partition(".")[2] in want  # noqa: E731
+    with open_url(url) as f:
+        files = ({**member, "__url__": url} for member in tar_file_iterator(f, select_files=wanted))
+        for sample in group_by_keys(files):
+            key = sample.pop("__key__").rpartition("/")[2]
+            yield key, {ext: data for ext, data in sample.items() if not ext.startswith("__")}
 
 
 def _dataset_info(spec, urls: list[str]) -> dict:
@@ -139,7 +151,7 @@ def _dataset_info(spec, urls: list[str]) -> dict:
         candidates.append(str(Path(urls[0]).parent / "dataset.json"))
     for c in candidates:
         try:
-            with _open(c) as f:
+            with open_url(c) as f:
                 return json.loads(f.read())
         except (OSError, ValueError):
             continue

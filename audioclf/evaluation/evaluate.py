@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..io_utils import write_json_atomic
+from ..settings import AMP_HELP, CACHE_HELP, DEVICE_HELP, PATTERN_HELP, check_fields, option
 from .metrics import classification_report, multilabel_report
 from .plots import plot_confusion, write_confusion_csv
 
@@ -53,13 +55,30 @@ def seen_clips(run) -> set[str]:
         return {row["path"] for row in csv.DictReader(f) if row.get("subset") in ("train", "validation")}
 
 
-def evaluate(run, data, test_fold: str | None = None, pattern: str | None = None, out=None,
-             cache_dir=None, device: str = "cpu", batch_size: int | None = None, amp: bool = False,
-             include_training_clips: bool = False) -> dict:
+@dataclass
+class EvaluateConfig:
+    """``audioclf evaluate`` / :func:`evaluate` settings."""
+
+    test_fold: str | None = option(None, "score only this declared fold (default: every file)")
+    pattern: str | None = option(None, PATTERN_HELP)
+    out: str | None = option(None, "report folder (default RUN/evaluation)")
+    include_training_clips: bool = option(False, "also score the clips the run trained or validated on (left out "
+                                                 "by default: they flatter)")
+    cache_dir: str | None = option(None, CACHE_HELP)
+    device: str = option("cpu", DEVICE_HELP)
+    amp: bool = option(False, AMP_HELP)
+    batch_size: int | None = option(None, "windows per forward pass (default: from the model and device)", min=1)
+
+
+def evaluate(run, data, **settings) -> dict:
     """Evaluate the run on ``data`` (all of it, or its ``test_fold``); write the report to ``out``
     (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning, and so are
     the clips the run trained or validated on (its ``split.csv``) unless ``include_training_clips``.
-    ``amp``: bf16 autocast in the forward passes (:class:`audioclf.inference.Classifier`)."""
+    ``settings``: :class:`EvaluateConfig` fields."""
+    cfg = EvaluateConfig(**settings)
+    check_fields(cfg)
+    test_fold, pattern, out, cache_dir = cfg.test_fold, cfg.pattern, cfg.out, cfg.cache_dir
+    device, batch_size, amp, include_training_clips = cfg.device, cfg.batch_size, cfg.amp, cfg.include_training_clips
     from ..data.cache import AudioCache
     from ..data.manifest import Manifest, load_manifest
     from ..data.splits import label_matrix

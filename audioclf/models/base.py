@@ -191,10 +191,7 @@ def pooling_precision(x: torch.Tensor) -> torch.Tensor:
 
     Compiled, a bf16 ``mean(...).amax(...)`` cannot train: inductor (CPU, PyTorch 2.13) computes its backward
     against an unrounded float32 copy of the mean, so no element equals the saved bf16 maximum and every gradient
-    comes out NaN (``tests/test_models.py``). Eager bf16 pooling is kept because it generalised better: FSDD leave one
-    speaker out, fold runs of seeds 0 / 1 / 2, 93.3 / 92.0 / 92.6% against 92.9 / 91.1 / 91.5% with float32 pooling
-    everywhere (``audioclf cv``: 92.1% against 92.3%; 24 paired folds +0.58 points, standard error 0.43;
-    docs/experiments.md)."""
+    comes out NaN (``tests/test_models.py``). Eager runs keep bf16 pooling, which generalised better."""
     return at_least_float32(x) if torch.compiler.is_compiling() else x
 
 

@@ -63,35 +63,36 @@ class ConvRNN(AudioClassifier):
         return features.amax(dim=1) + features.mean(dim=1)
 
 
-def _scaled(channels, width):
+def scaled(channels, width):
+    """Channel counts times ``width``, 8 at least."""
     return tuple(max(8, int(round(c * width))) for c in channels)
 
 
 @register_model
 def cnn(num_classes, frontend, augment, width: float = 1.0, **kw):
     """The classic recipe done properly: 4 double-conv blocks (16-128 channels at width 1)."""
-    return ConvNet(num_classes, frontend, augment, channels=_scaled((16, 32, 64, 128), width), **kw)
+    return ConvNet(num_classes, frontend, augment, channels=scaled((16, 32, 64, 128), width), **kw)
 
 
 @register_model
 def cnn6(num_classes, frontend, augment, width: float = 1.0, **kw):
     """PANNs CNN6: 4 single 5x5-conv blocks, 64-512 channels."""
-    return ConvNet(num_classes, frontend, augment, channels=_scaled((64, 128, 256, 512), width), convs=1, kernel=5, **kw)
+    return ConvNet(num_classes, frontend, augment, channels=scaled((64, 128, 256, 512), width), convs=1, kernel=5, **kw)
 
 
 @register_model
 def cnn10(num_classes, frontend, augment, width: float = 1.0, **kw):
     """PANNs CNN10: 4 double 3x3-conv blocks, 64-512 channels."""
-    return ConvNet(num_classes, frontend, augment, channels=_scaled((64, 128, 256, 512), width), **kw)
+    return ConvNet(num_classes, frontend, augment, channels=scaled((64, 128, 256, 512), width), **kw)
 
 
 @register_model
 def cnn14(num_classes, frontend, augment, width: float = 1.0, **kw):
     """PANNs CNN14: 6 double 3x3-conv blocks, 64-2048 channels."""
-    return ConvNet(num_classes, frontend, augment, channels=_scaled((64, 128, 256, 512, 1024, 2048), width), **kw)
+    return ConvNet(num_classes, frontend, augment, channels=scaled((64, 128, 256, 512, 1024, 2048), width), **kw)
 
 
 @register_model
 def crnn(num_classes, frontend, augment, width: float = 2.0, **kw):
     """The recipe's RNN: 3 double-conv blocks (32-128 channels at width 2), then a bidirectional GRU (96 per direction)."""
-    return ConvRNN(num_classes, frontend, augment, channels=_scaled((16, 32, 64), width), **kw)
+    return ConvRNN(num_classes, frontend, augment, channels=scaled((16, 32, 64), width), **kw)

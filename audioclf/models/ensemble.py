@@ -2,8 +2,7 @@
 
 Members differ in their training randomness (``audioclf train --ensemble K``: seeds ``seed + 1000 k``, one split) and
 may differ in architecture (``--model cnn,crnn``), so their errors are partly independent and averaging removes that
-part (FSDD leave one speaker out, ``audioclf cv --ensemble 3``: 92.5% against 91.9% for one model over seeds 0-2;
-docs/experiments.md). A run folder stores the members' weights as ``members.K.*``, and ``config.json``
+part. A run folder stores the members' weights as ``members.K.*``, and ``config.json``
 holds ``"ensemble": K`` and each member's ``model`` and ``model_args`` (``member_models``);
 :func:`audioclf.checkpoint.load_run` rebuilds it.
 """

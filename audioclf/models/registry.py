@@ -22,6 +22,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_description(name: str) -> str:
+    """The first line of a registered builder's docstring."""
+    return (_REGISTRY[name].__doc__ or "").strip().splitlines()[0] if name in _REGISTRY else ""
+
+
 def create_model(name: str, num_classes: int, frontend: FrontendConfig | dict | None = None,
                  augment: AugmentConfig | dict | None = None, **kwargs):
     """Build a registered model. ``frontend``/``augment`` take configs or plain dicts (as stored in config.json)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import AudioClassifier, time_pool
-from .cnn import _scaled
+from .cnn import scaled
 from .registry import register_model
 
 
@@ -48,4 +48,4 @@ class AudioResNet(AudioClassifier):
 @register_model
 def resnet(num_classes, frontend, augment, width: float = 1.0, **kw):
     """ResNet-18-like: 4 stages x 2 basic blocks, 32-256 channels at width 1."""
-    return AudioResNet(num_classes, frontend, augment, channels=_scaled((32, 64, 128, 256), width), **kw)
+    return AudioResNet(num_classes, frontend, augment, channels=scaled((32, 64, 128, 256), width), **kw)

@@ -19,10 +19,10 @@ def forward_gflops(model: torch.nn.Module, sample_rate: int, seconds: float = 1.
 def model_table(sample_rate: int = 16000, num_classes: int = 10) -> str:
     lines = [f"{'model':<12}{'params (M)':>12}{'GFLOPs/s audio':>16}  description",
              f"{'':<12}{'':>12}{f'(at {sample_rate} Hz)':>16}"]
-    from .registry import _REGISTRY
+    from .registry import model_description
     for name in list_models():
         model = create_model(name, num_classes, FrontendConfig(sample_rate=sample_rate))
         params = sum(p.numel() for p in model.parameters()) / 1e6
-        doc = (_REGISTRY[name].__doc__ or "").strip().splitlines()[0]
+        doc = model_description(name)
         lines.append(f"{name:<12}{params:>12.2f}{forward_gflops(model, sample_rate):>16.3f}  {doc}")
     return "\n".join(lines)

@@ -3,21 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
+from ..settings import check_value
+
 SCRATCH = "off"  # --pretrained off: from scratch
-
-
-def check_value(f, value) -> None:
-    """``ValueError`` naming ``--flag`` when ``value`` breaks the field's ``metadata`` bounds or choices."""
-    meta, flag = f.metadata, "--" + f.name.replace("_", "-")
-    if value is None or isinstance(value, bool):
-        return
-    if "choices" in meta and value not in meta["choices"]:
-        raise ValueError(f"{flag} {value}: choose one of {', '.join(meta['choices'])}")
-    bounds = [("min", lambda v, b: v >= b, ">="), ("max", lambda v, b: v <= b, "<="),
-              ("gt", lambda v, b: v > b, ">"), ("lt", lambda v, b: v < b, "<")]
-    for key, ok, sign in bounds:
-        if key in meta and not ok(value, meta[key]):
-            raise ValueError(f"{flag} {value}: must be {sign} {meta[key]}")
+CV_SKIPS = ("test_fold", "test_fraction", "nproc")  # TrainConfig fields cv sets itself (folds; one process a fold)
 
 
 @dataclass
@@ -125,3 +114,7 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         return [f.name for f in fields(cls)]
+
+
+class TrainError(RuntimeError):
+    """The run cannot go on (e.g. no usable files)."""

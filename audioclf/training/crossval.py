@@ -10,7 +10,7 @@ import os
 import shutil
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,13 @@ from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
 from ..run_folder import claim
+from ..settings import check_fields, option
 from ..malloc import keep_activations_in_heap
 from ..models import create_model
 from .autoconfig import choose_model
 from .config import TrainConfig
-from .trainer import check_models, train
+from . import train
+from .settings import check_models
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,22 @@ class Fold:
     test_items: list
 
 
-def cross_validate(data, out, folds: int = 5, adapt: int = 0, jobs: int = 1, **settings) -> dict:
-    """Train and test once per fold; write ``OUT/cv_report.json`` and the summed confusion matrix.
+@dataclass
+class CVConfig:
+    """``audioclf cv``'s own settings (the rest are :class:`TrainConfig` fields)."""
+
+    folds: int = option(5, "K when the data declares no folds", min=2)
+    adapt: int = option(0, "also adapt each fold's model to N unlabelled clips of its test fold (a held-out speaker, "
+                           "device or site; see `audioclf adapt`) and score the other test clips before and after",
+                        min=0, metavar="N")
+    jobs: int = option(1, "train N folds at once, each in its own process with 1/N of the threads and its output in "
+                          "OUT/fold-NAME.log: on a CPU, small models use the cores better side by side than split "
+                          "between one fold's threads", min=1, metavar="N")
+
+
+def cross_validate(data, out, **settings) -> dict:
+    """Train and test once per fold; write ``OUT/cv_report.json`` and the summed confusion matrix. ``settings``:
+    :class:`CVConfig` and :class:`TrainConfig` fields.
 
     ``adapt``: also measure unsupervised adaptation to each test fold (:func:`adapted_test_report`): that many of
     its clips, labels unused, adapt the fold's model; the report's ``adapted`` entry scores the others before and
@@ -49,42 +65,61 @@ def cross_validate(data, out, folds: int = 5, adapt: int = 0, jobs: int = 1, **s
     ``jobs``: folds trained at once, each in its own process with ``torch.get_num_threads() // jobs`` threads
     (at least one) and its output in ``OUT/fold-NAME.log``; the folds' results do not depend on it, beyond the
     rounding that a different thread count brings."""
-    out = Path(out)
-    if jobs < 1:
-        raise ValueError(f"--jobs {jobs}: at least one fold must train at a time")
-    if jobs > 1 and "RANK" in os.environ:
+    out, names = Path(out), {f.name for f in fields(CVConfig)}
+    cv = CVConfig(**{k: v for k, v in settings.items() if k in names})
+    settings = {k: v for k, v in settings.items() if k not in names}
+    check_fields(cv)
+    if cv.jobs > 1 and "RANK" in os.environ:
         raise ValueError("--jobs trains folds in processes of its own; it cannot run inside a distributed launch")
     manifest = load_manifest(data, settings.get("pattern")).require_classes()
-    fold_tests = kfold(manifest, folds, settings.get("seed", 0))
+    fold_tests = kfold(manifest, cv.folds, settings.get("seed", 0))
     declared = declared_cv_folds(manifest)  # kfold's test folds, when the data declares them
-    names = declared or [str(k) for k in range(len(fold_tests))]
-    if adapt and min(map(len, fold_tests)) <= adapt:
-        raise ValueError(f"--adapt {adapt}: a test fold has only {min(map(len, fold_tests))} clip(s); adapting "
+    if cv.adapt and min(map(len, fold_tests)) <= cv.adapt:
+        raise ValueError(f"--adapt {cv.adapt}: a test fold has only {min(map(len, fold_tests))} clip(s); adapting "
                          "needs more, so that some are left to score")
-    cfg = TrainConfig(**settings)
-    cfg.check()
-    check_models(cfg)  # an unknown --model or a bad --ensemble is refused before any training
-    if adapt:  # so is a model that cannot be adapted
-        for model in cfg.model_names() or [choose_model(len(manifest.items))[0]]:
-            check_adaptable(create_model(model, 2))
+    cfg = checked_train_config(settings, manifest, cv.adapt)
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
     claim(out, overwrite=cfg.overwrite, resume=cfg.resume)
-    source = "declared folds" if declared else f"stratified{' group-aware' if manifest.has_groups else ''} {folds}-fold"
+    source = "declared folds" if declared else f"stratified{' group-aware' if manifest.has_groups else ''} {cv.folds}-fold"
     print(f"cross-validation: {len(fold_tests)} folds ({source})")
+    names = declared or [str(k) for k in range(len(fold_tests))]
     plan = [_write_fold(manifest, out, name, set(test)) for name, test in zip(names, fold_tests)]
     fold_settings = {**settings, "pattern": None, "test_fold": "test", "overwrite": False}
-    done = {fold.name: report for fold in plan if cfg.resume and (report := finished_fold(fold, fold_settings, adapt))}
+    reports = run_folds(plan, fold_settings, cv, cfg.resume)
+    return write_cv_report(out, reports, cv.adapt)
+
+
+def checked_train_config(settings: dict, manifest, adapt: int) -> TrainConfig:
+    """The folds' training settings, checked before any training: ranges, model names, ``--ensemble``, and with
+    ``adapt`` a model that batch-norm adaptation can adapt."""
+    cfg = TrainConfig(**settings)
+    cfg.check()
+    check_models(cfg)
+    if adapt:
+        for model in cfg.model_names() or [choose_model(len(manifest.items))[0]]:
+            check_adaptable(create_model(model, 2))
+    return cfg
+
+
+def run_folds(plan: list[Fold], fold_settings: dict, cv: CVConfig, resume: bool) -> list[dict]:
+    """Every fold's test report, in the plan's order: finished folds kept (``resume``), the others trained, one at a
+    time or ``cv.jobs`` at a time."""
+    done = {fold.name: report for fold in plan if resume and (report := finished_fold(fold, fold_settings, cv.adapt))}
     todo = [fold for fold in plan if fold.name not in done]
-    if jobs == 1:
+    if cv.jobs == 1:
         for fold in todo:
             print(f"--- fold {fold.name}: {len(fold.test_items)} test files")
-            done[fold.name] = _run_fold(fold, fold_settings, adapt)
-            if adapt:
-                print(_adapted_line(done[fold.name], adapt))
+            done[fold.name] = _run_fold(fold, fold_settings, cv.adapt)
+            if cv.adapt:
+                print(_adapted_line(done[fold.name], cv.adapt))
     elif todo:
-        done.update(zip([f.name for f in todo], _run_folds_in_processes(todo, fold_settings, adapt, jobs)))
-    reports = [done[fold.name] for fold in plan]
+        done.update(zip([f.name for f in todo], _run_folds_in_processes(todo, fold_settings, cv.adapt, cv.jobs)))
+    return [done[fold.name] for fold in plan]
+
+
+def write_cv_report(out: Path, reports: list[dict], adapt: int) -> dict:
+    """``OUT/cv_report.json`` (every fold's report and their summary) and the summed confusion matrix; printed."""
     summary = summarise_folds(reports)
     if adapt:
         summary.update(_adapted_summary([r["adapted"] for r in reports]))

@@ -11,7 +11,8 @@ from ..checkpoint import load_run, read_config, save_run
 from ..evaluation.metrics import tune_thresholds
 from ..inference import clip_logits, scores_from_logits
 from ..models.ensemble import Ensemble
-from .config import TrainConfig
+from ..spec import RunSpec
+from .config import TrainConfig, TrainError
 
 MEMBER_SEED_STEP = 1000  # member k trains with seed + 1000 k: far from the seeds a user runs side by side
 
@@ -21,7 +22,10 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
     split of ``--split-seed`` (default ``--seed``), then save their :class:`Ensemble` as the run in ``OUT`` and test
     it there (``report.json``). Multi-label thresholds are tuned again on the ensemble's validation scores."""
     from ..devices import resolve_device
-    from .trainer import TrainError, prepare_data, split_seed, test_best_checkpoint, train
+    from .loop import train_run
+    from .outputs import test_best_checkpoint
+    from .settings import split_seed
+    from .setup import prepare_data
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or cfg.nproc > 1:
         raise TrainError("--ensemble trains its members one after another in one process: leave out --nproc, or "
@@ -35,7 +39,7 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
     for i, (seed, model, member) in enumerate(zip(seeds, models, members)):
         print(f"=== ensemble member {i + 1}/{k}: {model or 'model chosen from the data'}, seed {seed}, split seed "
               f"{member_settings['split_seed']}", flush=True)
-        reports.append(train(data, member, **{**member_settings, "seed": seed, "model": model}))
+        reports.append(train_run(data, member, **{**member_settings, "seed": seed, "model": model}))
     member_configs = [read_config(m) for m in members]
 
     print(f"=== ensemble of {k}: testing the mean of the members' logits", flush=True)
@@ -44,7 +48,7 @@ def train_ensemble(data, out, cfg: TrainConfig) -> dict:
     d = prepare_data(TrainConfig(**settings), data, run, True)  # the members' split; clips from the cache
     device = resolve_device(cfg.device)
     model = Ensemble([load_run(m, device)[0] for m in members])
-    clip_samples = int(round(first["clip_seconds"] * first["frontend"]["sample_rate"]))
+    clip_samples = RunSpec.from_config(first).clip_samples
     thresholds = None
     if d.multilabel and d.val:
         scores = scores_from_logits(clip_logits(model, d.audio(d.val), clip_samples, device=device), True)

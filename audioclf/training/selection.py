@@ -7,19 +7,16 @@ from scratch can follow labels the pretraining did not care for (pitch, rate, lo
 """
 from __future__ import annotations
 
-import csv
-import io
 import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from ..checkpoint import read_config
 from ..evaluation.evaluate import summary_line
-from ..io_utils import write_json_atomic, write_text_atomic
+from ..io_utils import write_json_atomic
 from ..weights.catalogue import EFFICIENTAT_FRONTEND
 from .config import SCRATCH, TrainConfig
+from .validation import accuracy, mean_ap, paired_z, read_validation
 
 DEFAULT_PRETRAINED = "mn04_as"  # bundled with the package: no download
 CANDIDATES_DIR = "candidates"
@@ -49,69 +46,7 @@ def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
                                            "kept unless the one from scratch is clearly better on validation")
 
 
-def selection_score(val_loss: float, metric: float, multilabel: bool) -> tuple[float, float]:
-    """What "best epoch" maximises (compared as a tuple). Single-label: the validation cross-entropy first, accuracy
-    breaking ties (accuracy moves in steps of one clip and saturates on a small validation set). Multi-label: mAP
-    first (threshold-free and continuous), the loss breaking ties."""
-    return (metric, -val_loss) if multilabel else (-val_loss, metric)
-
-
 CLEAR_Z = 2.0  # a validation lead beyond this many standard errors (paired, over the same clips) decides
-VALIDATION_NAME = "validation.csv"  # path, labels and per-class scores of the validation clips at the best epoch
-BOOTSTRAP_DRAWS = 400
-
-
-def write_validation(run: Path, paths: list[str], labels: list[str], targets: np.ndarray, scores: np.ndarray) -> None:
-    """``RUN/validation.csv``: one row per validation clip, ``path``, ``labels`` (``;``-joined) and the score of
-    each class; ``targets`` (clips, classes) 0/1, ``scores`` (clips, classes)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["path", "labels", *labels])
-    for path, t, row in zip(paths, targets, scores):
-        writer.writerow([path, ";".join(labels[i] for i in np.flatnonzero(t)), *(f"{v:.6g}" for v in row)])
-    write_text_atomic(Path(run) / VALIDATION_NAME, buf.getvalue())
-
-
-def read_validation(run: Path) -> tuple[list[str], np.ndarray, np.ndarray] | None:
-    """``(paths, targets (clips, classes), scores (clips, classes))`` from ``RUN/validation.csv``; None without it."""
-    f = Path(run) / VALIDATION_NAME
-    if not f.is_file():
-        return None
-    with open(f, newline="") as fh:
-        rows = list(csv.reader(fh))
-    labels = rows[0][2:]
-    targets = np.array([[name in r[1].split(";") for name in labels] for r in rows[1:]], dtype=np.float64)
-    return [r[0] for r in rows[1:]], targets.reshape(-1, len(labels)), np.array(
-        [[float(v) for v in r[2:]] for r in rows[1:]]).reshape(-1, len(labels))
-
-
-def accuracy(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Single-label accuracy: the top-scoring class is a target. ``(clips, classes)`` each."""
-    return float(np.take_along_axis(targets, scores.argmax(1)[:, None], 1).mean())
-
-
-def mean_ap(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over classes with a positive of the average precision (ties in score ranked in clip order)."""
-    order = np.argsort(-scores, axis=0, kind="stable")
-    hits = np.take_along_axis(targets, order, 0)
-    precision = np.cumsum(hits, 0) / np.arange(1, len(hits) + 1)[:, None]
-    positives = hits.sum(0)
-    ap = (precision * hits).sum(0)[positives > 0] / positives[positives > 0]
-    return float(ap.mean()) if ap.size else 0.0
-
-
-def paired_z(metric, targets: np.ndarray, a: np.ndarray, b: np.ndarray, draws: int = BOOTSTRAP_DRAWS,
-             seed: int = 0) -> tuple[float, float]:
-    """``metric(a) - metric(b)`` on the same clips and that difference in standard errors of a paired bootstrap
-    (clips resampled together for both): ``(difference, z)``; z is 0 when no resample tells them apart."""
-    diff = metric(targets, a) - metric(targets, b)
-    rng = np.random.default_rng(seed)
-    boot = []
-    for _ in range(draws):
-        i = rng.integers(0, len(targets), len(targets))
-        boot.append(metric(targets[i], a[i]) - metric(targets[i], b[i]))
-    sd = float(np.std(boot))
-    return diff, (diff / sd if sd > 0 else 0.0)
 
 
 def keep(names: list[str], folders: list[Path], multilabel: bool) -> tuple[int, str]:
@@ -148,7 +83,7 @@ def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
     """Train each start into ``OUT/candidates/<scratch|name>`` (complete runs on one split), copy the files of the
     one with the better validation score into ``OUT``, and record the comparison in its ``config.json``
     (``candidates``, and the reason under ``training.reasons``). Returns the kept run's test report."""
-    from .trainer import train
+    from .loop import train_run
 
     run = Path(out)
     settings = {**cfg.to_dict(), "overwrite": False}
@@ -156,7 +91,7 @@ def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
     for i, name in enumerate(names):
         folder = run / CANDIDATES_DIR / ("scratch" if name == SCRATCH else Path(name).name)
         print(f"=== candidate {i + 1}/{len(names)}: {describe(name)}", flush=True)
-        report = train(data, folder, **{**settings, "pretrained": name})
+        report = train_run(data, folder, **{**settings, "pretrained": name})
         results.append((name, folder, read_config(folder), report))
     best, rule = keep([n for n, *_ in results], [f for _, f, *_ in results], results[0][2]["task"] == "multi_label")
     name, folder, config, report = results[best]

@@ -11,9 +11,9 @@ a kill between the two writes (new tensors, old JSON: the hash does not match) i
 using the copy that belongs to the tensors.
 
 Exact resumption does not rely on restoring RNG state: the shuffle order of an epoch depends only on
-``(seed, epoch)`` (:class:`EpochSampler`), the crop of an example on ``(seed, epoch, index)``
-(:class:`~audioclf.data.clips.ClipDataset`), and torch's global generator is reseeded from
-``(seed, step)`` before every step (:func:`seed_step`), which covers mixup and augmentation.
+``(seed, epoch)`` (:mod:`~audioclf.training.samplers`), the crop of an example on ``(seed, epoch, index)``
+(:class:`~audioclf.data.clips.ClipDataset`), and torch's global generator is reseeded from ``(seed, step)`` before
+every step, which covers mixup and augmentation.
 """
 from __future__ import annotations
 
@@ -21,12 +21,13 @@ import hashlib
 import json
 import random
 import struct
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 
+from ..checkpoint import tensors_for_save
 from ..io_utils import write_atomic, write_text_atomic
 
 STATE_DIR = "state"
@@ -37,63 +38,31 @@ STATE_FORMAT = 1
 _MAY_CHANGE = {"resume", "overwrite", "device", "workers", "compile", "checkpoint_every", "cache_dir"}
 
 
+@dataclass
+class TrainState:
+    """Where a run stands: what ``RUN/state`` saves besides the tensors and what ``--resume`` restores."""
+
+    epoch: int = 1  # the epoch in progress, or the last one finished when ``epoch_done``
+    batches_done: int = 0  # batches of ``epoch`` done
+    epoch_done: bool = False
+    step: int = 0  # optimiser steps so far
+    best: list | None = None  # the best epoch's selection score
+    best_epoch: int = 0
+    thresholds: list | None = None  # multi-label thresholds tuned at the best epoch
+    rows: list = field(default_factory=list)  # metrics.csv rows
+    running: list = field(default_factory=lambda: [0.0, 0])  # the epoch's loss sum and clip count so far
+    settings: dict = field(default_factory=dict)  # the automatic settings the run began with
+    stop: dict | None = None  # the stop rule's state (when the decay began)
+
+    def next_batch(self) -> tuple[int, int, list]:
+        """``(epoch, batch, running)`` to go on from."""
+        if self.epoch_done:
+            return self.epoch + 1, 0, [0.0, 0]
+        return self.epoch, self.batches_done, list(self.running)
+
+
 class ResumeError(RuntimeError):
     """The saved training state cannot be used to resume this run."""
-
-
-class EpochSampler(Sampler[int]):
-    """Shuffled indices whose order depends only on ``(seed, epoch)``; starts ``start`` indices in (resume)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.start = n, seed, 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def __iter__(self):
-        order = np.random.default_rng((self.seed, self.epoch)).permutation(self.n)
-        return iter(order[self.start:].tolist())
-
-    def __len__(self) -> int:
-        return max(0, self.n - self.start)
-
-
-class GroupBatchSampler(EpochSampler):
-    """:class:`EpochSampler` whose every run of ``batch`` consecutive indices comes from one group: each group's
-    indices are shuffled and cut into whole batches (the remainder, different each epoch, is left out), and the
-    batches are shuffled, all from ``(seed, epoch)``. Batch norms then learn each group's own statistics, as
-    camera-based batch norm does for new cameras (Zhuang et al. 2020): a model adapted to a new group's statistics
-    (:mod:`audioclf.adaptation`) sees inputs normalised as in training."""
-
-    def __init__(self, groups: list, batch: int, seed: int):
-        super().__init__(len(groups), seed)
-        self.batch = batch
-        members: dict = {}
-        for i, g in enumerate(groups):  # one pass: many groups cost no more than a few
-            members.setdefault(g, []).append(i)
-        self.by_group = {g: np.asarray(members[g]) for g in sorted(members, key=str)}
-        small = sorted(str(g) for g, idx in self.by_group.items() if len(idx) < batch)
-        if small:
-            raise ValueError(f"--group-batches: {len(small)} group(s) have fewer than a batch ({batch}) of training "
-                             f"clips: {', '.join(small[:5])}{' ...' if len(small) > 5 else ''}")
-        self.total = sum(len(idx) // batch * batch for idx in self.by_group.values())
-
-    def __iter__(self):
-        rng = np.random.default_rng((self.seed, self.epoch))
-        batches = []
-        for idx in self.by_group.values():
-            order = rng.permutation(idx)
-            batches += np.split(order[:len(order) // self.batch * self.batch], len(order) // self.batch)
-        order = np.concatenate([batches[j] for j in rng.permutation(len(batches))])
-        return iter(order[self.start:].tolist())
-
-    def __len__(self) -> int:
-        return max(0, self.total - self.start)
-
-
-def seed_step(seed: int, step: int) -> None:
-    """Reseed torch's global generator (CPU and CUDA) from ``(seed, step)``: a step's randomness needs no saved state."""
-    torch.manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0] >> 1))
 
 
 def _resumable_config(cfg) -> dict:
@@ -101,17 +70,11 @@ def _resumable_config(cfg) -> dict:
 
 
 def _tensors(prefix: str, state: dict) -> dict[str, torch.Tensor]:
-    from ..checkpoint import _state_for_save
-
-    class _Holder:  # _state_for_save wants something with state_dict()
-        def state_dict(self):
-            return state
-    return {f"{prefix}{k}": v for k, v in _state_for_save(_Holder()).items()}
+    return {f"{prefix}{k}": v for k, v in tensors_for_save(state).items()}
 
 
-def save_state(run, model, optimizer, ema, cfg, progress: dict) -> None:
-    """Write the training state; ``progress``: epoch, batches_done, epoch_done, step, best, best_epoch,
-    thresholds, rows, running (loss sum, count) -- all JSON-serialisable."""
+def save_state(run, model, optimizer, ema, cfg, progress: TrainState) -> None:
+    """Write the training state: the tensors of ``model``, ``optimizer`` and ``ema``, and ``progress``."""
     from safetensors.torch import save
 
     opt = optimizer.state_dict()
@@ -129,14 +92,14 @@ def save_state(run, model, optimizer, ema, cfg, progress: dict) -> None:
     np_state = np.random.get_state()
     py_state = random.getstate()
     meta = {
-        "format": STATE_FORMAT, "config": _resumable_config(cfg), **progress,
+        "format": STATE_FORMAT, "config": _resumable_config(cfg), **asdict(progress),
         "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
         "ema_steps": ema.steps if ema is not None else None,
         "rng": {"numpy": [np_state[0], np.asarray(np_state[1]).tolist(), int(np_state[2]), int(np_state[3]),
                           float(np_state[4])],
                 "python": [py_state[0], list(py_state[1]), py_state[2]]},
-        "sampler": {"kind": "EpochSampler", "seed": cfg.seed, "epoch": progress["epoch"],
-                    "position_batches": progress["batches_done"]},
+        "sampler": {"kind": "EpochSampler", "seed": cfg.seed, "epoch": progress.epoch,
+                    "position_batches": progress.batches_done},
     }
     text = json.dumps(meta)
     blob = save(tensors, metadata={"format": "pt", "audioclf_state": text})
@@ -182,8 +145,8 @@ def load_state(run) -> tuple[dict, dict] | None:
     return tensors, meta
 
 
-def restore_state(loaded: tuple[dict, dict], model, optimizer, ema, cfg) -> dict:
-    """Load weights, optimiser, EMA and RNG states; returns the ``progress`` dict given to :func:`save_state`."""
+def restore_state(loaded: tuple[dict, dict], model, optimizer, ema, cfg) -> TrainState:
+    """Load weights, optimiser, EMA and RNG states; returns the :class:`TrainState` given to :func:`save_state`."""
     tensors, meta = loaded
     saved, now = meta["config"], _resumable_config(cfg)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
@@ -214,9 +177,4 @@ def restore_state(loaded: tuple[dict, dict], model, optimizer, ema, cfg) -> dict
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = meta["rng"]["python"]
     random.setstate((version, tuple(internal), gauss_next))
-    progress = {k: meta[k] for k in ("epoch", "batches_done", "epoch_done", "step", "best", "best_epoch",
-                                      "thresholds", "rows", "running")}
-    if "stop" in meta:  # when the learning-rate decay started, if it has
-        progress["stop"] = meta["stop"]
-    progress["best"] = tuple(progress["best"]) if progress["best"] is not None else None
-    return progress
+    return TrainState(**{f.name: meta[f.name] for f in fields(TrainState) if f.name in meta})
