@@ -214,7 +214,7 @@ def test_predict_batches_many_files_in_chunks(fsdd_run, tmp_path, monkeypatch, c
     """Many files: decoded clips go to the model in chunks (here of 3 files), so windows of several files share a
     forward pass; the answers are the one-file-at-a-time ones, in the files' order, and a bad file in a chunk costs
     only itself."""
-    from audioclf import cli
+    from audioclf.cli import predict as cli_predict
     from audioclf.inference import Classifier
 
     paths = [r["path"] for r in fsdd_run["rows"] if r["fold"] == "0"][:7]
@@ -224,7 +224,7 @@ def test_predict_batches_many_files_in_chunks(fsdd_run, tmp_path, monkeypatch, c
     calls = []
     clip_logits = Classifier.clip_logits
     monkeypatch.setattr(Classifier, "clip_logits", lambda self, clips: calls.append(len(clips)) or clip_logits(self, clips))
-    monkeypatch.setattr(cli, "PREDICT_CHUNK_FILES", 3)
+    monkeypatch.setattr(cli_predict, "PREDICT_CHUNK_FILES", 3)
     assert main(["predict", str(fsdd_run["run"]), *files, "--format", "json", "--top-k", "10"]) == 1  # one failed
     out, err = capsys.readouterr()
     results = json.loads(out)
@@ -239,7 +239,7 @@ def test_predict_batches_many_files_in_chunks(fsdd_run, tmp_path, monkeypatch, c
         assert got.keys() == want.keys()
         np.testing.assert_allclose([got[k] for k in want], list(want.values()), atol=1e-6)
     calls.clear()
-    monkeypatch.setattr(cli, "PREDICT_CHUNK_SECONDS", 0.05)  # a chunk also ends at this much audio
+    monkeypatch.setattr(cli_predict, "PREDICT_CHUNK_SECONDS", 0.05)  # a chunk also ends at this much audio
     assert main(["predict", str(fsdd_run["run"]), *paths[:3], "--format", "json"]) == 0
     assert calls == [1, 1, 1]
 

@@ -14,7 +14,7 @@ from conftest import run_cli
 from test_cli import write_tones
 
 import audioclf
-import audioclf.training.setup as setup_module
+import audioclf.training.setup as training_setup
 from audioclf.augment import AugmentConfig
 from audioclf.checkpoint import CheckpointError, load_run, save_run
 from audioclf.features import FrontendConfig
@@ -132,8 +132,8 @@ def test_train_ensemble_members_share_the_split_and_the_run_serves_their_mean(tm
     root = tmp_path / "tones"
     write_tones(root, groups=("a", "b", "c", "d"), per_group=3)
     split_seeds = []
-    make_split = setup_module.make_split
-    monkeypatch.setattr(setup_module, "make_split", lambda *a: split_seeds.append(a[-1]) or make_split(*a))
+    make_split = training_setup.make_split
+    monkeypatch.setattr(training_setup, "make_split", lambda *a: split_seeds.append(a[-1]) or make_split(*a))
     settings = dict(model="cnn", width=0.25, n_mels=32, sample_rate=SR, clip_seconds=0.25, batch_size=8, epochs=2,
                     cache_dir=str(tmp_path / "cache"), seed=5, ensemble=2)
     report = audioclf.train(str(root), str(tmp_path / "run"), **settings)

@@ -44,7 +44,7 @@ COMMANDS = {
                     (("data", DATA), ("--out", "folder for shard-NNNNNN.tar and dataset.json (new or empty)")),
                     (("..data.shards", "PackConfig", ()),)),
     "evaluate": Command("evaluate a run on labelled data", "commands.cmd_evaluate", (("run", RUN), ("data", DATA)),
-                        (("..evaluation.evaluate", "EvaluateConfig", ("batch_size",)),)),
+                        (("..evaluation.evaluate", "EvaluateConfig", ()),)),
     "predict": Command("top-k labels for audio files or folders", "predict.cmd_predict",
                        (("run", "run folder, .onnx file, or pretrained catalogue name (mn04_as: AudioSet tags)"),
                         ("paths+", PATHS)), ((".predict", "PredictConfig", ()),)),
