@@ -70,6 +70,7 @@ def upload(driver, url: str, path: Path | str, threshold: str | None = None):
     return WebDriverWait(driver, 30).until(EC.presence_of_element_located((By.ID, "top-label")))
 
 
+@pytest.mark.slow
 def test_page_shows_the_label_the_python_api_predicts(server, browser, run):
     clf = load(run)
     for clip in CLIPS[:3]:
@@ -109,6 +110,7 @@ def test_page_reports_errors(server, browser, tmp_path):
     assert httpx.get(server + "/health").json()["status"] == "ok"
 
 
+@pytest.mark.slow
 def test_microphone_recording_is_classified(server, browser):
     """MediaRecorder (Chromium's fake microphone: a beep) -> WebM/Opus upload, decoded by FFmpeg (PyAV)."""
     pytest.importorskip("av", reason="WebM/Opus recordings need PyAV (the formats extra)")

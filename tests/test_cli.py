@@ -85,6 +85,7 @@ def fsdd_run(tmp_path_factory):
 # ------------------------------------------------------------------------------------ (a) train / evaluate / predict
 
 
+@pytest.mark.slow
 def test_train_writes_a_complete_run_folder(fsdd_run):
     run, out = fsdd_run["run"], fsdd_run["stdout"]
     for name in ("model.safetensors", "config.json", "metrics.csv", "curves.png", "report.json",
@@ -157,6 +158,7 @@ def test_evaluate_reproduces_the_train_report(fsdd_run):
     assert rc == 2 and "no items to evaluate" in err
 
 
+@pytest.mark.slow
 def test_predict_json_with_a_corrupt_file(fsdd_run, tmp_path):
     run = fsdd_run["run"]
     test_rows = [r for r in fsdd_run["rows"] if r["fold"] == "0"]
@@ -608,6 +610,7 @@ def test_group_batches(tmp_path):
     assert rc == 2 and "--group-batches needs a group for every training file" in err
 
 
+@pytest.mark.slow
 def test_cross_validation_on_grouped_tones(tmp_path):
     root = tmp_path / "tones"
     rows = write_tones(root, groups=("ann", "ben", "cat"), per_group=2)
@@ -672,6 +675,7 @@ def test_cross_validation_on_grouped_tones(tmp_path):
     assert rc == 2 and "unknown model(s) 'nosuch'" in err and not (tmp_path / "cv8").exists()
 
 
+@pytest.mark.slow
 def test_cross_validation_folds_in_parallel_match_one_after_another(tmp_path):
     """``--jobs 2`` trains the folds in two worker processes. With one thread everywhere, each fold's weights and
     report are those of the same fold trained in this process; a fold that fails is named with its log."""

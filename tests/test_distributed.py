@@ -40,6 +40,7 @@ def train(tmp_path: Path, csv: Path, name: str, *extra: str) -> dict:
     return {"out": out, "stdout": proc.stdout, "report": json.loads((out / "report.json").read_text())}
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     import audioclf
     csv = fsdd_subset(tmp_path)

@@ -83,6 +83,7 @@ def _batch(clips, indices, length) -> np.ndarray:
 
 
 # mn20 / mn30 / mn40 are mn10's class at a larger width (graphs of 70-260 MB): mn10 stands for them
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [n for n in list_models() if n not in ("mn20", "mn30", "mn40")])
 def test_onnx_matches_pytorch_for_every_model(name, tmp_path, clips):
     run = make_run(tmp_path, name, clips)

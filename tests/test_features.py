@@ -46,6 +46,7 @@ def _librosa_logmel(x: np.ndarray, cfg: FrontendConfig) -> np.ndarray:
     return np.log(mel + 1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg,seconds", [
     (FrontendConfig(sample_rate=8000, n_mels=40), 0.7),
     (FrontendConfig(sample_rate=16000, n_mels=64), 1.0),

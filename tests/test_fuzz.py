@@ -109,6 +109,7 @@ def test_seed_files_decode():
 counter = {"cases": 0, "decoded": 0, "errors": 0}
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=mutated(), resample=st.booleans(), mono=st.booleans())
@@ -141,6 +142,7 @@ for _subtype, _channels in [("PCM_16", 1), ("PCM_U8", 2), ("PCM_24", 3), ("PCM_3
     WAV_SEEDS[f"{_subtype}-{_channels}"] = _buf.getvalue()
 
 
+@pytest.mark.slow
 @settings(max_examples=EXAMPLES // 4, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(name=st.sampled_from(sorted(WAV_SEEDS)),

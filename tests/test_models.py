@@ -270,6 +270,7 @@ def test_waveform_and_spec_augment_are_identity_in_eval():
 # ------------------------------------------------------------------------------------ model table
 
 
+@pytest.mark.slow
 def test_model_table_lists_every_model_with_positive_cost():
     table = model_table(sample_rate=SR, num_classes=10)
     rows = {}
@@ -308,6 +309,7 @@ def test_inference_batch_size_keeps_cpu_batches_in_cache():
     assert inference_batch_size(torch.nn.Linear(2, 2), SAMPLES, "cpu") == 64  # no front end to size it by
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["cnn", "crnn"])  # time_pool (every CNN, resnet, mobilenet) and the GRU's pool
 def test_pooling_compiles_to_finite_float32_gradients_and_stays_bf16_when_eager(name):
     """``torch.compile`` (PyTorch 2.13, CPU) turned every gradient of a bf16 ``mean(...).amax(...)`` into NaN, so

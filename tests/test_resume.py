@@ -71,6 +71,7 @@ def reference(tones):
     return ref
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_matches_uninterrupted(tones, reference, tmp_path):
     data, cache = tones
     ref = reference
@@ -117,6 +118,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tones, reference, tmp_path
     assert strip(ref) == strip(run)
 
 
+@pytest.mark.slow
 def test_state_files_are_not_pickle_and_name_the_tensors(tones, reference, tmp_path):
     import shutil
 
@@ -150,6 +152,7 @@ def test_state_files_are_not_pickle_and_name_the_tensors(tones, reference, tmp_p
     assert bad.returncode == 2 and "cannot resume: settings differ" in bad.stderr and "lr" in bad.stderr
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_precision_the_run_started_with(tones, tmp_path):
     # bf16 autocast is chosen from the hardware; a run resumed elsewhere (or saved before that default) goes on in
     # the precision it started with, unless --amp / --no-amp says otherwise, which is refused as a changed setting
@@ -171,6 +174,7 @@ def test_resume_keeps_the_precision_the_run_started_with(tones, tmp_path):
     assert bad.returncode == 2 and f"amp {started!r} -> {not started!r}" in bad.stderr
 
 
+@pytest.mark.slow
 def test_resume_keeps_the_automatic_settings_the_run_started_with(tones, tmp_path, monkeypatch, capsys):
     # the epochs (and the other settings chosen from the data) resume as the interrupted run chose them, also when
     # this version would choose otherwise: the schedule it was following ends where it would have

@@ -95,6 +95,7 @@ def test_validation_scores_round_trip_and_paired_differences_scale_with_the_clip
     assert abs(large[1]) > 2.5 * abs(small[1])  # the same difference, ten times the clips: about sqrt(10) times the z
 
 
+@pytest.mark.slow
 def test_the_run_keeps_the_candidate_that_validates_better(tmp_path, capsys):
     root, run = tmp_path / "tones", tmp_path / "run"
     write_tones(root, groups=("a", "b", "c", "d"), per_group=3)

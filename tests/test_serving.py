@@ -507,6 +507,7 @@ def test_serve_command_flags(run, monkeypatch):
     assert [p["score"] for p in got] != [p["score"] for p in exact]
 
 
+@pytest.mark.slow
 def test_slow_clients_do_not_block_the_server(run, tmp_path):
     """Clients that announce a body and trickle it (or stall) hold only their own connection: others are served."""
     import socket
@@ -567,6 +568,7 @@ def test_server_allocator_keeps_activation_sized_blocks_in_the_heap():
 # --- the load benchmark ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_serving_bench_runs_and_every_request_succeeds(run):
     """``bench/serving.py`` end to end on a tiny run: the server floor, both modes and the ratio are printed, and
     every request was answered 200 (a floor server that answered 422 to everything once went unnoticed for two

@@ -390,6 +390,7 @@ def test_a_missing_extra_names_the_extra(tiny_run, monkeypatch):
 
 # --- 10: cv resumes finished folds
 
+@pytest.mark.slow
 def test_cv_keeps_finished_folds_and_retrains_the_others(tones, tmp_path):
     data, cache = tones
     out = tmp_path / "cv"
