@@ -169,6 +169,7 @@ def test_wav_in_memory_decodes_as_libsndfile_reads_the_file(name, edits, cut, mo
         np.testing.assert_array_equal(results[0], results[1])
 
 
+@pytest.mark.slow  # reports the fuzz run above, which is slow
 def test_report_counts():
     print(f"fuzz: {counter['cases']} cases, {counter['decoded']} decoded, {counter['errors']} AudioDecodeError")
     assert counter["cases"] > 0 and counter["decoded"] + counter["errors"] == counter["cases"]
