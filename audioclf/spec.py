@@ -25,8 +25,7 @@ class RunSpec:
     @classmethod
     def from_config(cls, config: dict) -> "RunSpec":
         """From a run's ``config.json`` (the rate under ``frontend``) or an ONNX export's metadata (at the top)."""
-        rate = config["frontend"]["sample_rate"] if "frontend" in config and "sample_rate" not in config \
-            else config["sample_rate"]
+        rate = config.get("sample_rate") or config["frontend"]["sample_rate"]
         seconds = config.get("clip_seconds")
         thresholds = config.get("thresholds")
         return cls(tuple(config["labels"]), int(rate), None if seconds is None else float(seconds),

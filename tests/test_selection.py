@@ -9,10 +9,11 @@ import pytest
 from test_cli import write_tones
 
 import audioclf
-from audioclf.training.config import SCRATCH, TrainConfig
 from audioclf.evaluation.metrics import average_precision
+from audioclf.evaluation.metrics import mean_average_precision as mean_ap
+from audioclf.training.config import SCRATCH, TrainConfig
 from audioclf.training.selection import DEFAULT_PRETRAINED, candidates, keep
-from audioclf.training.validation import accuracy, mean_ap, paired_z, read_validation, write_validation
+from audioclf.training.validation import accuracy, paired_z, read_validation, write_validation
 
 
 @pytest.mark.parametrize("settings, starts, named", [

@@ -141,6 +141,13 @@ def average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
+def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Mean of :func:`average_precision` over the classes with a positive; 0.0 when none has one.
+    ``(n, classes)`` each."""
+    aps = [average_precision(y_true[:, c], scores[:, c]) for c in range(y_true.shape[1]) if (y_true[:, c] > 0).any()]
+    return float(np.mean(aps)) if aps else 0.0
+
+
 def _multilabel_inputs(y_true, scores, num_labels=None):
     y_true = (np.asarray(y_true) > 0).astype(np.int64)
     scores = np.asarray(scores, dtype=np.float64)

@@ -7,6 +7,7 @@ which reads a whole body with no size limit and spools files to the shared tempo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import tempfile
@@ -146,10 +147,8 @@ class Upload:
     def remove(self) -> None:
         self.data = b""
         if self.path is not None:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
             self.path = None
 
 

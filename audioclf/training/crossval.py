@@ -29,7 +29,7 @@ from ..models import create_model
 from .autoconfig import choose_model
 from .config import TrainConfig
 from . import train
-from .settings import check_models
+from .settings import checked_config
 
 
 @dataclass(frozen=True)
@@ -91,11 +91,9 @@ def cross_validate(data, out, **settings) -> dict:
 
 
 def checked_train_config(settings: dict, manifest, adapt: int) -> TrainConfig:
-    """The folds' training settings, checked before any training: ranges, model names, ``--ensemble``, and with
-    ``adapt`` a model that batch-norm adaptation can adapt."""
-    cfg = TrainConfig(**settings)
-    cfg.check()
-    check_models(cfg)
+    """The folds' training settings, checked before any training (:func:`checked_config`), and with ``adapt`` a
+    model that batch-norm adaptation can adapt."""
+    cfg, _ = checked_config(None, settings)
     if adapt:
         for model in cfg.model_names() or [choose_model(len(manifest.items))[0]]:
             check_adaptable(create_model(model, 2))

@@ -13,10 +13,11 @@ from pathlib import Path
 
 from ..checkpoint import read_config
 from ..evaluation.evaluate import summary_line
+from ..evaluation.metrics import mean_average_precision
 from ..io_utils import write_json_atomic
 from ..weights.catalogue import EFFICIENTAT_FRONTEND
 from .config import SCRATCH, TrainConfig
-from .validation import accuracy, mean_ap, paired_z, read_validation
+from .validation import accuracy, paired_z, read_validation
 
 DEFAULT_PRETRAINED = "mn04_as"  # bundled with the package: no download
 CANDIDATES_DIR = "candidates"
@@ -54,7 +55,7 @@ def keep(names: list[str], folders: list[Path], multilabel: bool) -> tuple[int, 
     higher on the same validation clips (accuracy, or mAP for multi-label): by more than ``CLEAR_Z`` standard
     errors of the paired difference. Validation clips come from the training groups (speakers, recordings), where
     a model from scratch looks as good as it is; pretrained features also carry to groups it never heard."""
-    metric, what = (mean_ap, "mAP") if multilabel else (accuracy, "accuracy")
+    metric, what = (mean_average_precision, "mAP") if multilabel else (accuracy, "accuracy")
     preferred = next((i for i, n in enumerate(names) if n != SCRATCH), 0)
     found = [read_validation(f) for f in folders]
     if found[preferred] is None:

@@ -125,11 +125,11 @@ def check_models(cfg: TrainConfig) -> None:
 
 def checked_config(out, settings: dict) -> tuple[TrainConfig, AugmentConfig]:
     """``settings`` (:class:`TrainConfig` fields) checked before any work: ranges and choices, the device, the
-    augmentation, the model names and the ``--pretrained`` source; then ``out`` claimed (rank 0)."""
+    augmentation, the model names and the ``--pretrained`` source; then ``out`` claimed (rank 0), unless None."""
     cfg = TrainConfig(**settings)
     cfg.check()
     augment = augment_config(cfg)  # a bad --aug fails here
     check_models(cfg)
-    if distributed.launch_rank() == 0:  # the other ranks write into the folder rank 0 claimed
+    if out is not None and distributed.launch_rank() == 0:  # the other ranks write into the folder rank 0 claimed
         claim(out, overwrite=cfg.overwrite, resume=cfg.resume)
     return cfg, augment

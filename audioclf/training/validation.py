@@ -50,16 +50,6 @@ def accuracy(targets: np.ndarray, scores: np.ndarray) -> float:
     return float(np.take_along_axis(targets, scores.argmax(1)[:, None], 1).mean())
 
 
-def mean_ap(targets: np.ndarray, scores: np.ndarray) -> float:
-    """Mean over classes with a positive of the average precision (ties in score ranked in clip order)."""
-    order = np.argsort(-scores, axis=0, kind="stable")
-    hits = np.take_along_axis(targets, order, 0)
-    precision = np.cumsum(hits, 0) / np.arange(1, len(hits) + 1)[:, None]
-    positives = hits.sum(0)
-    ap = (precision * hits).sum(0)[positives > 0] / positives[positives > 0]
-    return float(ap.mean()) if ap.size else 0.0
-
-
 def paired_z(metric, targets: np.ndarray, a: np.ndarray, b: np.ndarray, draws: int = BOOTSTRAP_DRAWS,
              seed: int = 0) -> tuple[float, float]:
     """``metric(a) - metric(b)`` on the same clips and that difference in standard errors of a paired bootstrap
