@@ -2,7 +2,9 @@
 fine-tuned one kept unless the other leads clearly on the validation clips (audioclf/training/selection.py)."""
 from __future__ import annotations
 
+import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +124,34 @@ def test_the_run_keeps_the_candidate_that_validates_better(tmp_path, capsys):
     assert f"auto: pretrained={kept}: {reason}" in out and "accuracy" in reason and f"on {n_val} validation clips" in reason
     assert "auto: cues: balanced validation accuracy from each cue alone" in out and "cues" in config["training"]["reasons"]
     assert audioclf.load(run).labels == config["labels"]  # the run folder serves as any other
+
+
+@pytest.mark.slow
+def test_with_few_training_groups_the_starts_are_compared_on_held_out_ones(tmp_path, capsys):
+    """Five speakers, one of them the test: validation would share the other four, so the starts train without a
+    held-out one, are compared on it, and the kept start trains again on all four."""
+    root, run = tmp_path / "tones", tmp_path / "run"
+    write_tones(root, groups=("a", "b", "c", "d", "e"), per_group=3)
+    audioclf.train(str(root), str(run), pattern=r"(?P<label>[^/]+)/(?P<group>[a-z])_\d+\.wav", clip_seconds=0.25,
+                   batch_size=8, epochs=2, cache_dir=str(tmp_path / "cache"))
+    out = capsys.readouterr().out
+    config = json.loads((run / "config.json").read_text())
+    rows = [line.split(",") for line in (run / config["selection"]["manifest"]).read_text().splitlines()[1:]]
+    held = [r for r in rows if r[3] == "validation"]
+    held_groups, rest_groups = {r[2] for r in held}, {r[2] for r in rows if r[3] == "train"}
+    test_groups = {Path(r["path"]).name.split("_")[0] for r in csv.DictReader(open(run / "split.csv")) if r["subset"] == "test"}
+    assert len(held_groups) == 1 and not held_groups & rest_groups and not (held_groups | rest_groups) & test_groups
+    assert f"selection: 1 of the 4 training groups held out ({held_groups.pop()}; {len(held)} clips)" in out
+    tried = {c["pretrained"]: c for c in config["candidates"]}
+    assert set(tried) == {SCRATCH, DEFAULT_PRETRAINED} and sum(c["kept"] for c in tried.values()) == 1
+    for c in tried.values():  # compared on the held-out clips, which they did not train on
+        assert c["run"].startswith("selection/") and sorted(read_validation(run / c["run"])[0]) == sorted(r[0] for r in held)
+    kept = next(name for name, c in tried.items() if c["kept"])
+    reason = config["training"]["reasons"][f"pretrained={kept}"]
+    assert f"auto: pretrained={kept}: {reason}" in out and f"on {len(held)} clips of the held-out groups" in reason
+    folder = run / config["selection"]["kept_run"]  # trained again on every training group
+    assert folder.name == ("scratch" if kept == SCRATCH else kept) and config["training"]["pretrained"] == kept
+    assert config["split_sizes"]["train"] + config["split_sizes"]["val"] == len(rows)
+    assert (run / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert json.loads((run / "report.json").read_text()) == json.loads((folder / "report.json").read_text())
+    assert audioclf.load(run).labels == config["labels"]

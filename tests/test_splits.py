@@ -11,7 +11,7 @@ from conftest import write_speech_commands
 
 from audioclf.data.manifest import (Item, Manifest, from_pattern,
                                     load_manifest)
-from audioclf.data.splits import MIN_VALIDATION_GROUPS, kfold, make_split, stratified_group_folds
+from audioclf.data.splits import MIN_VALIDATION_GROUPS, group_holdout, kfold, make_split, stratified_group_folds
 from tones import FREQS, FSDD, GROUP_PATTERN, write_csv
 
 
@@ -203,3 +203,47 @@ def test_declared_fold_without_shared_groups_validation_by_group_count(speakers)
             assert by(split.train) == set(names[1:])  # every remaining speaker is learned from
 
 
+
+
+def speakers_manifest(speakers: int, per_speaker: int = 20, classes: int = 4, test: bool = True) -> Manifest:
+    names = [f"s{k}" for k in range(speakers)]
+    groups = [names[k % speakers] for k in range(speakers * per_speaker)]
+    labels = [f"c{(k // speakers) % classes}" for k in range(speakers * per_speaker)]
+    return synthetic_manifest(groups, labels, ["test" if g == "s0" and test else "train" for g in groups])
+
+
+@pytest.mark.parametrize("speakers", [3, 5, 9])
+def test_group_holdout_holds_whole_training_groups_out_when_validation_shares_them(speakers):
+    """Too few training speakers for validation to hold any out: about a quarter of them (one at least) are held
+    out whole from the training clips, every class on both sides; the test speaker on neither."""
+    m = speakers_manifest(speakers)
+    for seed in range(4):
+        split = make_split(m, test_fold="test", val_fraction=0.2, seed=seed)
+        rest, held = group_holdout(m, split, seed)
+        by = lambda idx: {m.items[i].group for i in idx}  # noqa: E731
+        assert sorted(rest + held) == sorted(split.train + split.val)  # the training clips, each once
+        assert not by(rest) & by(held) and "s0" not in by(rest) | by(held)
+        assert 1 <= len(by(held)) <= -(-(speakers - 1) // 4) and len(by(rest)) >= 1  # a quarter, rounded up
+        labels = lambda idx: {m.items[i].labels[0] for i in idx}  # noqa: E731
+        assert labels(held) == labels(rest) == {"c0", "c1", "c2", "c3"}
+
+
+def test_group_holdout_none_where_validation_already_holds_groups_out_or_cannot():
+    """None with enough speakers (validation holds them out), without groups, with a test split that shares the
+    training speakers, with a declared validation fold, and when the held-out speaker has a class no other has."""
+    split = lambda m, **kw: make_split(m, val_fraction=0.2, seed=0, **kw)  # noqa: E731
+    many = speakers_manifest(MIN_VALIDATION_GROUPS + 1)
+    assert group_holdout(many, split(many, test_fold="test")) is None
+    ungrouped = synthetic_manifest([None] * 80, [f"c{k % 4}" for k in range(80)])
+    assert group_holdout(ungrouped, split(ungrouped)) is None
+    takes = synthetic_manifest([f"s{k % 4}" for k in range(80)], [f"c{k % 4}" for k in range(80)],
+                               ["test" if k % 5 == 0 else "train" for k in range(80)])  # FSDD's take-based split
+    assert group_holdout(takes, split(takes, test_fold="test")) is None
+    few = speakers_manifest(4)
+    declared = synthetic_manifest([it.group for it in few.items], [it.labels[0] for it in few.items],
+                                  ["validation" if it.group == "s1" else it.fold for it in few.items])
+    assert group_holdout(few, split(few, test_fold="test")) is not None
+    assert group_holdout(declared, split(declared, test_fold="test")) is None
+    own = synthetic_manifest([it.group for it in few.items],  # every speaker speaks one class of its own
+                             [f"c{int(it.group[1:])}" for it in few.items], [it.fold for it in few.items])
+    assert group_holdout(own, split(own, test_fold="test")) is None

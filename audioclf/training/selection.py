@@ -1,26 +1,34 @@
 """``audioclf train DATA`` with the model left to the data: train from scratch and fine-tune the bundled AudioSet
 model, both on one split, and keep the fine-tuned one unless the one from scratch scores clearly higher on the
-same validation clips.
+same validation clips. Validation holds groups out (speakers, recordings) when train has enough of them; with two
+to nine, it shares them, where a model from scratch looks better than it is on new voices, so the starts are then
+compared on a selection hold-out of whole training groups and the kept one trains again on all of them.
 
 Neither start wins everywhere: pretrained features carry environmental sound, music and mixtures; a model trained
 from scratch can follow labels the pretraining did not care for (pitch, rate, loudness), so the data decide.
 """
 from __future__ import annotations
 
+import csv
+import io
 import os
 import shutil
 from pathlib import Path
 
 from ..checkpoint import read_config
+from ..data.manifest import load_manifest
+from ..data.splits import group_holdout, make_split
 from ..evaluation.evaluate import summary_line
 from ..evaluation.metrics import mean_average_precision
-from ..io_utils import write_json_atomic
+from ..io_utils import write_json_atomic, write_text_atomic
 from ..weights.catalogue import EFFICIENTAT_FRONTEND
 from .config import SCRATCH, TrainConfig
+from .settings import split_seed
 from .validation import accuracy, paired_z, read_validation
 
 DEFAULT_PRETRAINED = "mn04_as"  # bundled with the package: no download
 CANDIDATES_DIR = "candidates"
+SELECTION_DIR = "selection"  # the starts trained without held-out groups, when validation cannot hold groups out
 
 
 def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
@@ -50,11 +58,11 @@ def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
 CLEAR_Z = 2.0  # a validation lead beyond this many standard errors (paired, over the same clips) decides
 
 
-def keep(names: list[str], folders: list[Path], multilabel: bool) -> tuple[int, str]:
+def keep(names: list[str], folders: list[Path], multilabel: bool, clips: str = "validation clips") -> tuple[int, str]:
     """Which of the finished candidate runs to keep, and why. The pretrained start unless another scores clearly
     higher on the same validation clips (accuracy, or mAP for multi-label): by more than ``CLEAR_Z`` standard
-    errors of the paired difference. Validation clips come from the training groups (speakers, recordings), where
-    a model from scratch looks as good as it is; pretrained features also carry to groups it never heard."""
+    errors of the paired difference: on a tie the start whose features also carry to unheard groups.
+    ``clips``: what the validation clips are, in the reason."""
     metric, what = (mean_average_precision, "mAP") if multilabel else (accuracy, "accuracy")
     preferred = next((i for i, n in enumerate(names) if n != SCRATCH), 0)
     found = [read_validation(f) for f in folders]
@@ -71,8 +79,8 @@ def keep(names: list[str], folders: list[Path], multilabel: bool) -> tuple[int, 
             best, best_z = i, z
     n = len(paths)
     if best != preferred:
-        return best, f"{'; '.join(told)} on {n} validation clips: a clear lead"
-    return preferred, (f"{'; '.join(told) or 'no comparison'} on {n} validation clips: no clear lead over "
+        return best, f"{'; '.join(told)} on {n} {clips}: a clear lead"
+    return preferred, (f"{'; '.join(told) or 'no comparison'} on {n} {clips}: no clear lead over "
                        f"{describe(names[preferred])}, which is preferred (pretrained features carry to unheard groups)")
 
 
@@ -80,33 +88,95 @@ def describe(name: str) -> str:
     return "from scratch" if name == SCRATCH else f"fine-tuned {name}"
 
 
+def selection_manifest(cfg: TrainConfig, data, run: Path) -> tuple[Path, str, str | None] | None:
+    """For training groups too few to validate on held-out ones (:func:`~audioclf.data.splits.group_holdout`):
+    ``RUN/selection/manifest.csv``, the training clips with the held-out groups as its declared ``validation`` fold;
+    what it holds out, in words; the data set's noise folder. None when the starts are compared on validation."""
+    from ..data.shards import is_shard_source
+
+    if is_shard_source(data):
+        return None
+    manifest = load_manifest(data, cfg.pattern)
+    split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, split_seed(cfg))
+    parts = group_holdout(manifest, split, split_seed(cfg))
+    if parts is None:
+        return None
+    rest, held = parts
+    rows = [[manifest.items[i].path, ";".join(manifest.items[i].labels), manifest.items[i].group or "", fold]
+            for idx, fold in ((rest, "train"), (held, "validation")) for i in idx]
+    buf = io.StringIO()
+    csv.writer(buf).writerows([["path", "label", "group", "fold"], *rows])
+    (run / SELECTION_DIR).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run / SELECTION_DIR / "manifest.csv", buf.getvalue())
+    names = sorted({manifest.items[i].group for i in held} - {None})
+    train_groups = {manifest.items[i].group for i in rest + held} - {None}
+    where = (f"{len(names)} of the {len(train_groups)} training groups held out ({', '.join(names)}; "
+             f"{len(held)} clips)")
+    return run / SELECTION_DIR / "manifest.csv", where, manifest.noise_dir
+
+
+def train_each(data, folder: Path, settings: dict, names: list[str]) -> list[tuple]:
+    """Train each start into ``folder/<scratch|name>``; ``(name, run folder, config, test report)`` of each."""
+    from .loop import train_run
+
+    results = []
+    for i, name in enumerate(names):
+        run = folder / folder_name(name)
+        print(f"=== candidate {i + 1}/{len(names)}: {describe(name)}", flush=True)
+        report = train_run(data, run, **{**settings, "pretrained": name})
+        results.append((name, run, read_config(run), report))
+    return results
+
+
+def folder_name(name: str) -> str:
+    return "scratch" if name == SCRATCH else Path(name).name
+
+
 def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
-    """Train each start into ``OUT/candidates/<scratch|name>`` (complete runs on one split), copy the files of the
-    one with the better validation score into ``OUT``, and record the comparison in its ``config.json``
-    (``candidates``, and the reason under ``training.reasons``). Returns the kept run's test report."""
+    """Train each start, keep one (:func:`keep`) and make its files the run's, with the comparison in its
+    ``config.json`` (``candidates``, ``selection``, the reason under ``training.reasons``). The starts are complete
+    runs on one split in ``OUT/candidates/<scratch|name>``; with too few training groups to validate on unheard
+    ones (:func:`selection_manifest`) they train in ``OUT/selection/`` without the held-out groups, are compared on
+    them, and the kept start trains again on every training group into ``OUT/candidates/<name>``. Returns the kept
+    run's test report."""
     from .loop import train_run
 
     run = Path(out)
     settings = {**cfg.to_dict(), "overwrite": False}
-    results = []
-    for i, name in enumerate(names):
-        folder = run / CANDIDATES_DIR / ("scratch" if name == SCRATCH else Path(name).name)
-        print(f"=== candidate {i + 1}/{len(names)}: {describe(name)}", flush=True)
-        report = train_run(data, folder, **{**settings, "pretrained": name})
-        results.append((name, folder, read_config(folder), report))
-    best, rule = keep([n for n, *_ in results], [f for _, f, *_ in results], results[0][2]["task"] == "multi_label")
-    name, folder, config, report = results[best]
+    fold = selection_manifest(cfg, data, run)
+    if fold:
+        manifest, where, noise_dir = fold
+        print(f"selection: {where}: both starts train on the other groups and are compared on these; the one kept "
+              "then trains on every training group", flush=True)
+        selection = {**settings, "pattern": None, "test_fold": None, "test_fraction": 0.0,
+                     "noise_dir": cfg.noise_dir or noise_dir}
+        results = train_each(manifest, run / SELECTION_DIR, selection, names)
+    else:
+        results = train_each(data, run / CANDIDATES_DIR, settings, names)
+    best, rule = keep([n for n, *_ in results], [f for _, f, *_ in results], results[0][2]["task"] == "multi_label",
+                      "clips of the held-out groups" if fold else "validation clips")
     told = "; ".join(f"{describe(n)} " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in c["metrics"].items() if k.startswith("val_"))
                      for n, _, c, _ in results)
-    why = f"validation {told}: {rule}"
+    name = results[best][0]
+    why = f"{'selection (' + fold[1] + ')' if fold else 'validation'} {told}: {rule}"
     print(f"auto: pretrained={name}: {why}", flush=True)
+    if fold:
+        print(f"=== the kept start, {describe(name)}, on every training group", flush=True)
+        folder = run / CANDIDATES_DIR / folder_name(name)
+        report, config = train_run(data, folder, **{**settings, "pretrained": name}), read_config(folder)
+    else:
+        _, folder, config, report = results[best]
     for f in folder.iterdir():  # the kept run's files; its training state stays in its own folder
         if f.is_file() and f.suffix != ".log":
             shutil.copy2(f, run / f.name)
     config["training"]["reasons"] = {**config["training"].get("reasons", {}), f"pretrained={name}": why}
     config["candidates"] = [{"pretrained": n, "run": str(f.relative_to(run)), "model": c["model"],
                              "kept": n == name, **c["metrics"]} for n, f, c, _ in results]
+    if fold:
+        config["selection"] = {"held_out": fold[1], "manifest": str(fold[0].relative_to(run)),
+                               "kept_run": str(folder.relative_to(run))}
     write_json_atomic(run / "config.json", config)
     print((f"kept {describe(name)}: test {summary_line(report)}\n" if report else f"kept {describe(name)}\n")
-          + f"run folder: {run}  (report: {run / 'report.json'}; both candidates in {run / CANDIDATES_DIR})")
+          + f"run folder: {run}  (report: {run / 'report.json'}; the starts compared in "
+          + f"{run / (SELECTION_DIR if fold else CANDIDATES_DIR)})")
     return report
