@@ -133,28 +133,31 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
                  ", ".join(declared))
 
 
-SELECTION_FOLDS = 4  # a selection hold-out takes about a quarter of the training groups (one at least)
+SELECTION_SHARE = 0.25  # a selection hold-out takes about this share of the training groups (one at least)
+SELECTION_DRAWS = 20  # random draws of the held-out groups tried until one passes the class check
 
 
 def group_holdout(manifest: Manifest, split: Split, seed: int = 0) -> tuple[list[int], list[int]] | None:
-    """``(rest, held)``: the training clips (``split.train + split.val``) with about a quarter of their groups held out
-    whole, stratified, for comparing runs on groups that none of them heard; for a split whose validation shares the
-    training groups because train holds too few of them (2 to ``MIN_VALIDATION_GROUPS - 1``) while the test split
-    holds its own. None otherwise, and when the held-out clips carry a single class or one the rest lacks."""
+    """``(rest, held)``: the training clips (``split.train + split.val``) with about a quarter of their groups (one at
+    least, drawn at random) held out whole, for comparing runs on groups that none of them heard; for a split whose
+    validation shares the training groups because train holds too few of them (2 to ``MIN_VALIDATION_GROUPS - 1``)
+    while the test split holds its own. None otherwise, and when every draw leaves the held-out clips with a single
+    class or with one the rest lacks."""
     items = manifest.items
     train = sorted(split.train + split.val)
-    groups = {items[i].group for i in train} - {None}
+    groups = sorted({items[i].group for i in train} - {None})
     if (not split.val_shares_groups or not 2 <= len(groups) < MIN_VALIDATION_GROUPS
-            or groups & {items[i].group for i in split.test}):
+            or set(groups) & {items[i].group for i in split.test}):
         return None
-    folds = stratified_group_folds(label_matrix(manifest)[train], [items[i].group for i in train],
-                                   min(len(groups), SELECTION_FOLDS), seed)
-    rest = [i for i, f in zip(train, folds) if f != 0]
-    held = [i for i, f in zip(train, folds) if f == 0]
-    held_labels = {label for i in held for label in items[i].labels}
-    if len(held_labels) < 2 or not held_labels <= {label for i in rest for label in items[i].labels}:
-        return None
-    return rest, held
+    rng = np.random.default_rng(seed)
+    for _ in range(SELECTION_DRAWS):
+        chosen = set(rng.choice(groups, max(1, int(len(groups) * SELECTION_SHARE + 0.5)), replace=False))
+        rest = [i for i in train if items[i].group not in chosen]
+        held = [i for i in train if items[i].group in chosen]
+        held_labels = {label for i in held for label in items[i].labels}
+        if len(held_labels) >= 2 and held_labels <= {label for i in rest for label in items[i].labels}:
+            return rest, held
+    return None
 
 
 def declared_cv_folds(manifest: Manifest) -> list[str]:
