@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from test_cli import write_tones
+from tones import SR, tone, write_csv
 
 import audioclf
 from audioclf.evaluation.metrics import average_precision
 from audioclf.evaluation.metrics import mean_average_precision as mean_ap
 from audioclf.training.config import SCRATCH, TrainConfig
-from audioclf.training.selection import DEFAULT_PRETRAINED, candidates, keep
+from audioclf.training.selection import DEFAULT_PRETRAINED, SELECTION_DIR, candidates, keep, plan_comparison
 from audioclf.training.validation import accuracy, paired_z, read_validation, write_validation
 
 
@@ -62,12 +64,26 @@ def single_label(n, wrong, classes=2):
     (630, range(0, 40), range(40, 120), SCRATCH, "a clear lead"),  # the same share on ten times the clips
     (200, range(0, 40), range(40, 44), DEFAULT_PRETRAINED, "no clear lead"),  # the pretrained one better
 ])
-def test_the_pretrained_start_is_kept_unless_scratch_leads_clearly_on_the_same_clips(tmp_path, n, scratch_wrong,
-                                                                                      pretrained_wrong, kept, why):
+def test_on_clips_of_the_training_groups_scratch_must_lead_clearly(tmp_path, n, scratch_wrong, pretrained_wrong,
+                                                                    kept, why):
     folders = [write_candidate(tmp_path / name, *single_label(n, wrong))
                for name, wrong in (("scratch", scratch_wrong), ("mn04_as", pretrained_wrong))]
-    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=False)
+    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=False, held_out=False)
     assert [SCRATCH, DEFAULT_PRETRAINED][index] == kept and why in reason and f"on {n} validation clips" in reason
+
+
+@pytest.mark.parametrize("scratch_wrong, pretrained_wrong, kept, why", [
+    (range(0, 4), range(4, 12), SCRATCH, "the higher score on unheard groups"),  # 4 clips on 63: it wins
+    (range(0, 4), range(4, 8), DEFAULT_PRETRAINED, "preferred on a tie"),  # the same count: the pretrained one
+    (range(0, 8), range(8, 12), DEFAULT_PRETRAINED, "no lead"),  # the pretrained one better
+])
+def test_on_clips_of_unheard_groups_the_higher_score_wins(tmp_path, scratch_wrong, pretrained_wrong, kept, why):
+    folders = [write_candidate(tmp_path / name, *single_label(63, wrong))
+               for name, wrong in (("scratch", scratch_wrong), ("mn04_as", pretrained_wrong))]
+    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=False, held_out=True,
+                         clips="clips of the held-out groups")
+    assert [SCRATCH, DEFAULT_PRETRAINED][index] == kept and why in reason
+    assert "on 63 clips of the held-out groups" in reason
 
 
 def test_multi_label_compares_map_and_a_missing_comparison_keeps_the_pretrained_start(tmp_path):
@@ -76,10 +92,10 @@ def test_multi_label_compares_map_and_a_missing_comparison_keeps_the_pretrained_
     good, poor = targets * 0.6 + rng.random((120, 4)) * 0.5, rng.random((120, 4))
     labels = ("a", "b", "c", "d")
     folders = [write_candidate(tmp_path / "s", targets, good, labels), write_candidate(tmp_path / "p", targets, poor, labels)]
-    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=True)
+    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=True, held_out=False)
     assert index == 0 and "mAP" in reason and "a clear lead" in reason
-    assert keep([SCRATCH, DEFAULT_PRETRAINED], folders[::-1], multilabel=True)[0] == 1  # roles swapped: tie goes to it
-    assert keep([SCRATCH, DEFAULT_PRETRAINED], [folders[0], tmp_path / "none"], multilabel=True)[0] == 1
+    assert keep([SCRATCH, DEFAULT_PRETRAINED], folders[::-1], True, held_out=False)[0] == 1  # roles swapped: it leads
+    assert keep([SCRATCH, DEFAULT_PRETRAINED], [folders[0], tmp_path / "none"], True, held_out=True)[0] == 1
     ap = mean_ap(targets, good)
     assert ap == pytest.approx(np.mean([average_precision(targets[:, c], good[:, c]) for c in range(4)]))
 
@@ -96,6 +112,26 @@ def test_validation_scores_round_trip_and_paired_differences_scale_with_the_clip
                      single_label(1000, range(100, 160))[1])
     assert small[0] == pytest.approx(-0.04) and large[0] == pytest.approx(-0.04)
     assert abs(large[1]) > 2.5 * abs(small[1])  # the same difference, ten times the clips: about sqrt(10) times the z
+
+
+@pytest.mark.parametrize("speakers, test, held_out, selection", [
+    (13, "speaker", True, False),  # twelve training speakers: validation holds some out
+    (5, "speaker", True, True),  # four: a selection hold-out of one of them
+    (5, "take", False, False),  # the test shares the speakers (FSDD's split by take): validation shares them too
+    (0, "take", False, False),  # no speakers named
+])
+def test_the_starts_are_compared_on_unheard_groups_where_the_data_have_them(tmp_path, speakers, test, held_out,
+                                                                          selection):
+    rows = []
+    for k in range(max(speakers, 5) * 2 * 6):
+        speaker, label, take = k % max(speakers, 5), (k // max(speakers, 5)) % 2, k // (max(speakers, 5) * 2)
+        sf.write(tmp_path / f"{k}.wav", tone(300.0 * (1 + label)), SR)
+        fold = "test" if (speaker == 0 if test == "speaker" else take == 0) else "train"
+        rows.append([f"{k}.wav", f"c{label}", f"s{speaker}" if speakers else "", fold])
+    data = write_csv(tmp_path / "data.csv", ["path", "label", "group", "fold"], rows)
+    compared = plan_comparison(TrainConfig(test_fold="test"), data, tmp_path / "run")
+    assert compared.held_out == held_out and bool(compared.manifest) == selection
+    assert (tmp_path / "run" / SELECTION_DIR / "manifest.csv").is_file() == selection
 
 
 @pytest.mark.slow

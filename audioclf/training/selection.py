@@ -1,8 +1,9 @@
 """``audioclf train DATA`` with the model left to the data: train from scratch and fine-tune the bundled AudioSet
-model, both on one split, and keep the fine-tuned one unless the one from scratch scores clearly higher on the
-same validation clips. Validation holds groups out (speakers, recordings) when train has enough of them; with two
-to nine, it shares them, where a model from scratch looks better than it is on new voices, so the starts are then
-compared on a selection hold-out of whole training groups and the kept one trains again on all of them.
+model, both on one split, and keep the one that scores higher on groups (speakers, recordings) neither heard: on
+validation, which holds groups out when train has ten or more; with two to nine, on a selection hold-out of whole
+training groups, after which the kept start trains again on all of them. Where the comparison can only use clips of
+the training groups (no groups named, or a test split that shares them), the fine-tuned run is kept unless the one
+from scratch leads clearly: there a model from scratch looks better than it carries to new recordings.
 
 Neither start wins everywhere: pretrained features carry environmental sound, music and mixtures; a model trained
 from scratch can follow labels the pretraining did not care for (pitch, rate, loudness), so the data decide.
@@ -13,6 +14,7 @@ import csv
 import io
 import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import read_config
@@ -51,25 +53,27 @@ def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
         given = [f"tar shards not at {rate} Hz"]
     if given:
         return [SCRATCH], f"from scratch: {', '.join(given)} {'fix' if len(given) > 1 else 'fixes'} the model"
-    return [SCRATCH, DEFAULT_PRETRAINED], (f"from scratch and fine-tuning {DEFAULT_PRETRAINED}; the fine-tuned run is "
-                                           "kept unless the one from scratch is clearly better on validation")
+    return [SCRATCH, DEFAULT_PRETRAINED], (f"from scratch and fine-tuning {DEFAULT_PRETRAINED}; the one kept is "
+                                           "chosen by their validation scores (the fine-tuned one on a tie)")
 
 
-CLEAR_Z = 2.0  # a validation lead beyond this many standard errors (paired, over the same clips) decides
+CLEAR_Z = 2.0  # a lead on clips of the training groups beyond this many standard errors (paired) decides
 
 
-def keep(names: list[str], folders: list[Path], multilabel: bool, clips: str = "validation clips") -> tuple[int, str]:
-    """Which of the finished candidate runs to keep, and why. The pretrained start unless another scores clearly
-    higher on the same validation clips (accuracy, or mAP for multi-label): by more than ``CLEAR_Z`` standard
-    errors of the paired difference: on a tie the start whose features also carry to unheard groups.
-    ``clips``: what the validation clips are, in the reason."""
+def keep(names: list[str], folders: list[Path], multilabel: bool, held_out: bool,
+         clips: str = "validation clips") -> tuple[int, str]:
+    """Which of the finished candidate runs to keep, and why, from their scores on the same validation clips
+    (accuracy, or mAP for multi-label). On clips of groups the runs never heard (``held_out``) the higher score wins,
+    the pretrained start on a tie. On clips of the training groups, or of data that name no groups, a model from
+    scratch looks better than it carries to new ones, so the pretrained start is kept unless another leads by more
+    than ``CLEAR_Z`` standard errors of the paired difference. ``clips``: what the clips are, in the reason."""
     metric, what = (mean_average_precision, "mAP") if multilabel else (accuracy, "accuracy")
     preferred = next((i for i, n in enumerate(names) if n != SCRATCH), 0)
     found = [read_validation(f) for f in folders]
     if found[preferred] is None:
         return preferred, f"{describe(names[preferred])} preferred: no per-clip validation scores to compare"
     paths, targets, base = found[preferred]
-    best, best_z, told = preferred, CLEAR_Z, []
+    best, best_z, told = preferred, 0.0 if held_out else CLEAR_Z, []
     for i, v in enumerate(found):
         if i == preferred or v is None or v[0] != paths:
             continue
@@ -77,30 +81,48 @@ def keep(names: list[str], folders: list[Path], multilabel: bool, clips: str = "
         told.append(f"{describe(names[i])} {100 * diff:+.1f} points of {what} ({z:+.1f} standard errors)")
         if z > best_z:
             best, best_z = i, z
-    n = len(paths)
+    told = f"{'; '.join(told) or 'no comparison'} on {len(paths)} {clips}"
     if best != preferred:
-        return best, f"{'; '.join(told)} on {n} {clips}: a clear lead"
-    return preferred, (f"{'; '.join(told) or 'no comparison'} on {n} {clips}: no clear lead over "
-                       f"{describe(names[preferred])}, which is preferred (pretrained features carry to unheard groups)")
+        return best, f"{told}: {'the higher score on unheard groups' if held_out else 'a clear lead'}"
+    if held_out:
+        return preferred, f"{told}: no lead over {describe(names[preferred])}, which is preferred on a tie"
+    return preferred, (f"{told}: no clear lead over {describe(names[preferred])}, which is preferred (these clips "
+                       "come from the training groups, where pretrained features carry further than they show)")
 
 
 def describe(name: str) -> str:
     return "from scratch" if name == SCRATCH else f"fine-tuned {name}"
 
 
-def selection_manifest(cfg: TrainConfig, data, run: Path) -> tuple[Path, str, str | None] | None:
-    """For training groups too few to validate on held-out ones (:func:`~audioclf.data.splits.group_holdout`):
-    ``RUN/selection/manifest.csv``, the training clips with the held-out groups as its declared ``validation`` fold;
-    what it holds out, in words; the data set's noise folder. None when the starts are compared on validation."""
+@dataclass
+class Comparison:
+    """Where the starts are compared: the run's validation clips, or a selection hold-out (``manifest``)."""
+
+    held_out: bool  # the compared clips come from groups the compared runs never heard
+    manifest: Path | None = None  # RUN/selection/manifest.csv: the training clips, the held-out groups its validation
+    where: str = ""  # what the selection hold-out holds, in words
+    noise_dir: str | None = None  # the data set's own noise folder, which a CSV manifest does not carry
+
+    @property
+    def clips(self) -> str:
+        return "clips of the held-out groups" if self.manifest else "validation clips"
+
+
+def plan_comparison(cfg: TrainConfig, data, run: Path) -> Comparison:
+    """Where to compare the starts. On the validation clips, held out by group when the data name groups and train
+    holds enough; with two to nine training groups (:func:`~audioclf.data.splits.group_holdout`), on a selection
+    hold-out written to ``RUN/selection/manifest.csv``: the training clips, the held-out groups its ``validation``
+    fold."""
     from ..data.shards import is_shard_source
 
     if is_shard_source(data):
-        return None
+        return Comparison(False)
     manifest = load_manifest(data, cfg.pattern)
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, split_seed(cfg))
+    group = lambda idx: {manifest.items[i].group for i in idx} - {None}  # noqa: E731
     parts = group_holdout(manifest, split, split_seed(cfg))
     if parts is None:
-        return None
+        return Comparison(bool(group(split.val)) and not group(split.val) & group(split.train))
     rest, held = parts
     rows = [[manifest.items[i].path, ";".join(manifest.items[i].labels), manifest.items[i].group or "", fold]
             for idx, fold in ((rest, "train"), (held, "validation")) for i in idx]
@@ -108,11 +130,9 @@ def selection_manifest(cfg: TrainConfig, data, run: Path) -> tuple[Path, str, st
     csv.writer(buf).writerows([["path", "label", "group", "fold"], *rows])
     (run / SELECTION_DIR).mkdir(parents=True, exist_ok=True)
     write_text_atomic(run / SELECTION_DIR / "manifest.csv", buf.getvalue())
-    names = sorted({manifest.items[i].group for i in held} - {None})
-    train_groups = {manifest.items[i].group for i in rest + held} - {None}
-    where = (f"{len(names)} of the {len(train_groups)} training groups held out ({', '.join(names)}; "
-             f"{len(held)} clips)")
-    return run / SELECTION_DIR / "manifest.csv", where, manifest.noise_dir
+    where = (f"{len(group(held))} of the {len(group(rest + held))} training groups held out "
+             f"({', '.join(sorted(group(held)))}; {len(held)} clips)")
+    return Comparison(True, run / SELECTION_DIR / "manifest.csv", where, manifest.noise_dir)
 
 
 def train_each(data, folder: Path, settings: dict, names: list[str]) -> list[tuple]:
@@ -132,38 +152,44 @@ def folder_name(name: str) -> str:
     return "scratch" if name == SCRATCH else Path(name).name
 
 
-def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
-    """Train each start, keep one (:func:`keep`) and make its files the run's, with the comparison in its
-    ``config.json`` (``candidates``, ``selection``, the reason under ``training.reasons``). The starts are complete
-    runs on one split in ``OUT/candidates/<scratch|name>``; with too few training groups to validate on unheard
-    ones (:func:`selection_manifest`) they train in ``OUT/selection/`` without the held-out groups, are compared on
-    them, and the kept start trains again on every training group into ``OUT/candidates/<name>``. Returns the kept
-    run's test report."""
-    from .loop import train_run
-
-    run = Path(out)
+def compare_starts(data, run: Path, cfg: TrainConfig, names: list[str]) -> tuple[list[tuple], int, str, Comparison]:
+    """Train the starts where :func:`plan_comparison` says and pick one: ``(results of train_each, the kept index,
+    why, the comparison)``."""
     settings = {**cfg.to_dict(), "overwrite": False}
-    fold = selection_manifest(cfg, data, run)
-    if fold:
-        manifest, where, noise_dir = fold
-        print(f"selection: {where}: both starts train on the other groups and are compared on these; the one kept "
-              "then trains on every training group", flush=True)
+    compared = plan_comparison(cfg, data, run)
+    if compared.manifest:
+        print(f"selection: {compared.where}: both starts train on the other groups and are compared on these; the "
+              "one kept then trains on every training group", flush=True)
         selection = {**settings, "pattern": None, "test_fold": None, "test_fraction": 0.0,
-                     "noise_dir": cfg.noise_dir or noise_dir}
-        results = train_each(manifest, run / SELECTION_DIR, selection, names)
+                     "noise_dir": cfg.noise_dir or compared.noise_dir}
+        results = train_each(compared.manifest, run / SELECTION_DIR, selection, names)
     else:
         results = train_each(data, run / CANDIDATES_DIR, settings, names)
     best, rule = keep([n for n, *_ in results], [f for _, f, *_ in results], results[0][2]["task"] == "multi_label",
-                      "clips of the held-out groups" if fold else "validation clips")
-    told = "; ".join(f"{describe(n)} " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in c["metrics"].items() if k.startswith("val_"))
-                     for n, _, c, _ in results)
+                      compared.held_out, compared.clips)
+    told = "; ".join(f"{describe(n)} " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in c["metrics"].items()
+                                                   if k.startswith("val_")) for n, _, c, _ in results)
+    where = f"selection ({compared.where})" if compared.manifest else "validation"
+    return results, best, f"{where} {told}: {rule}", compared
+
+
+def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
+    """Train each start, keep one (:func:`keep`) and make its files the run's, with the comparison in its
+    ``config.json`` (``candidates``, ``selection``, the reason under ``training.reasons``). The starts are complete
+    runs on one split in ``OUT/candidates/<scratch|name>``; with a selection hold-out (:func:`plan_comparison`) they
+    train in ``OUT/selection/`` without the held-out groups, are compared on them, and the kept start trains again
+    on every training group into ``OUT/candidates/<name>``. Returns the kept run's test report."""
+    from .loop import train_run
+
+    run = Path(out)
+    results, best, why, compared = compare_starts(data, run, cfg, names)
     name = results[best][0]
-    why = f"{'selection (' + fold[1] + ')' if fold else 'validation'} {told}: {rule}"
     print(f"auto: pretrained={name}: {why}", flush=True)
-    if fold:
+    if compared.manifest:
         print(f"=== the kept start, {describe(name)}, on every training group", flush=True)
         folder = run / CANDIDATES_DIR / folder_name(name)
-        report, config = train_run(data, folder, **{**settings, "pretrained": name}), read_config(folder)
+        report = train_run(data, folder, **{**cfg.to_dict(), "overwrite": False, "pretrained": name})
+        config = read_config(folder)
     else:
         _, folder, config, report = results[best]
     for f in folder.iterdir():  # the kept run's files; its training state stays in its own folder
@@ -172,11 +198,11 @@ def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
     config["training"]["reasons"] = {**config["training"].get("reasons", {}), f"pretrained={name}": why}
     config["candidates"] = [{"pretrained": n, "run": str(f.relative_to(run)), "model": c["model"],
                              "kept": n == name, **c["metrics"]} for n, f, c, _ in results]
-    if fold:
-        config["selection"] = {"held_out": fold[1], "manifest": str(fold[0].relative_to(run)),
+    if compared.manifest:
+        config["selection"] = {"held_out": compared.where, "manifest": str(compared.manifest.relative_to(run)),
                                "kept_run": str(folder.relative_to(run))}
     write_json_atomic(run / "config.json", config)
     print((f"kept {describe(name)}: test {summary_line(report)}\n" if report else f"kept {describe(name)}\n")
           + f"run folder: {run}  (report: {run / 'report.json'}; the starts compared in "
-          + f"{run / (SELECTION_DIR if fold else CANDIDATES_DIR)})")
+          + f"{run / (SELECTION_DIR if compared.manifest else CANDIDATES_DIR)})")
     return report
