@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..checkpoint import read_config
-from ..data.manifest import load_manifest
+from ..data.manifest import LABEL_SEPARATOR, load_manifest
 from ..data.splits import group_holdout, make_split
 from ..evaluation.evaluate import summary_line
 from ..evaluation.metrics import mean_average_precision
@@ -121,10 +121,11 @@ def plan_comparison(cfg: TrainConfig, data, run: Path) -> Comparison:
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, split_seed(cfg))
     group = lambda idx: {manifest.items[i].group for i in idx} - {None}  # noqa: E731
     parts = group_holdout(manifest, split, split_seed(cfg))
-    if parts is None:
+    if parts is None or any(LABEL_SEPARATOR in label for label in manifest.labels):  # a CSV cell could not hold it
         return Comparison(bool(group(split.val)) and not group(split.val) & group(split.train))
     rest, held = parts
-    rows = [[manifest.items[i].path, ";".join(manifest.items[i].labels), manifest.items[i].group or "", fold]
+    items = manifest.items
+    rows = [[items[i].path, LABEL_SEPARATOR.join(items[i].labels), items[i].group or "", fold]
             for idx, fold in ((rest, "train"), (held, "validation")) for i in idx]
     buf = io.StringIO()
     csv.writer(buf).writerows([["path", "label", "group", "fold"], *rows])
