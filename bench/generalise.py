@@ -18,10 +18,11 @@ Sets (built into ``OUT/<set>`` on first use; each a ``manifest.csv`` with ``path
   them; the held-out groups of the three sets above make the test mixtures.
 
 Configurations: ``default`` (``audioclf train`` with no flags), ``scratch`` (``--pretrained off``), ``pretrained``
-(``--pretrained mn04_as``), ``no-augment`` (``--no-augment`` on the start the default kept). The default trains both
-starts and keeps one (:mod:`audioclf.training.selection`); the ``scratch`` and ``pretrained`` columns are its two
-candidates (the same runs those flags make: same split and seeds), read from ``OUT/runs/<set>-default/candidates/``
-when the default ran, trained otherwise. ``--jobs`` sets train at once, each process with its share of the cores. Prints one table: accuracy (mAP for the multi-label set), macro-F1 and process CPU seconds of each;
+(``--pretrained mn04_as``), ``no-augment`` (``--no-augment`` on the start the default kept). The default trains
+from scratch and fine-tunes with and without augmentation, and keeps one (:mod:`audioclf.training.selection`); its
+candidates are the runs those flags make (same split and seeds), read from ``OUT/runs/<set>-default/candidates/``
+when the default ran (``no-augment`` from ``mn04_as-no-augment`` when it kept the fine-tuned start), trained
+otherwise. ``--jobs`` sets train at once, each process with its share of the cores. Prints one table: accuracy (mAP for the multi-label set), macro-F1 and process CPU seconds of each;
 ``--csv`` appends the rows.
 Needs ``apt-get install espeak-ng fluidsynth fluid-soundfont-gm hydrogen-drumkits sonic-pi-samples``.
 """
@@ -221,7 +222,7 @@ def result(run: Path, cpu: float, wall: float) -> dict:
     return {"metric": "mAP" if multilabel else "accuracy", "value": report["mAP" if multilabel else "accuracy"],
             "macro_f1": report["macro_f1"], "cpu_seconds": cpu, "wall_seconds": wall,
             "epochs": sum(1 for _ in open(run / "metrics.csv")) - 1, "best_epoch": config.get("best_epoch"),
-            "kept": config["training"].get("pretrained")}
+            "kept": config["training"].get("pretrained"), "augment": config["training"].get("augment", True)}
 
 
 def run_one(manifest: Path, out: Path, settings: dict) -> dict:
@@ -237,24 +238,27 @@ def run_one(manifest: Path, out: Path, settings: dict) -> dict:
     return result(out, cpu, wall)
 
 
-def candidate(default_run: Path, config: str) -> dict | None:
-    """The default run's candidate for ``config`` (``scratch`` or ``pretrained``), or None when it trained none."""
-    run = default_run / "candidates" / CANDIDATE_OF.get(config, "")
-    if config not in CANDIDATE_OF or not (run / "report.json").is_file():
+def candidate(default_run: Path, config: str, kept: str | None) -> dict | None:
+    """The default run's candidate for ``config`` (``scratch``, ``pretrained``, or ``no-augment`` of the fine-tuned
+    start it ``kept``), or None when it trained none."""
+    fine_tuned = config == "no-augment" and kept == CANDIDATE_OF["pretrained"]
+    folder = f"{kept}-no-augment" if fine_tuned else CANDIDATE_OF.get(config)
+    run = default_run / "candidates" / (folder or "")
+    if folder is None or not (run / "report.json").is_file():
         return None
     metrics = json.loads((run / "config.json").read_text())["metrics"]
     return result(run, metrics["cpu_seconds"], metrics["wall_seconds"])
 
 
 def run_set(name: str, manifest: Path, configs: list[str], out: Path, seed: int) -> list[dict]:
-    """Every configuration of one set, the default first: its candidates are the scratch and pretrained columns,
-    and ``no-augment`` retrains the start it kept, without augmentation."""
+    """Every configuration of one set, the default first: its candidates are the scratch, pretrained and (when it
+    kept the fine-tuned start) no-augment columns; otherwise ``no-augment`` retrains the start it kept without."""
     rows, kept = [], None
     for config in sorted(configs, key=lambda c: c != "default"):
         settings = {**CONFIGS[config], "seed": seed}
         if config == "no-augment" and kept:
             settings["pretrained"] = kept
-        r = ("default" in configs and candidate(out / "runs" / f"{name}-default", config)
+        r = ("default" in configs and candidate(out / "runs" / f"{name}-default", config, kept)
              or run_one(manifest, out / "runs" / f"{name}-{config}", settings))
         kept = r["kept"] if config == "default" else kept
         flags = FLAGS[config] + (f" --pretrained {settings['pretrained']}" if "pretrained" in settings
@@ -263,7 +267,7 @@ def run_set(name: str, manifest: Path, configs: list[str], out: Path, seed: int)
         rows.append({"set": name, "config": config, **r, "command": command})
         print(f"{name:10s} {config:10s} {r['metric']} {100 * r['value']:6.2f}  macro-F1 {r['macro_f1']:.3f}  "
               f"CPU {r['cpu_seconds']:7.0f} s  wall {r['wall_seconds']:6.0f} s  best epoch {r['best_epoch']}/{r['epochs']}"
-              f"  start {r['kept']}", flush=True)
+              f"  start {r['kept']}{'' if r['augment'] else ' without augmentation'}", flush=True)
     return rows
 
 

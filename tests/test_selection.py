@@ -1,5 +1,6 @@
-"""``audioclf train DATA`` with the model left to the data: from scratch and fine-tuned mn04_as both trained, the
-fine-tuned one kept unless the other leads clearly on the validation clips (audioclf/training/selection.py)."""
+"""``audioclf train DATA`` with the model left to the data: from scratch and fine-tuned mn04_as (with its
+augmentation and without) trained, the one kept by its score on clips of unheard groups, or the fine-tuned one unless
+another leads clearly on clips of the training groups (audioclf/training/selection.py)."""
 from __future__ import annotations
 
 import csv
@@ -16,13 +17,20 @@ import audioclf
 from audioclf.evaluation.metrics import average_precision
 from audioclf.evaluation.metrics import mean_average_precision as mean_ap
 from audioclf.training.config import SCRATCH, TrainConfig
-from audioclf.training.selection import DEFAULT_PRETRAINED, SELECTION_DIR, candidates, keep, plan_comparison
+from audioclf.training.selection import DEFAULT_PRETRAINED, SELECTION_DIR, Start, candidates, keep, plan_comparison
 from audioclf.training.validation import accuracy, paired_z, read_validation, write_validation
 
 
+SCRATCH_RUN, PRETRAINED_RUN = Start(SCRATCH), Start(DEFAULT_PRETRAINED)
+UNAUGMENTED_RUN = Start(DEFAULT_PRETRAINED, augment=False)
+THREE = [SCRATCH_RUN, PRETRAINED_RUN, UNAUGMENTED_RUN]
+
+
 @pytest.mark.parametrize("settings, starts, named", [
-    ({}, [SCRATCH, DEFAULT_PRETRAINED], "validation"),
-    ({"sample_rate": 32000}, [SCRATCH, DEFAULT_PRETRAINED], "validation"),  # the rate the pretrained model takes
+    ({}, THREE, "with its augmentation and without"),
+    ({"sample_rate": 32000}, THREE, "validation"),  # the rate the pretrained model takes
+    ({"augment": False}, [SCRATCH_RUN, PRETRAINED_RUN], "validation"),  # --no-augment: none to compare
+    ({"aug": "mixup_alpha=0"}, [SCRATCH_RUN, PRETRAINED_RUN], "validation"),  # the user shaped the augmentation
     ({"model": "cnn"}, [SCRATCH], "--model"),
     ({"width": 0.5}, [SCRATCH], "--width"),
     ({"sample_rate": 16000}, [SCRATCH], "--sample-rate"),
@@ -31,17 +39,18 @@ from audioclf.training.validation import accuracy, paired_z, read_validation, wr
     ({"pretrained": SCRATCH}, [SCRATCH], "--pretrained"),
     ({"pretrained": "mn04_as"}, ["mn04_as"], "--pretrained"),
 ])
-def test_both_starts_are_tried_unless_a_setting_fixes_the_model(tmp_path, settings, starts, named):
+def test_the_starts_are_tried_unless_a_setting_fixes_the_model(tmp_path, settings, starts, named):
     chosen, why = candidates(TrainConfig(**settings), tmp_path, tmp_path / "run")
-    assert chosen == starts and named in why
+    assert chosen == [s if isinstance(s, Start) else Start(s) for s in starts] and named in why
+    assert len({s.folder for s in chosen}) == len({s.key for s in chosen}) == len(chosen)  # each its own folder
 
 
 def test_a_single_run_interrupted_before_resumes_as_it_began(tmp_path):
     (tmp_path / "run" / "state").mkdir(parents=True)
     chosen, why = candidates(TrainConfig(resume=True), tmp_path, tmp_path / "run")
-    assert chosen == [SCRATCH] and "--resume" in why
+    assert chosen == [SCRATCH_RUN] and "--resume" in why
     (tmp_path / "run" / "candidates").mkdir()  # a run of candidates resumes them
-    assert candidates(TrainConfig(resume=True), tmp_path, tmp_path / "run")[0] == [SCRATCH, DEFAULT_PRETRAINED]
+    assert candidates(TrainConfig(resume=True), tmp_path, tmp_path / "run")[0] == THREE
 
 
 def write_candidate(folder, targets, scores, labels=("a", "b")):
@@ -68,22 +77,39 @@ def test_on_clips_of_the_training_groups_scratch_must_lead_clearly(tmp_path, n, 
                                                                     kept, why):
     folders = [write_candidate(tmp_path / name, *single_label(n, wrong))
                for name, wrong in (("scratch", scratch_wrong), ("mn04_as", pretrained_wrong))]
-    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=False, held_out=False)
+    index, reason = keep([SCRATCH_RUN, PRETRAINED_RUN], folders, multilabel=False, held_out=False)
     assert [SCRATCH, DEFAULT_PRETRAINED][index] == kept and why in reason and f"on {n} validation clips" in reason
 
 
 @pytest.mark.parametrize("scratch_wrong, pretrained_wrong, kept, why", [
-    (range(0, 4), range(4, 12), SCRATCH, "the higher score on unheard groups"),  # 4 clips on 63: it wins
+    (range(0, 4), range(4, 12), SCRATCH, "the highest score on unheard groups"),  # 4 clips on 63: it wins
     (range(0, 4), range(4, 8), DEFAULT_PRETRAINED, "preferred on a tie"),  # the same count: the pretrained one
     (range(0, 8), range(8, 12), DEFAULT_PRETRAINED, "no lead"),  # the pretrained one better
 ])
 def test_on_clips_of_unheard_groups_the_higher_score_wins(tmp_path, scratch_wrong, pretrained_wrong, kept, why):
     folders = [write_candidate(tmp_path / name, *single_label(63, wrong))
                for name, wrong in (("scratch", scratch_wrong), ("mn04_as", pretrained_wrong))]
-    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=False, held_out=True,
+    index, reason = keep([SCRATCH_RUN, PRETRAINED_RUN], folders, multilabel=False, held_out=True,
                          clips="clips of the held-out groups")
     assert [SCRATCH, DEFAULT_PRETRAINED][index] == kept and why in reason
     assert "on 63 clips of the held-out groups" in reason
+
+
+@pytest.mark.parametrize("wrong, held_out, kept, why", [
+    # on unheard groups the highest score wins, whatever its standard error: the run without augmentation here
+    ((range(0, 6), range(6, 12), range(12, 14)), True, 2, "the highest score on unheard groups"),
+    ((range(0, 2), range(2, 12), range(12, 14)), True, 0, "the highest score on unheard groups"),  # scratch, 2 < 4
+    ((range(0, 9), range(9, 13), range(13, 17)), True, 1, "preferred on a tie"),  # augmented = unaugmented: preferred
+    # on clips of the training groups only a clear lead displaces the preferred run, the clearest of two
+    ((range(0, 30), range(30, 36), range(36, 38)), False, 1, "no clear lead"),  # 4 of 63 clips: noise
+    ((range(0, 20), range(20, 70), range(70, 80)), False, 2, "a clear lead"),  # 40 of 200: clear, and the clearest
+])
+def test_the_run_without_augmentation_competes_by_the_same_rule(tmp_path, wrong, held_out, kept, why):
+    n = 63 if max(w.stop for w in wrong) <= 63 else 200
+    folders = [write_candidate(tmp_path / s.folder, *single_label(n, w)) for s, w in zip(THREE, wrong)]
+    index, reason = keep(THREE, folders, multilabel=False, held_out=held_out)
+    assert index == kept and why in reason
+    assert "fine-tuned mn04_as without augmentation" in reason and "from scratch" in reason
 
 
 def test_multi_label_compares_map_and_a_missing_comparison_keeps_the_pretrained_start(tmp_path):
@@ -92,10 +118,10 @@ def test_multi_label_compares_map_and_a_missing_comparison_keeps_the_pretrained_
     good, poor = targets * 0.6 + rng.random((120, 4)) * 0.5, rng.random((120, 4))
     labels = ("a", "b", "c", "d")
     folders = [write_candidate(tmp_path / "s", targets, good, labels), write_candidate(tmp_path / "p", targets, poor, labels)]
-    index, reason = keep([SCRATCH, DEFAULT_PRETRAINED], folders, multilabel=True, held_out=False)
+    index, reason = keep([SCRATCH_RUN, PRETRAINED_RUN], folders, multilabel=True, held_out=False)
     assert index == 0 and "mAP" in reason and "a clear lead" in reason
-    assert keep([SCRATCH, DEFAULT_PRETRAINED], folders[::-1], True, held_out=False)[0] == 1  # roles swapped: it leads
-    assert keep([SCRATCH, DEFAULT_PRETRAINED], [folders[0], tmp_path / "none"], True, held_out=True)[0] == 1
+    assert keep([SCRATCH_RUN, PRETRAINED_RUN], folders[::-1], True, held_out=False)[0] == 1  # roles swapped: it leads
+    assert keep([SCRATCH_RUN, PRETRAINED_RUN], [folders[0], tmp_path / "none"], True, held_out=True)[0] == 1
     ap = mean_ap(targets, good)
     assert ap == pytest.approx(np.mean([average_precision(targets[:, c], good[:, c]) for c in range(4)]))
 
@@ -141,23 +167,24 @@ def test_the_run_keeps_the_candidate_that_validates_better(tmp_path, capsys):
     audioclf.train(str(root), str(run), clip_seconds=0.25, batch_size=8, epochs=2, cache_dir=str(tmp_path / "cache"))
     out = capsys.readouterr().out
     config = json.loads((run / "config.json").read_text())
-    tried = {c["pretrained"]: c for c in config["candidates"]}
-    assert set(tried) == {SCRATCH, DEFAULT_PRETRAINED} and sum(c["kept"] for c in tried.values()) == 1
-    kept = next(name for name, c in tried.items() if c["kept"])
-    other = next(name for name in tried if name != kept)
+    tried = {Start(c["pretrained"], c["augment"]): c for c in config["candidates"]}
+    assert list(tried) == THREE and sum(c["kept"] for c in tried.values()) == 1
+    kept = next(start for start, c in tried.items() if c["kept"])
     n_val = config["split_sizes"]["val"]
-    for name, c in tried.items():  # each candidate's validation clips at its best epoch, which the choice compared
-        assert len(read_validation(run / c["run"])[0]) == n_val
-        reasons = json.loads((run / c["run"] / "config.json").read_text())["training"]["reasons"]
-        lr = "lr=0.003" if name == SCRATCH else "lr=0.001"  # the peak rate of each start, printed with its reason
+    for start, c in tried.items():  # each candidate's validation clips at its best epoch, which the choice compared
+        assert len(read_validation(run / c["run"])[0]) == n_val and c["run"] == f"candidates/{start.folder}"
+        trained = json.loads((run / c["run"] / "config.json").read_text())
+        reasons = trained["training"]["reasons"]
+        lr = "lr=0.003" if start.pretrained == SCRATCH else "lr=0.001"  # each start's peak rate, with its reason
         assert lr in reasons and f"auto: {lr}: {reasons[lr]}" in out
+        assert trained["training"]["augment"] == start.augment and (run / c["run"] / "report.json").is_file()
+        assert any(v for k, v in trained["augment"].items() if k != "snr_db") == start.augment  # as it says
     folder = run / tried[kept]["run"]
     assert (run / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     assert json.loads((run / "report.json").read_text()) == json.loads((folder / "report.json").read_text())
-    assert config["training"]["pretrained"] == kept and config["model"] == tried[kept]["model"]
-    assert (run / tried[other]["run"] / "report.json").is_file()  # the other candidate stays, complete
-    reason = config["training"]["reasons"][f"pretrained={kept}"]
-    assert f"auto: pretrained={kept}: {reason}" in out and "accuracy" in reason and f"on {n_val} validation clips" in reason
+    assert config["training"]["pretrained"] == kept.pretrained and config["model"] == tried[kept]["model"]
+    reason = config["training"]["reasons"][kept.key]
+    assert f"auto: {kept.key}: {reason}" in out and "accuracy" in reason and f"on {n_val} validation clips" in reason
     assert "auto: cues: balanced validation accuracy from each cue alone" in out and "cues" in config["training"]["reasons"]
     assert audioclf.load(run).labels == config["labels"]  # the run folder serves as any other
 
@@ -178,15 +205,16 @@ def test_with_few_training_groups_the_starts_are_compared_on_held_out_ones(tmp_p
     test_groups = {Path(r["path"]).name.split("_")[0] for r in csv.DictReader(open(run / "split.csv")) if r["subset"] == "test"}
     assert len(held_groups) == 1 and not held_groups & rest_groups and not (held_groups | rest_groups) & test_groups
     assert f"selection: 1 of the 4 training groups held out ({held_groups.pop()}; {len(held)} clips)" in out
-    tried = {c["pretrained"]: c for c in config["candidates"]}
-    assert set(tried) == {SCRATCH, DEFAULT_PRETRAINED} and sum(c["kept"] for c in tried.values()) == 1
+    tried = {Start(c["pretrained"], c["augment"]): c for c in config["candidates"]}
+    assert list(tried) == THREE and sum(c["kept"] for c in tried.values()) == 1
     for c in tried.values():  # compared on the held-out clips, which they did not train on
         assert c["run"].startswith("selection/") and sorted(read_validation(run / c["run"])[0]) == sorted(r[0] for r in held)
-    kept = next(name for name, c in tried.items() if c["kept"])
-    reason = config["training"]["reasons"][f"pretrained={kept}"]
-    assert f"auto: pretrained={kept}: {reason}" in out and f"on {len(held)} clips of the held-out groups" in reason
-    folder = run / config["selection"]["kept_run"]  # trained again on every training group
-    assert folder.name == ("scratch" if kept == SCRATCH else kept) and config["training"]["pretrained"] == kept
+    kept = next(start for start, c in tried.items() if c["kept"])
+    reason = config["training"]["reasons"][kept.key]
+    assert f"auto: {kept.key}: {reason}" in out and f"on {len(held)} clips of the held-out groups" in reason
+    folder = run / config["selection"]["kept_run"]  # trained again on every training group, as it was compared
+    assert folder.name == kept.folder and config["training"]["pretrained"] == kept.pretrained
+    assert config["training"]["augment"] == kept.augment
     assert config["split_sizes"]["train"] + config["split_sizes"]["val"] == len(rows)
     assert (run / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
     assert json.loads((run / "report.json").read_text()) == json.loads((folder / "report.json").read_text())

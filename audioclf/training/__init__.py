@@ -1,5 +1,5 @@
-"""Training: ``train(DATA, OUT, **settings)`` trains one model, an ensemble (``ensemble=K``), or both starts to keep
-one (no ``pretrained`` given); :mod:`.loop` is one run top to bottom."""
+"""Training: ``train(DATA, OUT, **settings)`` trains one model, an ensemble (``ensemble=K``), or the candidate
+starts to keep one (no ``pretrained`` given); :mod:`.loop` is one run top to bottom."""
 from __future__ import annotations
 
 
@@ -20,7 +20,7 @@ def train(data, out, **settings) -> dict:
         print(f"auto: pretrained: {start_reason}")
         return train_candidates(data, out, cfg, starts)
     if auto_start:
-        cfg.pretrained = starts[0]
+        cfg.pretrained = starts[0].pretrained
         print(f"auto: pretrained={cfg.pretrained}: {start_reason}")
     if cfg.ensemble > 1:
         return train_ensemble(data, out, cfg)

@@ -1,12 +1,14 @@
 """``audioclf train DATA`` with the model left to the data: train from scratch and fine-tune the bundled AudioSet
-model, both on one split, and keep the one that scores higher on groups (speakers, recordings) neither heard: on
+model (with its augmentation and without), all on one split, and keep the one that scores higher on groups
+(speakers, recordings) none heard: on
 validation, which holds groups out when train has ten or more; with two to nine, on a selection hold-out of whole
 training groups, after which the kept start trains again on all of them. Where the comparison can only use clips of
 the training groups (no groups named, or a test split that shares them), the fine-tuned run is kept unless the one
 from scratch leads clearly: there a model from scratch looks better than it carries to new recordings.
 
 Neither start wins everywhere: pretrained features carry environmental sound, music and mixtures; a model trained
-from scratch can follow labels the pretraining did not care for (pitch, rate, loudness), so the data decide.
+from scratch can follow labels the pretraining did not care for (pitch, rate, loudness), and augmentation can blur
+the cue a label lives in, so the data decide.
 """
 from __future__ import annotations
 
@@ -33,16 +35,45 @@ CANDIDATES_DIR = "candidates"
 SELECTION_DIR = "selection"  # the starts trained without held-out groups, when validation cannot hold groups out
 
 
-def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
-    """The ``--pretrained`` values to train (:data:`SCRATCH` and/or a source) and why: both starts unless a setting
-    fixes one (``--pretrained``, ``--model``, ``--width``, a ``--sample-rate`` the pretrained model does not take,
-    ``--ensemble``, ``--nproc``, no validation clips, tar shards at another rate, ``--resume`` of a single run)."""
+@dataclass(frozen=True)
+class Start:
+    """One candidate run: the ``--pretrained`` value it starts from (:data:`SCRATCH`: from scratch) and whether it
+    trains with the default augmentation."""
+
+    pretrained: str
+    augment: bool = True
+
+    @property
+    def folder(self) -> str:
+        """Its folder name under ``candidates/`` or ``selection/``: ``scratch``, ``mn04_as``, ``mn04_as-no-augment``."""
+        name = "scratch" if self.pretrained == SCRATCH else Path(self.pretrained).name
+        return name if self.augment else f"{name}-no-augment"
+
+    @property
+    def key(self) -> str:
+        """The choice as ``config.json`` reasons name it: ``pretrained=mn04_as`` (``augment=off`` added without)."""
+        return f"pretrained={self.pretrained}" + ("" if self.augment else " augment=off")
+
+    def describe(self) -> str:
+        start = "from scratch" if self.pretrained == SCRATCH else f"fine-tuned {self.pretrained}"
+        return start + ("" if self.augment else " without augmentation")
+
+    def settings(self) -> dict:
+        """The training settings it fixes."""
+        return {"pretrained": self.pretrained, **({} if self.augment else {"augment": False})}
+
+
+def candidates(cfg: TrainConfig, data, out) -> tuple[list[Start], str]:
+    """The runs to train and why: from scratch, fine-tuned and (when the augmentation is left to the default)
+    fine-tuned without augmentation, unless a setting fixes the start (``--pretrained``, ``--model``, ``--width``, a
+    ``--sample-rate`` the pretrained model does not take, ``--ensemble``, ``--nproc``, no validation clips, tar
+    shards at another rate, ``--resume`` of a single run): then that one alone."""
     from ..data.shards import ShardSource, is_shard_source
 
     if cfg.pretrained:
-        return [cfg.pretrained], "--pretrained given"
+        return [Start(cfg.pretrained)], "--pretrained given"
     if cfg.resume and (Path(out) / "state").is_dir() and not (Path(out) / CANDIDATES_DIR).is_dir():
-        return [SCRATCH], f"from scratch: --resume continues the single run in {Path(out) / 'state'} as it began"
+        return [Start(SCRATCH)], f"from scratch: --resume continues the single run in {Path(out) / 'state'} as it began"
     rate = EFFICIENTAT_FRONTEND["sample_rate"]
     fixed = [("--model", cfg.model), ("--width", cfg.width is not None),
              ("--sample-rate", cfg.sample_rate not in (None, rate)), ("--ensemble", cfg.ensemble > 1),
@@ -52,46 +83,49 @@ def candidates(cfg: TrainConfig, data, out) -> tuple[list[str], str]:
     if not given and is_shard_source(data) and ShardSource(data).sample_rate != rate:
         given = [f"tar shards not at {rate} Hz"]
     if given:
-        return [SCRATCH], f"from scratch: {', '.join(given)} {'fix' if len(given) > 1 else 'fixes'} the model"
-    return [SCRATCH, DEFAULT_PRETRAINED], (f"from scratch and fine-tuning {DEFAULT_PRETRAINED}; the one kept is "
-                                           "chosen by their validation scores (the fine-tuned one on a tie)")
+        return [Start(SCRATCH)], f"from scratch: {', '.join(given)} {'fix' if len(given) > 1 else 'fixes'} the model"
+    starts = [Start(SCRATCH), Start(DEFAULT_PRETRAINED)]
+    if cfg.augment and not cfg.aug:  # a short run: whether its augmentation blurs the labels' cue is measured
+        starts.append(Start(DEFAULT_PRETRAINED, augment=False))
+        return starts, (f"from scratch, and fine-tuning {DEFAULT_PRETRAINED} with its augmentation and without; the "
+                        "one kept is chosen by their validation scores (the fine-tuned one with augmentation on a tie)")
+    return starts, (f"from scratch and fine-tuning {DEFAULT_PRETRAINED}; the one kept is chosen by their validation "
+                    "scores (the fine-tuned one on a tie)")
 
 
 CLEAR_Z = 2.0  # a lead on clips of the training groups beyond this many standard errors (paired) decides
 
 
-def keep(names: list[str], folders: list[Path], multilabel: bool, held_out: bool,
+def keep(starts: list[Start], folders: list[Path], multilabel: bool, held_out: bool,
          clips: str = "validation clips") -> tuple[int, str]:
     """Which of the finished candidate runs to keep, and why, from their scores on the same validation clips
-    (accuracy, or mAP for multi-label). On clips of groups the runs never heard (``held_out``) the higher score wins,
-    the pretrained start on a tie. On clips of the training groups, or of data that name no groups, a model from
-    scratch looks better than it carries to new ones, so the pretrained start is kept unless another leads by more
-    than ``CLEAR_Z`` standard errors of the paired difference. ``clips``: what the clips are, in the reason."""
+    (accuracy, or mAP for multi-label). The preferred run is the first fine-tuned one with augmentation. On clips of
+    groups the runs never heard (``held_out``) the highest score wins, the preferred run on a tie. On clips of the
+    training groups, or of data that name no groups, a model from scratch looks better than it carries to new
+    ones, so the preferred run is kept unless another leads it by more than ``CLEAR_Z`` standard errors of the
+    paired difference (the largest such lead wins). ``clips``: what the clips are, in the reason."""
     metric, what = (mean_average_precision, "mAP") if multilabel else (accuracy, "accuracy")
-    preferred = next((i for i, n in enumerate(names) if n != SCRATCH), 0)
+    preferred = next((i for i, s in enumerate(starts) if s.pretrained != SCRATCH and s.augment), 0)
     found = [read_validation(f) for f in folders]
     if found[preferred] is None:
-        return preferred, f"{describe(names[preferred])} preferred: no per-clip validation scores to compare"
+        return preferred, f"{starts[preferred].describe()} preferred: no per-clip validation scores to compare"
     paths, targets, base = found[preferred]
-    best, best_z, told = preferred, 0.0 if held_out else CLEAR_Z, []
+    best, best_lead, told = preferred, 0.0 if held_out else CLEAR_Z, []
     for i, v in enumerate(found):
         if i == preferred or v is None or v[0] != paths:
             continue
         diff, z = paired_z(metric, targets, v[2], base)
-        told.append(f"{describe(names[i])} {100 * diff:+.1f} points of {what} ({z:+.1f} standard errors)")
-        if z > best_z:
-            best, best_z = i, z
+        told.append(f"{starts[i].describe()} {100 * diff:+.1f} points of {what} ({z:+.1f} standard errors)")
+        if (diff if held_out else z) > best_lead:
+            best, best_lead = i, diff if held_out else z
     told = f"{'; '.join(told) or 'no comparison'} on {len(paths)} {clips}"
     if best != preferred:
-        return best, f"{told}: {'the higher score on unheard groups' if held_out else 'a clear lead'}"
+        return best, f"{told}: {'the highest score on unheard groups' if held_out else 'a clear lead'}"
+    what = starts[preferred].describe()
     if held_out:
-        return preferred, f"{told}: no lead over {describe(names[preferred])}, which is preferred on a tie"
-    return preferred, (f"{told}: no clear lead over {describe(names[preferred])}, which is preferred (these clips "
-                       "come from the training groups, where pretrained features carry further than they show)")
-
-
-def describe(name: str) -> str:
-    return "from scratch" if name == SCRATCH else f"fine-tuned {name}"
+        return preferred, f"{told}: no lead over {what}, which is preferred on a tie"
+    return preferred, (f"{told}: no clear lead over {what}, which is preferred (these clips come from the training "
+                       "groups, where pretrained features carry further than they show)")
 
 
 @dataclass
@@ -136,74 +170,70 @@ def plan_comparison(cfg: TrainConfig, data, run: Path) -> Comparison:
     return Comparison(True, run / SELECTION_DIR / "manifest.csv", where, manifest.noise_dir)
 
 
-def train_each(data, folder: Path, settings: dict, names: list[str]) -> list[tuple]:
-    """Train each start into ``folder/<scratch|name>``; ``(name, run folder, config, test report)`` of each."""
+def train_each(data, folder: Path, settings: dict, starts: list[Start]) -> list[tuple]:
+    """Train each start into ``folder/<start.folder>``; ``(start, run folder, config, test report)`` of each."""
     from .loop import train_run
 
     results = []
-    for i, name in enumerate(names):
-        run = folder / folder_name(name)
-        print(f"=== candidate {i + 1}/{len(names)}: {describe(name)}", flush=True)
-        report = train_run(data, run, **{**settings, "pretrained": name})
-        results.append((name, run, read_config(run), report))
+    for i, start in enumerate(starts):
+        run = folder / start.folder
+        print(f"=== candidate {i + 1}/{len(starts)}: {start.describe()}", flush=True)
+        report = train_run(data, run, **{**settings, **start.settings()})
+        results.append((start, run, read_config(run), report))
     return results
 
 
-def folder_name(name: str) -> str:
-    return "scratch" if name == SCRATCH else Path(name).name
-
-
-def compare_starts(data, run: Path, cfg: TrainConfig, names: list[str]) -> tuple[list[tuple], int, str, Comparison]:
+def compare_starts(data, run: Path, cfg: TrainConfig, starts: list[Start]) -> tuple[list[tuple], int, str, Comparison]:
     """Train the starts where :func:`plan_comparison` says and pick one: ``(results of train_each, the kept index,
     why, the comparison)``."""
     settings = {**cfg.to_dict(), "overwrite": False}
     compared = plan_comparison(cfg, data, run)
     if compared.manifest:
-        print(f"selection: {compared.where}: both starts train on the other groups and are compared on these; the "
+        print(f"selection: {compared.where}: the starts train on the other groups and are compared on these; the "
               "one kept then trains on every training group", flush=True)
         selection = {**settings, "pattern": None, "test_fold": None, "test_fraction": 0.0,
                      "noise_dir": cfg.noise_dir or compared.noise_dir}
-        results = train_each(compared.manifest, run / SELECTION_DIR, selection, names)
+        results = train_each(compared.manifest, run / SELECTION_DIR, selection, starts)
     else:
-        results = train_each(data, run / CANDIDATES_DIR, settings, names)
-    best, rule = keep([n for n, *_ in results], [f for _, f, *_ in results], results[0][2]["task"] == "multi_label",
+        results = train_each(data, run / CANDIDATES_DIR, settings, starts)
+    best, rule = keep([s for s, *_ in results], [f for _, f, *_ in results], results[0][2]["task"] == "multi_label",
                       compared.held_out, compared.clips)
-    told = "; ".join(f"{describe(n)} " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in c["metrics"].items()
-                                                   if k.startswith("val_")) for n, _, c, _ in results)
+    told = "; ".join(f"{s.describe()} " + ", ".join(f"{k[4:]} {v:.4f}" for k, v in c["metrics"].items()
+                                                     if k.startswith("val_")) for s, _, c, _ in results)
     where = f"selection ({compared.where})" if compared.manifest else "validation"
     return results, best, f"{where} {told}: {rule}", compared
 
 
-def train_candidates(data, out, cfg: TrainConfig, names: list[str]) -> dict:
+def train_candidates(data, out, cfg: TrainConfig, starts: list[Start]) -> dict:
     """Train each start, keep one (:func:`keep`) and make its files the run's, with the comparison in its
     ``config.json`` (``candidates``, ``selection``, the reason under ``training.reasons``). The starts are complete
-    runs on one split in ``OUT/candidates/<scratch|name>``; with a selection hold-out (:func:`plan_comparison`) they
-    train in ``OUT/selection/`` without the held-out groups, are compared on them, and the kept start trains again
-    on every training group into ``OUT/candidates/<name>``. Returns the kept run's test report."""
+    runs on one split in ``OUT/candidates/<start.folder>``; with a selection hold-out (:func:`plan_comparison`)
+    they train in ``OUT/selection/`` without the held-out groups, are compared on them, and the kept start trains
+    again on every training group into ``OUT/candidates/<start.folder>``. Returns the kept run's test report."""
     from .loop import train_run
 
     run = Path(out)
-    results, best, why, compared = compare_starts(data, run, cfg, names)
-    name = results[best][0]
-    print(f"auto: pretrained={name}: {why}", flush=True)
+    results, best, why, compared = compare_starts(data, run, cfg, starts)
+    start = results[best][0]
+    print(f"auto: {start.key}: {why}", flush=True)
     if compared.manifest:
-        print(f"=== the kept start, {describe(name)}, on every training group", flush=True)
-        folder = run / CANDIDATES_DIR / folder_name(name)
-        report = train_run(data, folder, **{**cfg.to_dict(), "overwrite": False, "pretrained": name})
+        print(f"=== the kept start, {start.describe()}, on every training group", flush=True)
+        folder = run / CANDIDATES_DIR / start.folder
+        report = train_run(data, folder, **{**cfg.to_dict(), "overwrite": False, **start.settings()})
         config = read_config(folder)
     else:
         _, folder, config, report = results[best]
     for f in folder.iterdir():  # the kept run's files; its training state stays in its own folder
         if f.is_file() and f.suffix != ".log":
             shutil.copy2(f, run / f.name)
-    config["training"]["reasons"] = {**config["training"].get("reasons", {}), f"pretrained={name}": why}
-    config["candidates"] = [{"pretrained": n, "run": str(f.relative_to(run)), "model": c["model"],
-                             "kept": n == name, **c["metrics"]} for n, f, c, _ in results]
+    config["training"]["reasons"] = {**config["training"].get("reasons", {}), start.key: why}
+    config["candidates"] = [{"pretrained": s.pretrained, "augment": s.augment, "run": str(f.relative_to(run)),
+                             "model": c["model"], "kept": s == start, **c["metrics"]} for s, f, c, _ in results]
     if compared.manifest:
         config["selection"] = {"held_out": compared.where, "manifest": str(compared.manifest.relative_to(run)),
                                "kept_run": str(folder.relative_to(run))}
     write_json_atomic(run / "config.json", config)
-    print((f"kept {describe(name)}: test {summary_line(report)}\n" if report else f"kept {describe(name)}\n")
+    print((f"kept {start.describe()}: test {summary_line(report)}\n" if report else f"kept {start.describe()}\n")
           + f"run folder: {run}  (report: {run / 'report.json'}; the starts compared in "
           + f"{run / (SELECTION_DIR if compared.manifest else CANDIDATES_DIR)})")
     return report
