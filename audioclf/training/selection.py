@@ -1,10 +1,10 @@
 """``audioclf train DATA`` with the model left to the data: train from scratch and fine-tune the bundled AudioSet
-model (with its augmentation and without), all on one split, and keep the one that scores higher on groups
-(speakers, recordings) none heard: on
-validation, which holds groups out when train has ten or more; with two to nine, on a selection hold-out of whole
-training groups, after which the kept start trains again on all of them. Where the comparison can only use clips of
-the training groups (no groups named, or a test split that shares them), the fine-tuned run is kept unless the one
-from scratch leads clearly: there a model from scratch looks better than it carries to new recordings.
+model (with its augmentation and without), all on one split, and keep the run that scores highest on groups
+(speakers, recordings) none heard: on validation, which holds groups out when train has ten or more; with two to
+nine, on a selection hold-out of whole training groups, after which the kept run trains again on all of them. Where
+the comparison can only use clips of the training groups (no groups named, or a test split that shares them), the
+fine-tuned run with augmentation is kept unless another leads clearly: there a model from scratch looks better than
+it carries to new recordings.
 
 Neither start wins everywhere: pretrained features carry environmental sound, music and mixtures; a model trained
 from scratch can follow labels the pretraining did not care for (pitch, rate, loudness), and augmentation can blur
@@ -227,8 +227,9 @@ def train_candidates(data, out, cfg: TrainConfig, starts: list[Start]) -> dict:
         if f.is_file() and f.suffix != ".log":
             shutil.copy2(f, run / f.name)
     config["training"]["reasons"] = {**config["training"].get("reasons", {}), start.key: why}
-    config["candidates"] = [{"pretrained": s.pretrained, "augment": s.augment, "run": str(f.relative_to(run)),
-                             "model": c["model"], "kept": s == start, **c["metrics"]} for s, f, c, _ in results]
+    config["candidates"] = [{"pretrained": s.pretrained, "augment": c["training"]["augment"],  # as it trained
+                             "run": str(f.relative_to(run)), "model": c["model"], "kept": s == start, **c["metrics"]}
+                            for s, f, c, _ in results]
     if compared.manifest:
         config["selection"] = {"held_out": compared.where, "manifest": str(compared.manifest.relative_to(run)),
                                "kept_run": str(folder.relative_to(run))}
