@@ -1,10 +1,10 @@
 """``audioclf train DATA`` with the model left to the data: train from scratch and fine-tune the bundled AudioSet
-model (with its augmentation and without), all on one split, and keep the run that scores highest on groups
-(speakers, recordings) none heard: on validation, which holds groups out when train has ten or more; with two to
-nine, on a selection hold-out of whole training groups, after which the kept run trains again on all of them. Where
-the comparison can only use clips of the training groups (no groups named, or a test split that shares them), the
-fine-tuned run with augmentation is kept unless another leads clearly: there a model from scratch looks better than
-it carries to new recordings.
+model (with its augmentation and without), all on one split, and keep the run that scores higher on groups
+(speakers, recordings) none heard, the fine-tune without augmentation only on a clear lead: on validation, which
+holds groups out when train has ten or more; with two to nine, on a selection hold-out of whole training groups,
+after which the kept run trains again on all of them. Where the comparison can only use clips of the training groups
+(no groups named, or a test split that shares them), the fine-tuned run with augmentation is kept unless another
+leads clearly: there a model from scratch looks better than it carries to new recordings.
 
 Neither start wins everywhere: pretrained features carry environmental sound, music and mixtures; a model trained
 from scratch can follow labels the pretraining did not care for (pitch, rate, loudness), and augmentation can blur
@@ -88,7 +88,8 @@ def candidates(cfg: TrainConfig, data, out) -> tuple[list[Start], str]:
     if cfg.augment and not cfg.aug:  # a short run: whether its augmentation blurs the labels' cue is measured
         starts.append(Start(DEFAULT_PRETRAINED, augment=False))
         return starts, (f"from scratch, and fine-tuning {DEFAULT_PRETRAINED} with its augmentation and without; the "
-                        "one kept is chosen by their validation scores (the fine-tuned one with augmentation on a tie)")
+                        "one kept is chosen by their validation scores (augmentation is dropped only on a clear lead, "
+                        "the fine-tuned run is kept on a tie)")
     return starts, (f"from scratch and fine-tuning {DEFAULT_PRETRAINED}; the one kept is chosen by their validation "
                     "scores (the fine-tuned one on a tie)")
 
@@ -99,33 +100,47 @@ CLEAR_Z = 2.0  # a lead on clips of the training groups beyond this many standar
 def keep(starts: list[Start], folders: list[Path], multilabel: bool, held_out: bool,
          clips: str = "validation clips") -> tuple[int, str]:
     """Which of the finished candidate runs to keep, and why, from their scores on the same validation clips
-    (accuracy, or mAP for multi-label). The preferred run is the first fine-tuned one with augmentation. On clips of
-    groups the runs never heard (``held_out``) the highest score wins, the preferred run on a tie. On clips of the
-    training groups, or of data that name no groups, a model from scratch looks better than it carries to new
-    ones, so the preferred run is kept unless another leads it by more than ``CLEAR_Z`` standard errors of the
-    paired difference (the largest such lead wins). ``clips``: what the clips are, in the reason."""
+    (accuracy, or mAP for multi-label), paired clip by clip. The preferred run is the first fine-tuned one with
+    augmentation. The same start without augmentation replaces it only on a lead of more than ``CLEAR_Z`` standard
+    errors: augmentation is kept unless the clips show it hurts. Then the run from scratch against the one kept so
+    far: on clips of groups the runs never heard (``held_out``) the higher score wins, the fine-tuned run on a tie;
+    on clips of the training groups, or of data that name no groups, a model from scratch looks better than it
+    carries to new ones, so it must lead by more than ``CLEAR_Z`` standard errors. ``clips``: what the clips are,
+    in the reason."""
     metric, what = (mean_average_precision, "mAP") if multilabel else (accuracy, "accuracy")
     preferred = next((i for i, s in enumerate(starts) if s.pretrained != SCRATCH and s.augment), 0)
     found = [read_validation(f) for f in folders]
     if found[preferred] is None:
         return preferred, f"{starts[preferred].describe()} preferred: no per-clip validation scores to compare"
-    paths, targets, base = found[preferred]
-    best, best_lead, told = preferred, 0.0 if held_out else CLEAR_Z, []
-    for i, v in enumerate(found):
-        if i == preferred or v is None or v[0] != paths:
-            continue
-        diff, z = paired_z(metric, targets, v[2], base)
-        told.append(f"{starts[i].describe()} {100 * diff:+.1f} points of {what} ({z:+.1f} standard errors)")
-        if (diff if held_out else z) > best_lead:
-            best, best_lead = i, diff if held_out else z
-    told = f"{'; '.join(told) or 'no comparison'} on {len(paths)} {clips}"
-    if best != preferred:
-        return best, f"{told}: {'the highest score on unheard groups' if held_out else 'a clear lead'}"
-    what = starts[preferred].describe()
+    paths, targets, _ = found[preferred]
+
+    def versus(i: int, j: int) -> tuple[float, float]:
+        """Run ``i``'s lead over run ``j`` and its z."""
+        return paired_z(metric, targets, found[i][2], found[j][2])
+
+    def told(i: int, j: int) -> str:
+        diff, z = versus(i, j)
+        over = "" if j == preferred else f" over {starts[j].describe()}"
+        return f"{starts[i].describe()} {100 * diff:+.1f} points of {what} ({z:+.1f} standard errors{over})"
+    rivals = [i for i, v in enumerate(found) if i != preferred and v is not None and v[0] == paths]
+    lines, kept, rule = [told(i, preferred) for i in rivals], preferred, None
+    for i in (i for i in rivals if starts[i].pretrained == starts[preferred].pretrained):  # the same start, unaugmented
+        if versus(i, kept)[1] > CLEAR_Z:
+            kept, rule = i, "a clear lead without augmentation"
+    for i in (i for i in rivals if starts[i].pretrained != starts[preferred].pretrained):  # from scratch
+        if kept != preferred:
+            lines.append(told(i, kept))
+        diff, z = versus(i, kept)
+        if diff > 0 if held_out else z > CLEAR_Z:
+            kept, rule = i, "the higher score on unheard groups" if held_out else "a clear lead"
+    lines = f"{'; '.join(lines) or 'no comparison'} on {len(paths)} {clips}"
+    if rule:
+        return kept, f"{lines}: {rule}"
+    name = starts[preferred].describe()
     if held_out:
-        return preferred, f"{told}: no lead over {what}, which is preferred on a tie"
-    return preferred, (f"{told}: no clear lead over {what}, which is preferred (these clips come from the training "
-                       "groups, where pretrained features carry further than they show)")
+        return kept, f"{lines}: no lead over {name}, which is preferred on a tie"
+    return kept, (f"{lines}: no clear lead over {name}, which is preferred (these clips come from the training "
+                  "groups, where pretrained features carry further than they show)")
 
 
 @dataclass
