@@ -22,8 +22,8 @@ Configurations: ``default`` (``audioclf train`` with no flags), ``scratch`` (``-
 from scratch and fine-tunes with and without augmentation, and keeps one (:mod:`audioclf.training.selection`); its
 candidates are the runs those flags make (same split and seeds), read from ``OUT/runs/<set>-default/candidates/``
 when the default ran (``no-augment`` from ``mn04_as-no-augment`` when it kept the fine-tuned start), trained
-otherwise. ``--jobs`` sets train at once, each process with its share of the cores. Prints one table: accuracy (mAP for the multi-label set), macro-F1 and process CPU seconds of each;
-``--csv`` appends the rows.
+otherwise. ``--jobs`` sets train at once, each process with its share of the cores. Prints one table: accuracy
+(mAP for the multi-label set), macro-F1 and process CPU seconds of each; ``--csv`` appends the rows.
 Needs ``apt-get install espeak-ng fluidsynth fluid-soundfont-gm hydrogen-drumkits sonic-pi-samples``.
 """
 from __future__ import annotations
@@ -241,8 +241,10 @@ def run_one(manifest: Path, out: Path, settings: dict) -> dict:
 def candidate(default_run: Path, config: str, kept: str | None) -> dict | None:
     """The default run's candidate for ``config`` (``scratch``, ``pretrained``, or ``no-augment`` of the fine-tuned
     start it ``kept``), or None when it trained none."""
+    from audioclf.training.selection import Start
+
     fine_tuned = config == "no-augment" and kept == CANDIDATE_OF["pretrained"]
-    folder = f"{kept}-no-augment" if fine_tuned else CANDIDATE_OF.get(config)
+    folder = Start(kept, augment=False).folder if fine_tuned else CANDIDATE_OF.get(config)
     run = default_run / "candidates" / (folder or "")
     if folder is None or not (run / "report.json").is_file():
         return None

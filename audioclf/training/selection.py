@@ -13,6 +13,7 @@ the cue a label lives in, so the data decide.
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import os
 import shutil
@@ -114,8 +115,9 @@ def keep(starts: list[Start], folders: list[Path], multilabel: bool, held_out: b
         return preferred, f"{starts[preferred].describe()} preferred: no per-clip validation scores to compare"
     paths, targets, _ = found[preferred]
 
+    @functools.cache
     def versus(i: int, j: int) -> tuple[float, float]:
-        """Run ``i``'s lead over run ``j`` and its z."""
+        """Run ``i``'s lead over run ``j`` and its z (a bootstrap: computed once a pair)."""
         return paired_z(metric, targets, found[i][2], found[j][2])
 
     def told(i: int, j: int) -> str:
