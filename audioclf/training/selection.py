@@ -125,24 +125,28 @@ def keep(starts: list[Start], folders: list[Path], multilabel: bool, held_out: b
         over = "" if j == preferred else f" over {starts[j].describe()}"
         return f"{starts[i].describe()} {100 * diff:+.1f} points of {what} ({z:+.1f} standard errors{over})"
     rivals = [i for i, v in enumerate(found) if i != preferred and v is not None and v[0] == paths]
-    lines, kept, rule = [told(i, preferred) for i in rivals], preferred, None
-    for i in (i for i in rivals if starts[i].pretrained == starts[preferred].pretrained):  # the same start, unaugmented
-        if versus(i, kept)[1] > CLEAR_Z:
-            kept, rule = i, "a clear lead without augmentation"
+    lines, kept, verdicts = [told(i, preferred) for i in rivals], preferred, []
+    for i in (i for i in rivals if starts[i].pretrained == starts[preferred].pretrained):  # the same, unaugmented
+        clear = versus(i, kept)[1] > CLEAR_Z
+        verdicts.append(f"{'a' if clear else 'no'} clear lead without augmentation")
+        kept = i if clear else kept
     for i in (i for i in rivals if starts[i].pretrained != starts[preferred].pretrained):  # from scratch
         if kept != preferred:
             lines.append(told(i, kept))
         diff, z = versus(i, kept)
-        if diff > 0 if held_out else z > CLEAR_Z:
-            kept, rule = i, "the higher score on unheard groups" if held_out else "a clear lead"
+        name = starts[kept].describe()
+        if held_out:
+            won = diff > 0
+            verdicts.append("from scratch the higher score on unheard groups" if won else
+                            f"a tie, where {name} is preferred" if diff == 0 else f"{name} scores higher")
+        else:
+            won = z > CLEAR_Z
+            verdicts.append("a clear lead from scratch" if won else
+                            f"no clear lead over {name}, which is preferred (these clips come from the training "
+                            "groups, where pretrained features carry further than they show)")
+        kept = i if won else kept
     lines = f"{'; '.join(lines) or 'no comparison'} on {len(paths)} {clips}"
-    if rule:
-        return kept, f"{lines}: {rule}"
-    name = starts[preferred].describe()
-    if held_out:
-        return kept, f"{lines}: no lead over {name}, which is preferred on a tie"
-    return kept, (f"{lines}: no clear lead over {name}, which is preferred (these clips come from the training "
-                  "groups, where pretrained features carry further than they show)")
+    return kept, f"{lines}: {'; '.join(verdicts) or starts[kept].describe() + ' preferred'}"
 
 
 @dataclass
