@@ -9,10 +9,19 @@ from .io_utils import file_sha256
 
 WEIGHTS_NAME = "model.safetensors"
 RUN_MARKERS = ("config.json", WEIGHTS_NAME, "state", "skipped.csv", "metrics.csv", "cv_report.json", "dataset.json")
+CANDIDATES_DIR = "candidates"  # a run's candidate runs, one folder each, when it chose its start
+SELECTION_DIR = "selection"  # the candidates trained without held-out groups, when validation cannot hold groups out
 
 
 def is_empty(folder: Path) -> bool:
     return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
+def holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds audioclf output: a run's files, or only the candidate runs of one stopped while it
+    chose its start (``candidates/*/``, ``selection/*/``)."""
+    inner = [d for sub in (CANDIDATES_DIR, SELECTION_DIR) if (folder / sub).is_dir() for d in (folder / sub).iterdir()]
+    return any((d / name).exists() for d in (folder, *inner) for name in RUN_MARKERS)
 
 
 def claim(out, overwrite: bool = False, resume: bool = False, flag: str = "--out") -> Path:
@@ -26,7 +35,7 @@ def claim(out, overwrite: bool = False, resume: bool = False, flag: str = "--out
         if not overwrite:
             raise ValueError(f"{flag} {out}: the folder exists and is not empty; pass --overwrite to replace the run "
                              "in it, or --resume to continue it")
-        if not any((out / name).exists() for name in RUN_MARKERS):
+        if not holds_run(out):
             raise ValueError(f"{flag} {out}: --overwrite replaces audioclf output, and this folder holds none "
                              f"(no {', '.join(RUN_MARKERS[:2])}); choose a new or empty folder")
         shutil.rmtree(out)

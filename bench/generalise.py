@@ -297,13 +297,18 @@ def main() -> None:
     machine = f"{platform.machine()} {platform.processor() or ''} x{cores}".strip()
     manifests = {name: dataset(name, args.out) for name in sets}  # built first: the mixtures read the others
     jobs = max(1, min(args.jobs, len(sets)))
-    by_set = {}
+    by_set, failed = {}, {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
                              initargs=(max(1, cores // jobs),)) as pool:
         running = {pool.submit(run_set, name, manifests[name], configs, args.out, args.seed): name
                    for name in sorted(sets, key=lambda n: -COST[n])}  # the longest first
         for done in as_completed(running):
-            by_set[running[done]] = done.result()
+            try:
+                by_set[running[done]] = done.result()
+            except Exception as e:  # the other sets' rows are still reported and kept
+                failed[running[done]] = f"{type(e).__name__}: {e}"
+                print(f"{running[done]}: failed: {failed[running[done]]}", file=sys.stderr, flush=True)
+    sets = [name for name in sets if name in by_set]
     rows = [{**r, "machine": machine, "jobs": jobs} for name in sets for r in by_set[name]]
     print(f"\nsuite: {time.perf_counter() - t_suite:.0f} s wall on {machine}, {jobs} set(s) at a time\n")
     print("| set | " + " | ".join(configs) + " |\n|---|" + "---|" * len(configs))
@@ -312,8 +317,10 @@ def main() -> None:
         print(f"| {name} ({cells[0]['metric']}) | "
               + " | ".join(f"{100 * c['value']:.2f} (F1 {c['macro_f1']:.3f}, CPU {c['cpu_seconds']:.0f} s)"
                            for c in cells) + " |")
-    if args.csv:
+    if args.csv and rows:
         append_rows(args.csv, rows)
+    if failed:
+        sys.exit(f"{len(failed)} set(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
 
 
 if __name__ == "__main__":

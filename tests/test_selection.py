@@ -17,7 +17,8 @@ import audioclf
 from audioclf.evaluation.metrics import average_precision
 from audioclf.evaluation.metrics import mean_average_precision as mean_ap
 from audioclf.training.config import SCRATCH, TrainConfig
-from audioclf.training.selection import DEFAULT_PRETRAINED, SELECTION_DIR, Start, candidates, keep, plan_comparison
+from audioclf.run_folder import SELECTION_DIR
+from audioclf.training.selection import DEFAULT_PRETRAINED, Start, candidates, keep, plan_comparison
 from audioclf.training.validation import accuracy, paired_z, read_validation, write_validation
 
 

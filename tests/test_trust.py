@@ -89,6 +89,23 @@ def test_overwrite_only_replaces_audioclf_output(tones, tmp_path):
     assert (folder / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("sub", ["candidates", "selection"])
+def test_overwrite_replaces_a_run_stopped_while_it_trained_its_candidates(tmp_path, sub):
+    from audioclf.run_folder import claim, is_empty
+    stopped = tmp_path / "stopped"  # interrupted before the run's own files were written
+    (stopped / sub / "scratch" / "state").mkdir(parents=True)
+    (stopped / sub / "scratch" / "metrics.csv").write_text("epoch\n1\n")
+    with pytest.raises(ValueError, match="--resume"):
+        claim(stopped)
+    assert claim(stopped, overwrite=True) == stopped and is_empty(stopped)
+    mine = tmp_path / "mine"  # a folder of that name holding no run is not audioclf's to remove
+    (mine / sub / "photos").mkdir(parents=True)
+    (mine / sub / "photos" / "a.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds none"):
+        claim(mine, overwrite=True)
+    assert (mine / sub / "photos" / "a.txt").read_text() == "keep me"
+
+
 def test_a_stale_onnx_export_is_refused_and_predict_exports_again(tmp_path):
     pytest.importorskip("onnxruntime")
     from audioclf.checkpoint import load_run, save_run

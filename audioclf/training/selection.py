@@ -26,14 +26,13 @@ from ..data.splits import group_holdout, make_split
 from ..evaluation.evaluate import summary_line
 from ..evaluation.metrics import mean_average_precision
 from ..io_utils import write_json_atomic, write_text_atomic
+from ..run_folder import CANDIDATES_DIR, SELECTION_DIR
 from ..weights.catalogue import EFFICIENTAT_FRONTEND
 from .config import SCRATCH, TrainConfig
 from .settings import split_seed
 from .validation import accuracy, paired_z, read_validation
 
 DEFAULT_PRETRAINED = "mn04_as"  # bundled with the package: no download
-CANDIDATES_DIR = "candidates"
-SELECTION_DIR = "selection"  # the starts trained without held-out groups, when validation cannot hold groups out
 
 
 @dataclass(frozen=True)
