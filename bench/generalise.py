@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-from results_csv import append_rows
+from results_csv import append_rows, code_version
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "datasets/fsdd"
@@ -309,7 +309,8 @@ def main() -> None:
                 failed[running[done]] = f"{type(e).__name__}: {e}"
                 print(f"{running[done]}: failed: {failed[running[done]]}", file=sys.stderr, flush=True)
     sets = [name for name in sets if name in by_set]
-    rows = [{**r, "machine": machine, "jobs": jobs} for name in sets for r in by_set[name]]
+    code = code_version(ROOT)
+    rows = [{"code": code, **r, "machine": machine, "jobs": jobs} for name in sets for r in by_set[name]]
     print(f"\nsuite: {time.perf_counter() - t_suite:.0f} s wall on {machine}, {jobs} set(s) at a time\n")
     print("| set | " + " | ".join(configs) + " |\n|---|" + "---|" * len(configs))
     for name in sets:

@@ -2,14 +2,33 @@
 from __future__ import annotations
 
 import csv
+import subprocess
 from pathlib import Path
 
 
+def code_version(root: Path) -> str:
+    """The checkout's short commit, with ``+dirty`` when tracked files differ from it: the ``code`` of a row."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
 def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` (dicts with one set of keys) to the CSV at ``path``."""
-    new = not Path(path).is_file()
+    """Append ``rows`` (dicts with one set of keys) to the CSV at ``path``, in its header's column order. Rows whose
+    keys are not the file's columns are refused (ValueError), never written under the wrong heading."""
+    path = Path(path)
+    fields = list(rows[0])
+    if path.is_file() and path.stat().st_size:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f))
+        if set(header) != set(fields):
+            raise ValueError(f"{path}: its columns ({', '.join(header)}) are not the rows' "
+                             f"({', '.join(fields)}); write to a new file")
+        fields = header
+    new = not path.is_file() or not path.stat().st_size
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=fields)
         if new:
             writer.writeheader()
         writer.writerows(rows)
