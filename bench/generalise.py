@@ -2,7 +2,7 @@
 and its alternatives side by side in one run.
 
     python bench/generalise.py [--sets speech,prosody,env,music,multilabel] \
-        [--configs default,scratch,pretrained,no-augment] [--jobs 2] [--out DIR] [--csv FILE]
+        [--configs default,scratch,pretrained,no-augment] [--seeds 0,1,2] [--jobs 2] [--out DIR] [--csv FILE]
 
 Sets (built into ``OUT/<set>`` on first use; each a ``manifest.csv`` with ``path,label,group,fold``, tested on
 ``fold == test``, whose groups training never hears):
@@ -20,10 +20,13 @@ Sets (built into ``OUT/<set>`` on first use; each a ``manifest.csv`` with ``path
 Configurations: ``default`` (``audioclf train`` with no flags), ``scratch`` (``--pretrained off``), ``pretrained``
 (``--pretrained mn04_as``), ``no-augment`` (``--no-augment`` on the start the default kept). The default trains
 from scratch and fine-tunes with and without augmentation, and keeps one (:mod:`audioclf.training.selection`); its
-candidates are the runs those flags make (same split and seeds), read from ``OUT/runs/<set>-default/candidates/``
-when the default ran (``no-augment`` from ``mn04_as-no-augment`` when it kept the fine-tuned start), trained
-otherwise. ``--jobs`` sets train at once, each process with its share of the cores. Prints one table: accuracy
-(mAP for the multi-label set), macro-F1 and process CPU seconds of each; ``--csv`` appends the rows.
+candidates are the runs those flags make (same split and seed), read from
+``OUT/runs/<set>/seed<S>/default/candidates/`` when the default ran (``no-augment`` from ``mn04_as-no-augment`` when
+it kept the fine-tuned start), trained otherwise. Each seed draws its own validation groups and initialisation;
+``--seeds`` reports each score as mean +- sd over them, as one seed's test of 66-144 clips moves by a few points.
+``--jobs`` runs (a set and a seed each) train at once, each process with its share of the cores. Prints one table:
+accuracy (mAP for the multi-label set), macro-F1 and process CPU seconds of each, and the default's mean minus the
+best column's; ``--csv`` appends the rows (one a run and seed, with the code's commit).
 Needs ``apt-get install espeak-ng fluidsynth fluid-soundfont-gm hydrogen-drumkits sonic-pi-samples``.
 """
 from __future__ import annotations
@@ -54,8 +57,8 @@ FSDD = ROOT / "datasets/fsdd"
 SOUNDFONT = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 CONFIGS = {"default": {}, "scratch": {"pretrained": "off"}, "pretrained": {"pretrained": "mn04_as"},
            "no-augment": {"augment": False}}
-FLAGS = {"default": "", "scratch": "--pretrained off", "pretrained": "--pretrained mn04_as", "no-augment": "--no-augment"}
-CANDIDATE_OF = {"scratch": "scratch", "pretrained": "mn04_as"}  # the default run's candidate folder of each
+FLAGS = {"default": "", "scratch": "--pretrained off", "pretrained": "--pretrained mn04_as",
+         "no-augment": "--no-augment"}
 SETS = ("speech", "prosody", "env", "music", "multilabel")
 COST = {"multilabel": 5, "env": 3, "prosody": 3, "music": 2, "speech": 1}  # relative training time: longest first
 
@@ -241,35 +244,38 @@ def run_one(manifest: Path, out: Path, settings: dict) -> dict:
 def candidate(default_run: Path, config: str, kept: str | None) -> dict | None:
     """The default run's candidate for ``config`` (``scratch``, ``pretrained``, or ``no-augment`` of the fine-tuned
     start it ``kept``), or None when it trained none."""
-    from audioclf.training.selection import Start
+    from audioclf.training.config import SCRATCH
+    from audioclf.training.selection import DEFAULT_PRETRAINED, Start
 
-    fine_tuned = config == "no-augment" and kept == CANDIDATE_OF["pretrained"]
-    folder = Start(kept, augment=False).folder if fine_tuned else CANDIDATE_OF.get(config)
-    run = default_run / "candidates" / (folder or "")
-    if folder is None or not (run / "report.json").is_file():
+    start = {"scratch": Start(SCRATCH), "pretrained": Start(DEFAULT_PRETRAINED),
+             "no-augment": Start(kept, augment=False) if kept == DEFAULT_PRETRAINED else None}.get(config)
+    run = default_run / "candidates" / (start.folder if start else "")
+    if start is None or not (run / "report.json").is_file():
         return None
     metrics = json.loads((run / "config.json").read_text())["metrics"]
     return result(run, metrics["cpu_seconds"], metrics["wall_seconds"])
 
 
 def run_set(name: str, manifest: Path, configs: list[str], out: Path, seed: int) -> list[dict]:
-    """Every configuration of one set, the default first: its candidates are the scratch, pretrained and (when it
-    kept the fine-tuned start) no-augment columns; otherwise ``no-augment`` retrains the start it kept without."""
-    rows, kept = [], None
+    """Every configuration of one set and seed, the default first, in ``OUT/runs/<set>/seed<S>/<config>``: the
+    default's candidates are the scratch, pretrained and (when it kept the fine-tuned start) no-augment columns;
+    otherwise ``no-augment`` retrains the start it kept without."""
+    rows, kept, runs = [], None, out / "runs" / name / f"seed{seed}"
     for config in sorted(configs, key=lambda c: c != "default"):
         settings = {**CONFIGS[config], "seed": seed}
         if config == "no-augment" and kept:
             settings["pretrained"] = kept
-        r = ("default" in configs and candidate(out / "runs" / f"{name}-default", config, kept)
-             or run_one(manifest, out / "runs" / f"{name}-{config}", settings))
+        r = ("default" in configs and candidate(runs / "default", config, kept)
+             or run_one(manifest, runs / config, settings))
         kept = r["kept"] if config == "default" else kept
         flags = FLAGS[config] + (f" --pretrained {settings['pretrained']}" if "pretrained" in settings
                                  and config == "no-augment" else "")
         command = f"audioclf train {manifest} --test-fold test --seed {seed} {flags}".strip()
         rows.append({"set": name, "config": config, **r, "command": command})
-        print(f"{name:10s} {config:10s} {r['metric']} {100 * r['value']:6.2f}  macro-F1 {r['macro_f1']:.3f}  "
-              f"CPU {r['cpu_seconds']:7.0f} s  wall {r['wall_seconds']:6.0f} s  best epoch {r['best_epoch']}/{r['epochs']}"
-              f"  start {r['kept']}{'' if r['augment'] else ' without augmentation'}", flush=True)
+        print(f"{name:10s} seed {seed} {config:10s} {r['metric']} {100 * r['value']:6.2f}  macro-F1 "
+              f"{r['macro_f1']:.3f}  CPU {r['cpu_seconds']:7.0f} s  wall {r['wall_seconds']:6.0f} s  best epoch "
+              f"{r['best_epoch']}/{r['epochs']}  start {r['kept']}{'' if r['augment'] else ' without augmentation'}",
+              flush=True)
     return rows
 
 
@@ -278,13 +284,34 @@ def start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def spread(values: list[float]) -> str:
+    """``mean +- sd`` in percent (the sample sd), or the one value."""
+    v = 100 * np.asarray(values)
+    return f"{v.mean():.2f}" + (f" +- {v.std(ddof=1):.2f}" if len(v) > 1 else "")
+
+
+def table(rows: list[dict], sets: list[str], configs: list[str]) -> str:
+    """The Markdown table: per set and configuration the score (mean +- sd over the seeds), macro-F1 and CPU seconds
+    (means), and how far the default's mean is under the best column's."""
+    lines = ["| set | " + " | ".join(configs) + " | default - best |", "|---|" + "---|" * (len(configs) + 1)]
+    for name in sets:
+        cells = {c: [r for r in rows if r["set"] == name and r["config"] == c] for c in configs}
+        means = {c: np.mean([r["value"] for r in cells[c]]) for c in configs}
+        gap = f"{100 * (means['default'] - max(means.values())):+.2f}" if "default" in configs else "-"
+        lines.append(f"| {name} ({cells[configs[0]][0]['metric']}, {len(cells[configs[0]])} seed(s)) | " + " | ".join(
+            f"{spread([r['value'] for r in cells[c]])} (F1 {np.mean([r['macro_f1'] for r in cells[c]]):.3f}, "
+            f"CPU {np.mean([r['cpu_seconds'] for r in cells[c]]):.0f} s)" for c in configs) + f" | {gap} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--out", type=Path, default=Path("/tmp/audioclf-generalise"))
     ap.add_argument("--csv", type=Path, help="append the rows to this CSV")
-    ap.add_argument("--seed", type=int, default=0, help="training seed")
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated: each set is trained once a seed "
+                                                 "and reported as mean +- sd (default 0)")
     ap.add_argument("--jobs", type=int, default=2, help="sets trained at once, each in its own process with the "
                                                         "cores shared out (default 2)")
     args = ap.parse_args()
@@ -292,36 +319,38 @@ def main() -> None:
     unknown = [s for s in sets if s not in SETS] + [c for c in configs if c not in CONFIGS]
     if unknown:
         ap.error(f"unknown set or configuration: {', '.join(unknown)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        ap.error(f"--seeds {args.seeds}: not comma-separated integers")
     t_suite = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
     machine = f"{platform.machine()} {platform.processor() or ''} x{cores}".strip()
     manifests = {name: dataset(name, args.out) for name in sets}  # built first: the mixtures read the others
-    jobs = max(1, min(args.jobs, len(sets)))
-    by_set, failed = {}, {}
+    tasks = sorted(((name, seed) for name in sets for seed in seeds), key=lambda t: -COST[t[0]])  # longest first
+    jobs = max(1, min(args.jobs, len(tasks)))
+    done_rows, failed = {}, {}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
                              initargs=(max(1, cores // jobs),)) as pool:
-        running = {pool.submit(run_set, name, manifests[name], configs, args.out, args.seed): name
-                   for name in sorted(sets, key=lambda n: -COST[n])}  # the longest first
+        running = {pool.submit(run_set, name, manifests[name], configs, args.out, seed): (name, seed)
+                   for name, seed in tasks}
         for done in as_completed(running):
             try:
-                by_set[running[done]] = done.result()
+                done_rows[running[done]] = done.result()
             except Exception as e:  # the other sets' rows are still reported and kept
                 failed[running[done]] = f"{type(e).__name__}: {e}"
-                print(f"{running[done]}: failed: {failed[running[done]]}", file=sys.stderr, flush=True)
-    sets = [name for name in sets if name in by_set]
+                print(f"{running[done][0]} seed {running[done][1]}: failed: {failed[running[done]]}", file=sys.stderr,
+                      flush=True)
+    finished = [name for name in sets if all((name, seed) in done_rows for seed in seeds)]
     code = code_version(ROOT)
-    rows = [{"code": code, **r, "machine": machine, "jobs": jobs} for name in sets for r in by_set[name]]
+    rows = [{"code": code, **r, "machine": machine, "jobs": jobs}
+            for name, seed in sorted(done_rows, key=lambda t: (sets.index(t[0]), t[1])) for r in done_rows[name, seed]]
     print(f"\nsuite: {time.perf_counter() - t_suite:.0f} s wall on {machine}, {jobs} set(s) at a time\n")
-    print("| set | " + " | ".join(configs) + " |\n|---|" + "---|" * len(configs))
-    for name in sets:
-        cells = [next(r for r in rows if r["set"] == name and r["config"] == c) for c in configs]
-        print(f"| {name} ({cells[0]['metric']}) | "
-              + " | ".join(f"{100 * c['value']:.2f} (F1 {c['macro_f1']:.3f}, CPU {c['cpu_seconds']:.0f} s)"
-                           for c in cells) + " |")
+    print(table(rows, finished, configs))
     if args.csv and rows:
         append_rows(args.csv, rows)
     if failed:
-        sys.exit(f"{len(failed)} set(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+        sys.exit(f"{len(failed)} run(s) failed: " + "; ".join(f"{k[0]} seed {k[1]}: {v}" for k, v in failed.items()))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""``bench/results_csv.py``: benchmark rows land under their own headings, with the code that made them."""
+"""The benchmarks' own helpers: rows land under their own headings with the code that made them, and the
+generalisation suite's table reports seeds as mean +- sd and the default's distance from the best column."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def bench_module(name: str):
+def bench_module(name: str, monkeypatch=None):
+    if monkeypatch is not None:  # a bench script imports its sibling modules by name
+        monkeypatch.syspath_prepend(str(ROOT / "bench"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -42,3 +45,18 @@ def test_code_version_names_the_commit_and_a_changed_checkout(tmp_path):
     (tmp_path / "a.py").write_text("x = 2\n")
     assert code_version(tmp_path) == commit + "+dirty"
     assert code_version(tmp_path / "not-a-checkout") == "unknown"
+
+
+def test_the_suite_table_reports_the_seeds_spread_and_the_defaults_gap(monkeypatch):
+    table = bench_module("generalise", monkeypatch).table
+    scores = {"default": (0.85, 0.95), "scratch": (0.80, 0.80), "no-augment": (0.90, 0.92)}
+    rows = [{"set": "prosody", "config": c, "metric": "accuracy", "value": v, "macro_f1": v, "cpu_seconds": 10.0 * i}
+            for c, values in scores.items() for i, v in enumerate(values)]
+    rows += [{**r, "set": "env", "value": r["value"] - (0.2 if r["config"] != "default" else 0)} for r in rows]
+    lines = table(rows, ["prosody", "env"], list(scores)).splitlines()
+    assert lines[0] == "| set | default | scratch | no-augment | default - best |"
+    cells = [c.strip() for c in lines[2].split("|")[1:-1]]
+    assert cells[0] == "prosody (accuracy, 2 seed(s))"
+    assert cells[1].startswith("90.00 +- 7.07 (F1 0.900, CPU 5 s)")  # sd over seeds: sqrt(2) * 5 points
+    assert cells[2].startswith("80.00 +- 0.00") and cells[4] == "-1.00"  # the mean under no-augment's 91.00
+    assert lines[3].split("|")[-2].strip() == "+0.00"  # env: the default is the best column
