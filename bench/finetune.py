@@ -16,11 +16,10 @@ import argparse
 import contextlib
 import io
 import json
-import platform
 import time
 from pathlib import Path
 
-from results_csv import append_rows
+from results_csv import append_rows, machine_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "datasets/fsdd"
@@ -74,18 +73,13 @@ def main() -> None:
                 result = run_set(name, dict(CONFIGS[config]), out)
             (args.out / f"{name}-{config}.log").write_text(log.getvalue())
             row = {"set": name, "config": config, **result, "cpu_seconds": time.process_time() - c0,
-                   "wall_seconds": time.perf_counter() - t0, "machine": f"{platform.machine()} x{_cores()}"}
+                   "wall_seconds": time.perf_counter() - t0, "machine": machine_name()}
             rows.append(row)
             print(f"{name:<10} {config:<14} accuracy {row['accuracy']:.2%} +- {row['std']:.2%}  macro-F1 "
                   f"{row['macro_f1']:.4f}  train {row['train_seconds']:.0f} s  CPU {row['cpu_seconds']:.0f} s  "
                   f"wall {row['wall_seconds']:.0f} s", flush=True)
     if args.csv:
         append_rows(args.csv, rows)
-
-
-def _cores() -> int:
-    import os
-    return len(os.sched_getaffinity(0))
 
 
 if __name__ == "__main__":

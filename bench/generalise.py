@@ -38,7 +38,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import struct
 import subprocess
 import sys
@@ -50,7 +49,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
-from results_csv import append_rows, code_version
+from results_csv import append_rows, code_version, machine_name
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "datasets/fsdd"
@@ -325,7 +324,7 @@ def main() -> None:
         ap.error(f"--seeds {args.seeds}: not comma-separated integers")
     t_suite = time.perf_counter()
     cores = len(os.sched_getaffinity(0))
-    machine = f"{platform.machine()} {platform.processor() or ''} x{cores}".strip()
+    machine = machine_name()
     manifests = {name: dataset(name, args.out) for name in sets}  # built first: the mixtures read the others
     tasks = sorted(((name, seed) for name in sets for seed in seeds), key=lambda t: -COST[t[0]])  # longest first
     jobs = max(1, min(args.jobs, len(tasks)))

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import csv
+import os
+import platform
 import subprocess
 from pathlib import Path
+
+VECTOR_UNITS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")  # widest first; the first two compute bf16 natively
 
 
 def code_version(root: Path) -> str:
@@ -12,6 +16,20 @@ def code_version(root: Path) -> str:
         return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True).stdout.strip()
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def machine_name(cpuinfo: str | None = None) -> str:
+    """The CPU a row was measured on, e.g. ``x86_64 AMD EPYC x2 avx2``: architecture, model, usable cores and the
+    widest vector unit (from ``/proc/cpuinfo``, or ``cpuinfo``'s text), as the same code runs several times faster
+    on one CPU than another."""
+    if cpuinfo is None:
+        cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    fields = dict(line.split(":", 1) for line in cpuinfo.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = set(fields.get("flags", "").split())
+    unit = next((u for u in VECTOR_UNITS if u in flags), "")
+    return " ".join(p for p in (platform.machine(), fields.get("model name", ""),
+                                f"x{len(os.sched_getaffinity(0))}", unit) if p)
 
 
 def append_rows(path: Path, rows: list[dict]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -60,3 +61,12 @@ def test_the_suite_table_reports_the_seeds_spread_and_the_defaults_gap(monkeypat
     assert cells[1].startswith("90.00 +- 7.07 (F1 0.900, CPU 5 s)")  # sd over seeds: sqrt(2) * 5 points
     assert cells[2].startswith("80.00 +- 0.00") and cells[4] == "-1.00"  # the mean under no-augment's 91.00
     assert lines[3].split("|")[-2].strip() == "+0.00"  # env: the default is the best column
+
+
+def test_the_machine_name_gives_the_cpu_model_and_its_widest_vector_unit():
+    machine_name = bench_module("results_csv").machine_name
+    xeon = "processor\t: 0\nmodel name\t: Intel Xeon Platinum 8488C\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16\n"
+    epyc = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu fma avx avx2\n"
+    assert machine_name(xeon).endswith("Intel Xeon Platinum 8488C x%d amx_bf16" % len(os.sched_getaffinity(0)))
+    assert machine_name(epyc).endswith("AMD EPYC x%d avx2" % len(os.sched_getaffinity(0)))
+    assert machine_name("").split()[-1].startswith("x")  # nothing known of the CPU: the cores alone
