@@ -190,6 +190,12 @@ def plan_comparison(cfg: TrainConfig, data, run: Path) -> Comparison:
     return Comparison(True, run / SELECTION_DIR / "manifest.csv", where, manifest.noise_dir)
 
 
+def candidate_settings(cfg: TrainConfig) -> dict:
+    """The settings each candidate trains with: the run's, each into a new folder of its own (the run's
+    ``--overwrite`` applies to the run folder, which :func:`~audioclf.run_folder.claim` emptied)."""
+    return {**cfg.to_dict(), "overwrite": False}
+
+
 def train_each(data, folder: Path, settings: dict, starts: list[Start]) -> list[tuple]:
     """Train each start into ``folder/<start.folder>``; ``(start, run folder, config, test report)`` of each."""
     from .loop import train_run
@@ -206,7 +212,7 @@ def train_each(data, folder: Path, settings: dict, starts: list[Start]) -> list[
 def compare_starts(data, run: Path, cfg: TrainConfig, starts: list[Start]) -> tuple[list[tuple], int, str, Comparison]:
     """Train the starts where :func:`plan_comparison` says and pick one: ``(results of train_each, the kept index,
     why, the comparison)``."""
-    settings = {**cfg.to_dict(), "overwrite": False}
+    settings = candidate_settings(cfg)
     compared = plan_comparison(cfg, data, run)
     if compared.manifest:
         print(f"selection: {compared.where}: the starts train on the other groups and are compared on these; the "
@@ -239,7 +245,7 @@ def train_candidates(data, out, cfg: TrainConfig, starts: list[Start]) -> dict:
     if compared.manifest:
         print(f"=== the kept start, {start.describe()}, on every training group", flush=True)
         folder = run / CANDIDATES_DIR / start.folder
-        report = train_run(data, folder, **{**cfg.to_dict(), "overwrite": False, **start.settings()})
+        report = train_run(data, folder, **{**candidate_settings(cfg), **start.settings()})
         config = read_config(folder)
     else:
         _, folder, config, report = results[best]
