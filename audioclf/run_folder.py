@@ -17,11 +17,27 @@ def is_empty(folder: Path) -> bool:
     return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
 
 
+def candidate_runs(folder: Path) -> list[Path]:
+    """The runs inside a run folder that chose its start (``candidates/*/``, ``selection/*/``)."""
+    return [d for sub in (CANDIDATES_DIR, SELECTION_DIR) if (folder / sub).is_dir() for d in (folder / sub).iterdir()]
+
+
+def inner_runs(folder: Path) -> list[Path]:
+    """The runs inside ``folder``: its candidate runs, and a cross-validation's fold runs (``fold-*/``) with theirs."""
+    folds = [d for d in folder.glob("fold-*") if d.is_dir()]
+    return candidate_runs(folder) + folds + [d for f in folds for d in candidate_runs(f)]
+
+
 def holds_run(folder: Path) -> bool:
-    """Whether ``folder`` holds audioclf output: a run's files, or only the candidate runs of one stopped while it
-    chose its start (``candidates/*/``, ``selection/*/``)."""
-    inner = [d for sub in (CANDIDATES_DIR, SELECTION_DIR) if (folder / sub).is_dir() for d in (folder / sub).iterdir()]
-    return any((d / name).exists() for d in (folder, *inner) for name in RUN_MARKERS)
+    """Whether ``folder`` holds audioclf output: a run's files, or only the inner runs (:func:`inner_runs`) of a
+    command stopped before it wrote its own."""
+    return any((d / name).exists() for d in (folder, *inner_runs(folder)) for name in RUN_MARKERS)
+
+
+def holds_state(folder: Path) -> bool:
+    """Whether the run folder ``folder`` holds a training state that ``--resume`` continues: the run's own
+    ``state/`` or one of its candidate runs'."""
+    return any((d / "state").is_dir() for d in (folder, *candidate_runs(folder)))
 
 
 def claim(out, overwrite: bool = False, resume: bool = False, flag: str = "--out") -> Path:

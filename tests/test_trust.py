@@ -407,6 +407,31 @@ def test_a_missing_extra_names_the_extra(tiny_run, monkeypatch):
 
 # --- 10: cv resumes finished folds
 
+@pytest.mark.parametrize("saved, resumed", [("state", True), ("candidates/scratch/state", True),
+                                            ("selection/mn04_as-no-augment/state", True), ("candidates/scratch", False)])
+def test_cv_resume_continues_an_unfinished_fold_from_its_own_or_its_candidates_state(tmp_path, monkeypatch, saved,
+                                                                                     resumed):
+    from audioclf.training import crossval
+    data = tmp_path / "data.csv"
+    data.write_text("path,label,fold\n" + "".join(f"{p},{'xy'[i % 2]},{'ab'[i // 6]}\n"
+                                                   for i, p in enumerate(FSDD_CLIPS)))
+    out = tmp_path / "cv"
+    (out / "fold-a" / saved).mkdir(parents=True)  # killed before the fold's run wrote its own files
+    calls = []
+
+    def stop(csv_path, run, **settings):
+        calls.append((Path(run).name, settings["resume"], settings["overwrite"]))
+        raise KeyboardInterrupt
+    monkeypatch.setattr(crossval, "train", stop)
+    with pytest.raises(KeyboardInterrupt):
+        crossval.cross_validate(data, out, resume=True)
+    assert calls == [("fold-a", resumed, not resumed)]  # continued where it stopped, else trained again
+    if resumed:  # a stopped cross-validation that saved a state is audioclf output: --overwrite replaces it
+        calls.clear()
+        with pytest.raises(KeyboardInterrupt):
+            crossval.cross_validate(data, out, overwrite=True)
+        assert calls == [("fold-a", False, True)] and not (out / "fold-a" / saved).exists()
+
 @pytest.mark.slow
 def test_cv_keeps_finished_folds_and_retrains_the_others(tones, tmp_path):
     data, cache = tones

@@ -32,7 +32,8 @@ COMMANDS = {
                      (("..training.config", "TrainConfig", ()),)),
     "cv": Command("cross-validate: one run per fold, mean +- std", "commands.cmd_cv",
                   (("data", DATA), ("--out", "folder for the fold runs and cv_report.json (new or empty; --resume "
-                                             "keeps the folds already finished)")),
+                                             "keeps the folds already finished and continues the others from "
+                                             "their saved state)")),
                   (("..training.crossval", "CVConfig", ()), ("..training.config", "TrainConfig", "CV_SKIPS"))),
     "adapt": Command("adapt a run to a new recording domain from unlabelled audio (batch-norm statistics)",
                      "commands.cmd_adapt",

@@ -22,7 +22,7 @@ from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
-from ..run_folder import claim
+from ..run_folder import claim, holds_state
 from ..settings import check_fields, option
 from ..malloc import keep_activations_in_heap
 from ..models import create_model
@@ -166,7 +166,7 @@ def finished_fold(fold: Fold, settings: dict, adapt: int) -> dict | None:
     if not report_path.is_file():
         if fold.run.exists():
             print(f"fold {fold.name}: unfinished run in {fold.run}: "
-                  + ("resuming it" if (fold.run / "state").is_dir() else "training it again"))
+                  + ("resuming it" if holds_state(fold.run) else "training it again"))
         return None
     try:
         _, config = load_run(fold.run)  # weights checked against the config's hash
@@ -193,8 +193,9 @@ def finished_fold(fold: Fold, settings: dict, adapt: int) -> dict | None:
 
 def _run_fold(fold: Fold, settings: dict, adapt: int) -> dict:
     """Train the fold's run and test it (and adapt it, given ``adapt``); its report, ``fold`` set to its name. A
-    fold run that exists but did not finish resumes from its state, or else is trained again from the start."""
-    resumable = (fold.run / "state").is_dir() and settings.get("resume")
+    fold run that exists but did not finish resumes (``resume``) from its state or its candidates' states, or else is
+    trained again from the start."""
+    resumable = settings.get("resume") and holds_state(fold.run)
     settings = {**settings, "resume": bool(resumable), "overwrite": not resumable}
     report = train(fold.csv, fold.run, **settings)
     report["fold"] = fold.name
