@@ -80,7 +80,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tones, reference, tmp_path
     seed = int(os.environ.get("AUDIOCLF_RESUME_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     state_json = run / "state" / "state.json"
-    kills, launches, resumed_msgs = 0, 0, 0
+    kills, launches, resumed_msgs, spent = 0, 0, 0, None
     while True:
         extra = ["--resume"] if launches else []
         proc = subprocess.Popen(_cmd(data, run, cache, *extra), env=_env(), stdout=subprocess.PIPE,
@@ -97,6 +97,7 @@ def test_killed_and_resumed_run_matches_uninterrupted(tones, reference, tmp_path
                 kills += 1
         out, err = proc.communicate(timeout=120)
         resumed_msgs += "resumed from" in out
+        spent = json.loads(state_json.read_text())["spent"] if proc.returncode else spent  # at the last kill
         if proc.returncode == 0:
             break
         assert proc.returncode == -signal.SIGKILL, f"rc {proc.returncode} (seed {seed}):\n{err[-3000:]}"
@@ -112,6 +113,11 @@ def test_killed_and_resumed_run_matches_uninterrupted(tones, reference, tmp_path
     ref_cfg, run_cfg = (json.loads((d / "config.json").read_text()) for d in (ref, run))
     assert ref_cfg["best_epoch"] == run_cfg["best_epoch"]
     assert ref_cfg["metrics"]["test_accuracy"] == run_cfg["metrics"]["test_accuracy"]
+    # the timings count the killed processes too, up to the state the last one saved
+    metrics = run_cfg["metrics"]
+    assert all(v > 0 for v in spent)
+    timings = [metrics["train_seconds"], metrics["cpu_seconds"], metrics["wall_seconds"]]
+    assert all(m > v for m, v in zip(timings, spent))
     # the metrics rows (train loss sums carried across the interruption) match too, except the timings
     strip = lambda d: [{k: v for k, v in r.items() if k != "seconds"} for r in json.loads(  # noqa: E731
         (d / "state" / "state.json").read_text())["rows"]]

@@ -89,6 +89,13 @@ class Loop:
     stop: StopRule
     config: dict  # config.json as the best checkpoint is saved with it
     warmup_steps: int
+    clocks: tuple = (0.0, 0.0, 0.0)  # perf_counter at the training loop's start, (process_time, perf_counter) at the
+    # command's, each moved back by what earlier processes of a resumed run spent
+
+    def spent(self) -> list[float]:
+        """Training-loop, CPU and wall seconds so far, a resumed run's earlier processes included."""
+        now = time.perf_counter()
+        return [now - self.clocks[0], time.process_time() - self.clocks[1], now - self.clocks[2]]
 
     @property
     def steps_per_epoch(self) -> int:
@@ -97,7 +104,7 @@ class Loop:
     def checkpoint(self, state: TrainState) -> None:
         """Save the training state (rank 0), for ``--resume``."""
         if self.dist.main:
-            state.stop = self.stop.state()
+            state.stop, state.spent = self.stop.state(), self.spent()
             save_state(self.run, self.net.model, self.net.optimizer, self.net.ema, self.cfg, state)
 
 
@@ -116,9 +123,10 @@ def train_single(data, out, cfg: TrainConfig, augment: AugmentConfig, start_reas
     command's start."""
     started = started or (time.process_time(), time.perf_counter())
     loop, state = set_up(data, out, cfg, augment, start_reason)
-    t_start = time.perf_counter()
+    before = state.spent  # a resumed run's earlier processes, to their last saved state
+    loop.clocks = (time.perf_counter() - before[0], started[0] - before[1], started[1] - before[2])
     run_epochs(loop, state)
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = loop.spent()[0]
     del loop.net.step_model, loop.loader  # the DDP wrapper holds the process group: gone before the group is
     report = {}
     if loop.dist.main:  # rank 0 tests the best checkpoint and writes the report; the others wait, then leave
@@ -126,7 +134,7 @@ def train_single(data, out, cfg: TrainConfig, augment: AugmentConfig, start_reas
         validation = {k: v for r in state.rows if r["epoch"] == state.best_epoch for k, v in r.items()
                       if k.startswith("val_")}
         report = test_best_checkpoint(loop.run, loop.device, loop.d, clip_samples(loop.d.settings), state.thresholds,
-                                      state.best_epoch, train_seconds, validation, started)
+                                      state.best_epoch, train_seconds, validation, loop.clocks[1:])
     distributed.shutdown()
     return report
 

@@ -53,6 +53,7 @@ class TrainState:
     running: list = field(default_factory=lambda: [0.0, 0])  # the epoch's loss sum and clip count so far
     settings: dict = field(default_factory=dict)  # the automatic settings the run began with
     stop: dict | None = None  # the stop rule's state (when the decay began)
+    spent: list = field(default_factory=lambda: [0.0, 0.0, 0.0])  # training-loop, CPU and wall seconds to this state
 
     def next_batch(self) -> tuple[int, int, list]:
         """``(epoch, batch, running)`` to go on from."""
