@@ -122,24 +122,24 @@ def adapt_run(run, paths, out, **settings) -> dict:
     max_windows = ADAPT_MAX_WINDOWS if max_windows is None else max_windows
     if max_windows < 1:  # before any decoding
         raise ValueError(f"max_windows must be at least 1, not {max_windows}")
-    from .run_folder import claim
-    claim(out, overwrite=overwrite)
-    clf = load(run, device, fold_batchnorm=False)  # the batch norms are what adapts
-    check_adaptable(clf.model)  # before any decoding
-    clips, bad = AudioCache(cache_dir, clf.sample_rate).load([str(p) for p in paths])
-    for path, reason in bad:
-        print(f"skipped {path}: {reason}")
-    if not clips:
-        raise ValueError(f"no decodable audio among the {len(paths)} file(s) given: nothing to adapt to")
-    windows = adapt_batchnorm(clf.model, list(clips.values()), clf.clip_samples, max_windows, seed=seed,
-                              device=device)
-    record = {"source_run": str(run), "files": len(clips), "skipped_files": len(bad), "windows": windows,
-              "batchnorm_layers": len(batchnorm_layers(clf.model)), "seed": seed}
-    config = dict(clf.config)
-    if "metrics" in config:  # the source run's test figures do not describe the adapted model
-        record["source_metrics"] = config.pop("metrics")
-    save_run(out, clf.model, {**config, "adaptation": record})
-    return record
+    from .run_folder import claimed
+    with claimed(out, overwrite=overwrite):
+        clf = load(run, device, fold_batchnorm=False)  # the batch norms are what adapts
+        check_adaptable(clf.model)  # before any decoding
+        clips, bad = AudioCache(cache_dir, clf.sample_rate).load([str(p) for p in paths])
+        for path, reason in bad:
+            print(f"skipped {path}: {reason}")
+        if not clips:
+            raise ValueError(f"no decodable audio among the {len(paths)} file(s) given: nothing to adapt to")
+        windows = adapt_batchnorm(clf.model, list(clips.values()), clf.clip_samples, max_windows, seed=seed,
+                                  device=device)
+        record = {"source_run": str(run), "files": len(clips), "skipped_files": len(bad), "windows": windows,
+                  "batchnorm_layers": len(batchnorm_layers(clf.model)), "seed": seed}
+        config = dict(clf.config)
+        if "metrics" in config:  # the source run's test figures do not describe the adapted model
+            record["source_metrics"] = config.pop("metrics")
+        save_run(out, clf.model, {**config, "adaptation": record})
+        return record
 
 
 def adapted_test_report(run, items, adapt_clips: int, cache_dir=None, seed: int = 0, device: str = "cpu") -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -104,6 +105,55 @@ def test_overwrite_replaces_a_run_stopped_while_it_trained_its_candidates(tmp_pa
     with pytest.raises(ValueError, match="holds none"):
         claim(mine, overwrite=True)
     assert (mine / sub / "photos" / "a.txt").read_text() == "keep me"
+
+
+HOLDER = ("import sys; from audioclf.run_folder import claim; claim(sys.argv[1], overwrite=True, resume=True); "
+          "print('held', flush=True); sys.stdin.read()")
+
+
+@pytest.mark.parametrize("how", ["--overwrite", "--resume", "new"])
+def test_a_folder_another_command_writes_into_is_refused_until_that_command_ends(tones, tmp_path, how):
+    """Two commands writing into one folder would leave a run made of both: the second is refused while the first
+    lives, and the lock goes with the first process however it ends (here SIGKILL)."""
+    import subprocess
+
+    data, cache = tones
+    run = tmp_path / "run"
+    if how != "new":
+        assert run_cli("train", data, "--out", run, "--cache-dir", cache, *FAST)[0] == 0
+    weights = (run / "model.safetensors").read_bytes() if how != "new" else None
+    import audioclf
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, env={**os.environ, "PYTHONPATH": str(Path(audioclf.__file__).parents[1])})
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        flags = [] if how == "new" else [how]
+        rc, _, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *FAST, *flags)
+        assert rc == 2
+        one_line_error(err, str(run), f"process {holder.pid}", "writing into this folder")
+        if weights:
+            assert (run / "model.safetensors").read_bytes() == weights  # untouched
+    finally:
+        holder.kill()
+        holder.wait()
+    rc, _, err = run_cli("train", data, "--out", run, "--cache-dir", cache, *FAST, "--overwrite")
+    assert rc == 0, err
+    assert not (run / ".audioclf.lock").exists()  # released, and its file removed, when the command ended
+
+
+def test_claim_is_reentrant_in_a_process_and_a_lock_file_alone_is_an_empty_folder(tmp_path):
+    from audioclf.run_folder import LOCK_NAME, claim, claimed, is_empty, release
+    folder = tmp_path / "out"
+    with claimed(folder) as held:
+        assert held == folder and (folder / LOCK_NAME).is_file() and is_empty(folder)
+        assert claim(folder) == folder  # the same process may claim it again
+        release(folder)
+        assert (folder / LOCK_NAME).is_file()  # still held: one release a claim
+    assert not (folder / LOCK_NAME).exists()
+    (folder / LOCK_NAME).write_text("12345\n")  # left by a process that was killed
+    assert is_empty(folder) and claim(folder) == folder
+    release(folder)
+    assert list(folder.iterdir()) == []
 
 
 def test_a_stale_onnx_export_is_refused_and_predict_exports_again(tmp_path):

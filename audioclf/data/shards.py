@@ -54,36 +54,36 @@ def pack(data, out, **settings) -> dict:
     check_fields(cfg)
     shard_size, sample_rate, pattern, cache_dir, overwrite = (cfg.shard_size, cfg.sample_rate, cfg.pattern,
                                                               cfg.cache_dir, cfg.overwrite)
-    from ..run_folder import claim
+    from ..run_folder import claimed
     from .cache import AudioCache
     from .manifest import load_manifest
     manifest = load_manifest(data, pattern)
-    out = claim(out, overwrite=overwrite)
-    clips, bad = AudioCache(cache_dir, sample_rate).load([it.path for it in manifest.items])
-    items = [it for it in manifest.items if it.path in clips]
-    shards, durations = [], []
-    for s, start in enumerate(range(0, len(items), shard_size)):
-        name = f"shard-{s:06d}.tar"
-        chunk = items[start:start + shard_size]
-        with tarfile.open(out / (name + ".tmp"), "w") as tar:
-            for n, item in enumerate(chunk, start=start):
-                key = f"{n:09d}"
-                audio = np.ascontiguousarray(clips[item.path], dtype=np.float32)
-                durations.append(len(audio) / sample_rate)
-                buf = io.BytesIO()
-                np.save(buf, audio, allow_pickle=False)
-                meta = {"labels": list(item.labels), "group": item.group, "fold": item.fold, "path": item.path,
-                        "sample_rate": sample_rate}
-                _add(tar, f"{key}.npy", buf.getvalue())
-                _add(tar, f"{key}.json", json.dumps(meta).encode())
-        (out / (name + ".tmp")).replace(out / name)
-        shards.append({"name": name, "count": len(chunk)})
-    info = {"format": FORMAT, "labels": manifest.labels, "sample_rate": sample_rate, "samples": len(items),
-            "shards": shards, "skipped": len(manifest.skipped) + len(bad),
-            "duration_p50": float(np.median(durations)) if durations else 0.0,
-            "duration_p90": float(np.percentile(durations, 90)) if durations else 0.0}
-    (out / "dataset.json").write_text(json.dumps(info, indent=2))
-    return info
+    with claimed(out, overwrite=overwrite) as out:
+        clips, bad = AudioCache(cache_dir, sample_rate).load([it.path for it in manifest.items])
+        items = [it for it in manifest.items if it.path in clips]
+        shards, durations = [], []
+        for s, start in enumerate(range(0, len(items), shard_size)):
+            name = f"shard-{s:06d}.tar"
+            chunk = items[start:start + shard_size]
+            with tarfile.open(out / (name + ".tmp"), "w") as tar:
+                for n, item in enumerate(chunk, start=start):
+                    key = f"{n:09d}"
+                    audio = np.ascontiguousarray(clips[item.path], dtype=np.float32)
+                    durations.append(len(audio) / sample_rate)
+                    buf = io.BytesIO()
+                    np.save(buf, audio, allow_pickle=False)
+                    meta = {"labels": list(item.labels), "group": item.group, "fold": item.fold, "path": item.path,
+                            "sample_rate": sample_rate}
+                    _add(tar, f"{key}.npy", buf.getvalue())
+                    _add(tar, f"{key}.json", json.dumps(meta).encode())
+            (out / (name + ".tmp")).replace(out / name)
+            shards.append({"name": name, "count": len(chunk)})
+        info = {"format": FORMAT, "labels": manifest.labels, "sample_rate": sample_rate, "samples": len(items),
+                "shards": shards, "skipped": len(manifest.skipped) + len(bad),
+                "duration_p50": float(np.median(durations)) if durations else 0.0,
+                "duration_p90": float(np.percentile(durations, 90)) if durations else 0.0}
+        (out / "dataset.json").write_text(json.dumps(info, indent=2))
+        return info
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:

@@ -8,6 +8,7 @@ def train(data, out, **settings) -> dict:
     ``settings`` are :class:`~audioclf.training.config.TrainConfig` fields."""
     import time
 
+    from ..run_folder import release
     from .ensemble import train_ensemble
     from .loop import train_single
     from .selection import candidates, train_candidates
@@ -15,13 +16,16 @@ def train(data, out, **settings) -> dict:
 
     started = time.process_time(), time.perf_counter()
     cfg, augment = checked_config(out, settings)
-    auto_start, (starts, start_reason) = cfg.pretrained is None, candidates(cfg, data, out)
-    if len(starts) > 1:
-        print(f"auto: pretrained: {start_reason}")
-        return train_candidates(data, out, cfg, starts)
-    if auto_start:
-        cfg.pretrained = starts[0].pretrained
-        print(f"auto: pretrained={cfg.pretrained}: {start_reason}")
-    if cfg.ensemble > 1:
-        return train_ensemble(data, out, cfg)
-    return train_single(data, out, cfg, augment, start_reason if auto_start else None, started)
+    try:
+        auto_start, (starts, start_reason) = cfg.pretrained is None, candidates(cfg, data, out)
+        if len(starts) > 1:
+            print(f"auto: pretrained: {start_reason}")
+            return train_candidates(data, out, cfg, starts)
+        if auto_start:
+            cfg.pretrained = starts[0].pretrained
+            print(f"auto: pretrained={cfg.pretrained}: {start_reason}")
+        if cfg.ensemble > 1:
+            return train_ensemble(data, out, cfg)
+        return train_single(data, out, cfg, augment, start_reason if auto_start else None, started)
+    finally:
+        release(out)  # the folder checked_config claimed

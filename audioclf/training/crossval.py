@@ -22,7 +22,7 @@ from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
 from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
-from ..run_folder import claim, holds_state
+from ..run_folder import claimed, holds_state
 from ..settings import check_fields, option
 from ..malloc import keep_activations_in_heap
 from ..models import create_model
@@ -80,14 +80,15 @@ def cross_validate(data, out, **settings) -> dict:
     cfg = checked_train_config(settings, manifest, cv.adapt)
     if settings.get("noise_dir") is None and manifest.noise_dir:
         settings["noise_dir"] = manifest.noise_dir  # the fold CSVs below do not carry the data set's noise folder
-    claim(out, overwrite=cfg.overwrite, resume=cfg.resume)
-    source = "declared folds" if declared else f"stratified{' group-aware' if manifest.has_groups else ''} {cv.folds}-fold"
-    print(f"cross-validation: {len(fold_tests)} folds ({source})")
-    names = declared or [str(k) for k in range(len(fold_tests))]
-    plan = [_write_fold(manifest, out, name, set(test)) for name, test in zip(names, fold_tests)]
-    fold_settings = {**settings, "pattern": None, "test_fold": "test", "overwrite": False}
-    reports = run_folds(plan, fold_settings, cv, cfg.resume)
-    return write_cv_report(out, reports, cv.adapt)
+    with claimed(out, overwrite=cfg.overwrite, resume=cfg.resume):
+        source = ("declared folds" if declared else
+                  f"stratified{' group-aware' if manifest.has_groups else ''} {cv.folds}-fold")
+        print(f"cross-validation: {len(fold_tests)} folds ({source})")
+        names = declared or [str(k) for k in range(len(fold_tests))]
+        plan = [_write_fold(manifest, out, name, set(test)) for name, test in zip(names, fold_tests)]
+        fold_settings = {**settings, "pattern": None, "test_fold": "test", "overwrite": False}
+        reports = run_folds(plan, fold_settings, cv, cfg.resume)
+        return write_cv_report(out, reports, cv.adapt)
 
 
 def checked_train_config(settings: dict, manifest, adapt: int) -> TrainConfig:

@@ -18,6 +18,7 @@ from ..evaluation.evaluate import build_report
 from ..evaluation.metrics import tune_thresholds
 from ..evaluation.plots import plot_curves
 from ..inference import clip_logits, scores_from_logits
+from ..run_folder import release
 from . import autoconfig, distributed
 from .config import TrainConfig, TrainError
 from .outputs import ProgressLines, test_best_checkpoint, write_metrics
@@ -113,7 +114,10 @@ def train_run(data, out, **settings) -> dict:
     claimed first; the test report. The members of an ensemble and the candidate starts train this way."""
     started = time.process_time(), time.perf_counter()
     cfg, augment = checked_config(out, settings)
-    return train_single(data, out, cfg, augment, started=started)
+    try:
+        return train_single(data, out, cfg, augment, started=started)
+    finally:
+        release(out)
 
 
 def train_single(data, out, cfg: TrainConfig, augment: AugmentConfig, start_reason: str | None = None,

@@ -26,7 +26,7 @@ from ..data.splits import group_holdout, make_split
 from ..evaluation.evaluate import summary_line
 from ..evaluation.metrics import mean_average_precision
 from ..io_utils import write_json_atomic, write_text_atomic
-from ..run_folder import CANDIDATES_DIR, SELECTION_DIR
+from ..run_folder import CANDIDATES_DIR, LOCK_NAME, SELECTION_DIR
 from ..weights.catalogue import EFFICIENTAT_FRONTEND
 from .config import SCRATCH, TrainConfig
 from .settings import split_seed
@@ -250,7 +250,7 @@ def train_candidates(data, out, cfg: TrainConfig, starts: list[Start]) -> dict:
     else:
         _, folder, config, report = results[best]
     for f in folder.iterdir():  # the kept run's files; its training state stays in its own folder
-        if f.is_file() and f.suffix != ".log":
+        if f.is_file() and f.suffix != ".log" and f.name != LOCK_NAME:
             shutil.copy2(f, run / f.name)
     config["training"]["reasons"] = {**config["training"].get("reasons", {}), start.key: why}
     config["candidates"] = [{"pretrained": s.pretrained, "augment": c["training"]["augment"],  # as it trained
