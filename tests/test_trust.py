@@ -322,6 +322,52 @@ def test_a_failed_train_leaves_no_folder_behind(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_find_duplicates_names_held_out_copies_and_label_conflicts():
+    from audioclf.data.duplicates import digest, find_duplicates
+    a, b, c = tone(300.0), tone(1200.0), tone(600.0)
+    clips = {"t1": a, "t2": b, "v1": a.copy(), "x1": b.copy(), "x2": c, "x3": c.copy(), "x4": a + 1e-7}
+    assert digest(a[::-1]) != digest(a) and digest(a.astype(np.float64)) == digest(a)  # samples, as float32
+    labels = {"t1": ("low",), "t2": ("high",), "v1": ("low",), "x1": ("low",), "x2": ("mid",), "x3": ("mid",),
+              "x4": ("low",)}
+    found = find_duplicates({"train": ["t1", "t2"], "validation": ["v1"], "test": ["x1", "x2", "x3", "x4"]},
+                            {k: digest(v) for k, v in clips.items()}, labels)
+    assert [(path, other) for path, _, _, other, *_ in found.copies] == [("v1", "t1"), ("x1", "t2")]
+    assert found.conflicts == [("x1", "test", "low", "t2", "train", "high")]  # x3 repeats a test clip: no copy
+    assert found.counts() == {"validation": 1, "test": 1, "label_conflicts": 1}  # x4 differs by 1e-7: not a copy
+
+
+def test_train_notes_test_clips_that_copy_training_clips(tones, tmp_path):
+    """A copied file in the test fold (and one under another label) is named in the output, duplicates.csv and
+    config.json; a run without copies writes no such file."""
+    data, cache = tones
+    rows = [["path", "label", "fold"]]
+    for label in TONES:
+        files = sorted((data / label).glob("*.wav"))
+        rows += [[str(f), label, "test" if n < 2 else "train"] for n, f in enumerate(files)]
+    trained_file = Path(rows[5][0])  # a training clip of "low"
+    for name, label in (("copy.wav", "low"), ("relabelled.wav", "high")):
+        shutil.copy(trained_file, tmp_path / name)
+        rows.append([str(tmp_path / name), label, "test"])
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run = tmp_path / "run"
+    rc, out, err = run_cli("train", manifest, "--test-fold", "test", "--out", run, "--cache-dir", cache, *FAST)
+    assert rc == 0, err
+    assert "note: 2 test and 0 validation clip(s) are copies of training clips" in out
+    assert "note: 1 pair(s) of identical clips carry different labels" in out
+    with open(run / "duplicates.csv") as f:
+        found = list(csv.DictReader(f))
+    assert {(r["kind"], Path(r["path"]).name, r["same_audio_as"]) for r in found} == {
+        ("copy", "copy.wav", str(trained_file)), ("copy", "relabelled.wav", str(trained_file)),
+        ("label conflict", "relabelled.wav", str(trained_file))}
+    assert json.loads((run / "config.json").read_text())["duplicates"] == {"validation": 0, "test": 2,
+                                                                         "label_conflicts": 1}
+    clean = tmp_path / "clean"
+    assert run_cli("train", data, "--out", clean, "--cache-dir", cache, *FAST)[0] == 0
+    assert not (clean / "duplicates.csv").exists() and "duplicates" not in json.loads((clean / "config.json").read_text())
+
+
 def test_aug_mixup_alpha_is_the_mixup_the_loop_uses(monkeypatch):
     from audioclf.features import FrontendConfig
     from audioclf.models import create_model
@@ -381,6 +427,32 @@ def test_evaluate_leaves_out_the_clips_the_run_trained_on(trained, tones):
                          "--include-training-clips")
     assert rc == 0 and json.loads((run / "eval-all" / "report.json").read_text())["n"] == 20
 
+
+
+def test_evaluate_leaves_out_renamed_copies_of_the_clips_the_run_trained_on(trained, tones, tmp_path):
+    """The same audio under another name (a copied file, or the same samples as FLAC) is left out too."""
+    run, _ = trained
+    data, cache = tones
+    split = list(csv.DictReader(open(run / "split.csv")))
+    assert all(len(r["audio_sha256"]) == 32 for r in split)
+    seen = [Path(r["path"]) for r in split if r["subset"] != "test"][:3]
+    test = [Path(r["path"]) for r in split if r["subset"] == "test"]
+    other = tmp_path / "other"
+    for n, path in enumerate(seen + test):
+        label = path.parent.name
+        (other / label).mkdir(parents=True, exist_ok=True)
+        if n == 1:  # the same samples in another container
+            audio, sr = sf.read(path, dtype="int16")
+            sf.write(other / label / f"copy{n}.flac", audio, sr, subtype="PCM_16")
+        else:
+            shutil.copy(path, other / label / f"copy{n}.wav")
+    rc, out, err = run_cli("evaluate", run, other, "--cache-dir", cache, "--out", tmp_path / "eval")
+    assert rc == 0, err
+    assert "leaving out 3 clip(s) whose audio is identical to clips the run trained or validated on" in out
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["n"] == len(test)
+    rc, _, _ = run_cli("evaluate", run, other, "--cache-dir", cache, "--out", tmp_path / "all",
+                       "--include-training-clips")
+    assert rc == 0 and json.loads((tmp_path / "all" / "report.json").read_text())["n"] == len(seen) + len(test)
 
 # --- 7: progress and offline docs
 

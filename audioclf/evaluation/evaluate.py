@@ -46,13 +46,15 @@ def summary_line(report: dict) -> str:
             f"macro-F1 {report['macro_f1']:.4f}  (n={report['n']})")
 
 
-def seen_clips(run) -> set[str]:
-    """Paths of the clips a run trained or validated on, from its ``split.csv`` (empty without one)."""
+def seen_clips(run) -> tuple[set[str], set[str]]:
+    """Paths of the clips a run trained or validated on, and the digests of their audio (hex; none from a run that
+    did not record them), from its ``split.csv`` (empty without one)."""
     path = Path(run) / "split.csv"
     if not path.is_file():
-        return set()
+        return set(), set()
     with open(path, newline="", encoding="utf-8") as f:
-        return {row["path"] for row in csv.DictReader(f) if row.get("subset") in ("train", "validation")}
+        rows = [row for row in csv.DictReader(f) if row.get("subset") in ("train", "validation")]
+    return {row["path"] for row in rows}, {row["audio_sha256"] for row in rows if row.get("audio_sha256")}
 
 
 @dataclass
@@ -70,6 +72,22 @@ class EvaluateConfig:
     batch_size: int | None = option(None, "windows per forward pass (default: from the model and device)", min=1)
 
 
+def leave_out(items: list, seen, what: str, run, data) -> list:
+    """``items`` without those ``seen(item)`` says the run trained or validated on, with a warning naming ``what``
+    they are; ``ValueError`` when none is left."""
+    from ..weights import resolve_run
+
+    kept = [it for it in items if not seen(it)]
+    if len(kept) == len(items):
+        return items
+    print(f"warning: leaving out {len(items) - len(kept)} {what} ({Path(resolve_run(run)) / 'split.csv'}); "
+          "--include-training-clips scores them too")
+    if not kept:
+        raise ValueError(f"{data}: every clip is one the run trained or validated on: evaluate on held-out data "
+                         "(or pass --include-training-clips)")
+    return kept
+
+
 def evaluate(run, data, **settings) -> dict:
     """Evaluate the run on ``data`` (all of it, or its ``test_fold``); write the report to ``out``
     (default ``RUN/evaluation``). Files whose labels the run does not know are skipped with a warning, and so are
@@ -80,6 +98,7 @@ def evaluate(run, data, **settings) -> dict:
     test_fold, pattern, out, cache_dir = cfg.test_fold, cfg.pattern, cfg.out, cfg.cache_dir
     device, batch_size, amp, include_training_clips = cfg.device, cfg.batch_size, cfg.amp, cfg.include_training_clips
     from ..data.cache import AudioCache
+    from ..data.duplicates import digest
     from ..data.manifest import Manifest, load_manifest
     from ..data.splits import label_matrix
     from ..inference import clip_logits, load, scores_from_logits
@@ -99,19 +118,15 @@ def evaluate(run, data, **settings) -> dict:
     items = [it for it in items if set(it.labels) <= known]
     if not items:
         raise ValueError(f"{data}: none of the files has a label the model knows ({', '.join(clf.labels[:10])} ...)")
-    seen = set() if include_training_clips else seen_clips(resolve_run(run))
-    if seen & {it.path for it in items}:
-        kept = [it for it in items if it.path not in seen]
-        print(f"warning: leaving out {len(items) - len(kept)} clip(s) the run trained or validated on "
-              f"({Path(resolve_run(run)) / 'split.csv'}); --include-training-clips scores them too")
-        if not kept:
-            raise ValueError(f"{data}: every clip is one the run trained or validated on: evaluate on held-out data "
-                             "(or pass --include-training-clips)")
-        items = kept
+    seen, seen_audio = (set(), set()) if include_training_clips else seen_clips(resolve_run(run))
+    items = leave_out(items, lambda it: it.path in seen, "clip(s) the run trained or validated on", run, data)
     clips, bad = AudioCache(cache_dir, clf.sample_rate).load([it.path for it in items])
     for path, reason in bad:
         print(f"skipped {path}: {reason}")
     items = [it for it in items if it.path in clips]
+    if seen_audio:  # copies under other names: the same decoded audio
+        items = leave_out(items, lambda it: digest(clips[it.path]).hex() in seen_audio,
+                          "clip(s) whose audio is identical to clips the run trained or validated on", run, data)
     targets = label_matrix(Manifest(items, manifest.root), clf.labels)
     logits = clip_logits(clf.model, [clips[it.path] for it in items], clf.clip_samples, batch_size, device, clf.amp)
     report = build_report(scores_from_logits(logits, clf.multilabel), targets, clf.labels, clf.multilabel,

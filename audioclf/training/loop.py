@@ -190,6 +190,7 @@ def run_config(cfg: TrainConfig, d: TrainingData, data) -> dict:
             "clip_seconds": s["clip_seconds"], "training": {**cfg.to_dict(), **s},
             "data": str(data), "data_sha256": d.manifest.fingerprint(),
             "split_sizes": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},
+            **({"duplicates": d.duplicates} if any(d.duplicates.values()) else {}),
             **({"init": d.init.provenance()} if d.init else {})}
 
 

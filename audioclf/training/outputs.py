@@ -38,15 +38,37 @@ def report_skipped(skipped: list[tuple[str, str]], run: Path) -> None:
         print(f"  ... and {len(skipped) - SHOWN_SKIPPED} more")
 
 
-SPLIT_NAME = "split.csv"  # path,subset of every item the run was split from: evaluate knows the clips it saw
+def report_duplicates(found, run: Path, main: bool) -> None:
+    """A note for held-out clips that copy training clips and for identical clips under different labels
+    (:class:`~audioclf.data.duplicates.Duplicates`); every pair in ``duplicates.csv`` (written by rank 0)."""
+    n = found.counts()
+    if not found.copies and not found.conflicts:
+        return
+    if main:
+        buf = io.StringIO()
+        csv.writer(buf).writerows([["kind", "path", "subset", "labels", "same_audio_as", "its_subset", "its_labels"],
+                                   *found.rows()])
+        write_text_atomic(run / "duplicates.csv", buf.getvalue())
+    if found.copies:
+        print(f"note: {n['test']} test and {n['validation']} validation clip(s) are copies of training clips "
+              "(identical audio): their scores measure memory, not new recordings (pairs in "
+              f"{run / 'duplicates.csv'})")
+    if found.conflicts:
+        print(f"note: {n['label_conflicts']} pair(s) of identical clips carry different labels (in "
+              f"{run / 'duplicates.csv'})")
 
 
-def write_split(run: Path, manifest, split) -> None:
+SPLIT_NAME = "split.csv"  # every item the run was split from: evaluate knows the clips (and the audio) it saw
+
+
+def write_split(run: Path, manifest, split, digests: dict[str, bytes]) -> None:
+    """``path,subset,audio_sha256`` of each item (the digest of its decoded audio, empty when not decoded here)."""
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["path", "subset"])
+    writer.writerow(["path", "subset", "audio_sha256"])
     for subset, idx in (("train", split.train), ("validation", split.val), ("test", split.test)):
-        writer.writerows((manifest.items[i].path, subset) for i in idx)
+        writer.writerows((manifest.items[i].path, subset, digests.get(manifest.items[i].path, b"").hex())
+                         for i in idx)
     write_text_atomic(run / SPLIT_NAME, buf.getvalue())
 
 

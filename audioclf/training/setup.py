@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from ..augment import AugmentConfig, run_augmentations_eagerly
 from ..data.cache import AudioCache
 from ..data.clips import ClipDataset, fit_length
+from ..data.duplicates import SUBSETS, digest, find_duplicates
 from ..data.manifest import audio_files, load_manifest
 from ..data.splits import (MIN_VALIDATION_CLIPS, MIN_VALIDATION_PER_CLASS, VALIDATION_SHARE, label_matrix, make_split,
                            validation_fraction)
@@ -22,7 +23,7 @@ from . import autoconfig, distributed
 from .config import TrainConfig, TrainError
 from .ema import ModelEma
 from .finetune import FINETUNE_LR, init_source
-from .outputs import report_skipped, write_skipped, write_split
+from .outputs import report_duplicates, report_skipped, write_skipped, write_split
 from .samplers import EpochSampler, GroupBatchSampler
 from .settings import DEFAULT_LR, resolve_settings, split_seed
 
@@ -44,6 +45,7 @@ class TrainingData:
     val: list[int]
     test: list[int]
     y: np.ndarray  # (items, classes) 0/1 targets
+    duplicates: dict  # Duplicates.counts() ({} with streamed shards)
 
     def audio(self, idx) -> list[np.ndarray]:
         return [self.clips[self.manifest.items[i].path] for i in idx]
@@ -75,19 +77,27 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
         s["model_args"] = dict(init.config["model_args"])
     cache = AudioCache(cfg.cache_dir, s["sample_rate"])
     clips, bad = decode(cache, manifest, split, source)
+    digests = {} if source else {path: digest(clip) for path, clip in clips.items()}  # streamed: not in memory
     skipped = manifest.skipped + bad
     if main:
         write_skipped(run, skipped)
-        write_split(run, manifest, split)
+        write_split(run, manifest, split, digests)
     report_skipped(skipped, run)
     keep = lambda idx: [i for i in idx if source or manifest.items[i].path in clips]  # noqa: E731
     train_idx, val_idx, test_idx = keep(split.train), keep(split.val), keep(split.test)
     print_split(split, (train_idx, val_idx, test_idx), labels, multilabel)
+    duplicates = {}
+    if digests:
+        found = find_duplicates({subset: [manifest.items[i].path for i in idx] for subset, idx
+                                 in zip(SUBSETS, (train_idx, val_idx, test_idx))}, digests,
+                                {it.path: it.labels for it in manifest.items})
+        report_duplicates(found, run, main)
+        duplicates = found.counts()
     if not train_idx:
         raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, named above)")
     s["reasons"].update(note_validation(cfg, len(split.train) + len(split.val), val_idx, label_matrix(manifest, labels)))
     return TrainingData(manifest, source, cache, labels, multilabel, s, init, clips, skipped, train_idx,
-                        val_idx, test_idx, label_matrix(manifest, labels))
+                        val_idx, test_idx, label_matrix(manifest, labels), duplicates)
 
 
 def follow_source(cfg: TrainConfig, init, source, data) -> None:
