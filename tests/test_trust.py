@@ -368,6 +368,31 @@ def test_train_notes_test_clips_that_copy_training_clips(tones, tmp_path):
     assert not (clean / "duplicates.csv").exists() and "duplicates" not in json.loads((clean / "config.json").read_text())
 
 
+def test_train_notes_a_declared_test_fold_that_shares_groups_with_train(tones, tmp_path):
+    data, cache = tones
+    rows = [["path", "label", "group", "fold"]]
+    for label in TONES:
+        for n, f in enumerate(sorted((data / label).glob("*.wav"))):  # groups g0-g4; test: g0 (also in train), g1
+            group = f.name.split("_")[0]
+            rows.append([str(f), label, group, "test" if group == "g1" or (group == "g0" and n % 2) else "train"])
+    manifest = tmp_path / "manifest.csv"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    run = tmp_path / "run"
+    rc, out, err = run_cli("train", manifest, "--test-fold", "test", "--out", run, "--cache-dir", cache, *FAST)
+    assert rc == 0, err
+    assert "note: 1 of the test fold's 2 groups are also in train" in out
+    assert json.loads((run / "config.json").read_text())["test_groups_heard"] == [1, 2]
+    rows = [r if r[2] != "g0" or r[3] != "test" else [*r[:3], "train"] for r in rows]  # g1 alone: unheard
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    rc, out, err = run_cli("train", manifest, "--test-fold", "test", "--out", run, "--overwrite", "--cache-dir", cache,
+                           *FAST)
+    assert rc == 0, err
+    assert "groups are also in train" not in out
+    assert "test_groups_heard" not in json.loads((run / "config.json").read_text())
+
+
 def test_aug_mixup_alpha_is_the_mixup_the_loop_uses(monkeypatch):
     from audioclf.features import FrontendConfig
     from audioclf.models import create_model

@@ -25,6 +25,7 @@ class Split:
     test: list[int]
     val_shares_groups: bool = False  # validation was carved within train's groups
     declared: str = ""  # the named folds used by default, e.g. "test = the declared fold 'testing'"
+    test_groups_heard: tuple[int, int] = (0, 0)  # (test groups also in train, test groups): a declared fold's
 
     def sizes(self) -> str:
         return (f"train {len(self.train)}, validation {len(self.val)}, test {len(self.test)}"
@@ -114,23 +115,25 @@ def make_split(manifest: Manifest, test_fold: str | None = None, test_fraction: 
             raise ValueError(f"--test-fold {test_fold!r}: no item has that fold; declared folds: "
                              f"{', '.join(manifest.folds) or 'none'}")
         train = [i for i in everything if manifest.items[i].fold != str(test_fold)]
-        shared = bool({groups[i] for i in test} & {groups[i] for i in train} - {None})
+        test_groups = {groups[i] for i in test} - {None}
+        heard = (len(test_groups & {groups[i] for i in train}), len(test_groups))
+        shared = heard[0] > 0
     else:
         train, test = holdout(everything, y, groups, test_fraction, seed)
-        shared = False
+        shared, heard = False, (0, 0)
     val_fold = named_fold(manifest, VAL_FOLD_NAMES)
     if val_fold is not None and val_fold != str(test_fold):
         val = [i for i in train if manifest.items[i].fold == val_fold]
         declared.append(f"validation = the declared fold {val_fold!r}")
         return Split([i for i in train if manifest.items[i].fold != val_fold], val, sorted(test), False,
-                     ", ".join(declared))
+                     ", ".join(declared), heard)
     if val_fraction is None:
         val_fraction = validation_fraction(len(train), y.shape[1])
     train_groups = {groups[i] for i in train} - {None}
     within = shared or 0 < len(train_groups) < MIN_VALIDATION_GROUPS
     train, val = holdout(train, y, [None] * len(groups) if within else groups, val_fraction, seed + 1)
     return Split(sorted(train), sorted(val), sorted(test), within and bool(train_groups) and bool(val),
-                 ", ".join(declared))
+                 ", ".join(declared), heard)
 
 
 SELECTION_SHARE = 0.25  # a selection hold-out takes about this share of the training groups (one at least)

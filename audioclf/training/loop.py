@@ -191,6 +191,7 @@ def run_config(cfg: TrainConfig, d: TrainingData, data) -> dict:
             "data": str(data), "data_sha256": d.manifest.fingerprint(),
             "split_sizes": {"train": len(d.train), "val": len(d.val), "test": len(d.test)},
             **({"duplicates": d.duplicates} if any(d.duplicates.values()) else {}),
+            **({"test_groups_heard": list(d.test_groups_heard)} if d.test_groups_heard[0] else {}),
             **({"init": d.init.provenance()} if d.init else {})}
 
 

@@ -46,6 +46,7 @@ class TrainingData:
     test: list[int]
     y: np.ndarray  # (items, classes) 0/1 targets
     duplicates: dict  # Duplicates.counts() ({} with streamed shards)
+    test_groups_heard: tuple[int, int]  # (test groups also in train, test groups): Split.test_groups_heard
 
     def audio(self, idx) -> list[np.ndarray]:
         return [self.clips[self.manifest.items[i].path] for i in idx]
@@ -97,7 +98,7 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
         raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, named above)")
     s["reasons"].update(note_validation(cfg, len(split.train) + len(split.val), val_idx, label_matrix(manifest, labels)))
     return TrainingData(manifest, source, cache, labels, multilabel, s, init, clips, skipped, train_idx,
-                        val_idx, test_idx, label_matrix(manifest, labels), duplicates)
+                        val_idx, test_idx, label_matrix(manifest, labels), duplicates, split.test_groups_heard)
 
 
 def follow_source(cfg: TrainConfig, init, source, data) -> None:
@@ -145,6 +146,10 @@ def print_split(split, usable: tuple[list, list, list], labels: list[str], multi
           + f"; {len(labels)} classes, {'multi' if multilabel else 'single'}-label"
           + ("; validation shares train's groups (the test fold does, or train has under 10 groups)"
              if split.val_shares_groups else ""))
+    heard, groups = split.test_groups_heard
+    if heard:
+        print(f"note: {heard} of the test fold's {groups} groups are also in train: its score is on speakers or "
+              "recordings training heard, not on new ones")
 
 
 SMALL_VALIDATION = 50  # fewer validation clips (or under 3 of a class) cannot tell nearby epochs apart
