@@ -336,6 +336,17 @@ def test_find_duplicates_names_held_out_copies_and_label_conflicts():
     assert found.counts() == {"validation": 1, "test": 1, "label_conflicts": 1}  # x4 differs by 1e-7: not a copy
 
 
+def train_on_rows(rows: list[list[str]], tmp_path: Path, cache: Path, *flags: str) -> tuple[Path, str]:
+    """Train (``FAST``) on a CSV manifest of ``rows`` (a header first), tested on its fold ``test``, into
+    ``tmp_path/run``; ``(the run, stdout)``."""
+    manifest, run = tmp_path / "manifest.csv", tmp_path / "run"
+    with open(manifest, "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    rc, out, err = run_cli("train", manifest, "--test-fold", "test", "--out", run, "--cache-dir", cache, *FAST, *flags)
+    assert rc == 0, err
+    return run, out
+
+
 def test_train_notes_test_clips_that_copy_training_clips(tones, tmp_path):
     """A copied file in the test fold (and one under another label) is named in the output, duplicates.csv and
     config.json; a run without copies writes no such file."""
@@ -348,12 +359,7 @@ def test_train_notes_test_clips_that_copy_training_clips(tones, tmp_path):
     for name, label in (("copy.wav", "low"), ("relabelled.wav", "high")):
         shutil.copy(trained_file, tmp_path / name)
         rows.append([str(tmp_path / name), label, "test"])
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    run = tmp_path / "run"
-    rc, out, err = run_cli("train", manifest, "--test-fold", "test", "--out", run, "--cache-dir", cache, *FAST)
-    assert rc == 0, err
+    run, out = train_on_rows(rows, tmp_path, cache)
     assert "note: 2 test and 0 validation clip(s) are copies of training clips" in out
     assert "note: 1 pair(s) of identical clips carry different labels" in out
     with open(run / "duplicates.csv") as f:
@@ -375,20 +381,11 @@ def test_train_notes_a_declared_test_fold_that_shares_groups_with_train(tones, t
         for n, f in enumerate(sorted((data / label).glob("*.wav"))):  # groups g0-g4; test: g0 (also in train), g1
             group = f.name.split("_")[0]
             rows.append([str(f), label, group, "test" if group == "g1" or (group == "g0" and n % 2) else "train"])
-    manifest = tmp_path / "manifest.csv"
-    with open(manifest, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    run = tmp_path / "run"
-    rc, out, err = run_cli("train", manifest, "--test-fold", "test", "--out", run, "--cache-dir", cache, *FAST)
-    assert rc == 0, err
+    run, out = train_on_rows(rows, tmp_path, cache)
     assert "note: 1 of the test fold's 2 groups are also in train" in out
     assert json.loads((run / "config.json").read_text())["test_groups_heard"] == [1, 2]
     rows = [r if r[2] != "g0" or r[3] != "test" else [*r[:3], "train"] for r in rows]  # g1 alone: unheard
-    with open(manifest, "w", newline="") as f:
-        csv.writer(f).writerows(rows)
-    rc, out, err = run_cli("train", manifest, "--test-fold", "test", "--out", run, "--overwrite", "--cache-dir", cache,
-                           *FAST)
-    assert rc == 0, err
+    run, out = train_on_rows(rows, tmp_path, cache, "--overwrite")
     assert "groups are also in train" not in out
     assert "test_groups_heard" not in json.loads((run / "config.json").read_text())
 
