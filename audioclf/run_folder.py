@@ -25,7 +25,7 @@ _held: dict[Path, list[int]] = {}  # folders this process holds -> [their lock f
 
 
 def is_empty(folder: Path) -> bool:
-    """No files but a lock file."""
+    """Missing, or holding nothing but a lock file."""
     return not folder.exists() or (folder.is_dir() and all(p.name == LOCK_NAME for p in folder.iterdir()))
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SUBSETS = ("train", "validation", "test")
+COLUMNS = ("kind", "path", "subset", "labels", "same_audio_as", "its_subset", "its_labels")  # of duplicates.csv
 
 
 def digest(clip: np.ndarray) -> bytes:
@@ -31,7 +32,7 @@ class Duplicates:
                 "test": sum(c[1] == "test" for c in self.copies), "label_conflicts": len(self.conflicts)}
 
     def rows(self) -> list[list[str]]:
-        """``duplicates.csv``: ``kind, path, subset, labels, same_audio_as, its_subset, its_labels``."""
+        """``duplicates.csv``'s rows (:data:`COLUMNS`), the copies first."""
         return [[kind, *pair] for kind, pairs in (("copy", self.copies), ("label conflict", self.conflicts))
                 for pair in pairs]
 

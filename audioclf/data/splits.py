@@ -25,7 +25,7 @@ class Split:
     test: list[int]
     val_shares_groups: bool = False  # validation was carved within train's groups
     declared: str = ""  # the named folds used by default, e.g. "test = the declared fold 'testing'"
-    test_groups_heard: tuple[int, int] = (0, 0)  # (test groups also in train, test groups): a declared fold's
+    test_groups_heard: tuple[int, int] = (0, 0)  # a declared test fold's groups that train holds too, and all of them
 
     def sizes(self) -> str:
         return (f"train {len(self.train)}, validation {len(self.val)}, test {len(self.test)}"

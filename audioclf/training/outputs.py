@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import load_run
+from ..data.duplicates import COLUMNS
 from ..evaluation.evaluate import build_report, summary_line, write_report
 from ..inference import clip_logits, scores_from_logits
 from ..io_utils import write_json_atomic, write_text_atomic
@@ -46,8 +47,7 @@ def report_duplicates(found, run: Path, main: bool) -> None:
         return
     if main:
         buf = io.StringIO()
-        csv.writer(buf).writerows([["kind", "path", "subset", "labels", "same_audio_as", "its_subset", "its_labels"],
-                                   *found.rows()])
+        csv.writer(buf).writerows([COLUMNS, *found.rows()])
         write_text_atomic(run / "duplicates.csv", buf.getvalue())
     if found.copies:
         print(f"note: {n['test']} test and {n['validation']} validation clip(s) are copies of training clips "
