@@ -374,6 +374,23 @@ def test_train_notes_test_clips_that_copy_training_clips(tones, tmp_path):
     assert not (clean / "duplicates.csv").exists() and "duplicates" not in json.loads((clean / "config.json").read_text())
 
 
+def test_cv_names_the_folds_whose_test_clips_copy_training_clips(tones, tmp_path):
+    data, cache = tones
+    rows = [["path", "label", "fold"]]
+    for label in TONES:
+        rows += [[str(f), label, str(n % 2)] for n, f in enumerate(sorted((data / label).glob("*.wav")))]
+    shutil.copy(rows[1][0], tmp_path / "copy.wav")  # fold 0's first clip, again in fold 1
+    rows.append([str(tmp_path / "copy.wav"), rows[1][1], "1"])
+    with open(tmp_path / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    out = tmp_path / "cv"
+    rc, text, err = run_cli("cv", tmp_path / "manifest.csv", "--out", out, "--cache-dir", cache, *FAST)
+    assert rc == 0, err
+    counts = {"validation": 0, "test": 1, "label_conflicts": 0}
+    assert json.loads((out / "cv_report.json").read_text())["duplicates"] == {"0": counts, "1": counts}
+    assert text.count("test clip(s) copy training clips") == 2  # each fold tests one of the pair, the other trains
+
+
 def test_train_notes_a_declared_test_fold_that_shares_groups_with_train(tones, tmp_path):
     data, cache = tones
     rows = [["path", "label", "group", "fold"]]

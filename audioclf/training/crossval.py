@@ -123,6 +123,9 @@ def write_cv_report(out: Path, reports: list[dict], adapt: int) -> dict:
     if adapt:
         summary.update(_adapted_summary([r["adapted"] for r in reports]))
     cv = {"folds": reports, **summary}
+    copies = fold_duplicates(out, [r["fold"] for r in reports])
+    if copies:
+        cv["duplicates"] = copies
     labels = reports[0]["labels"]
     if all("confusion_matrix" in r and r["labels"] == labels and "mAP" not in r for r in reports):
         total = np.sum([np.asarray(r["confusion_matrix"]) for r in reports], axis=0)
@@ -134,12 +137,27 @@ def write_cv_report(out: Path, reports: list[dict], adapt: int) -> dict:
         print(f"fold {r['fold']}: accuracy {r.get('accuracy', float('nan')):.4f}  macro-F1 {r['macro_f1']:.4f}")
     print(f"mean accuracy {summary['mean_accuracy']:.4f} +- {summary['std_accuracy']:.4f}, "
           f"mean macro-F1 {summary['mean_macro_f1']:.4f}; report: {out / 'cv_report.json'}")
+    for name, n in copies.items():
+        print(f"note: fold {name}: {n['test']} test clip(s) copy training clips and {n['label_conflicts']} pair(s) "
+              f"of identical clips carry different labels ({out / f'fold-{name}' / 'duplicates.csv'})")
     if adapt:
         key = "mAP" if "adapted_mean_mAP" in summary else "accuracy"
         print(f"adapted to {adapt} unlabelled clips of each test fold, scored on the others: mean {key} "
               f"{summary[f'adapted_mean_{key}_before']:.4f} -> {summary[f'adapted_mean_{key}']:.4f} "
               f"+- {summary[f'adapted_std_{key}']:.4f}")
     return cv
+
+
+def fold_duplicates(out: Path, names: list[str]) -> dict:
+    """``{fold: counts}`` of the folds whose runs found copies or label conflicts (their ``config.json``'s
+    ``duplicates``)."""
+    found = {}
+    for name in names:
+        config = out / f"fold-{name}" / "config.json"
+        counts = json.loads(config.read_text()).get("duplicates") if config.is_file() else None
+        if counts:
+            found[name] = counts
+    return found
 
 
 def _write_fold(manifest, out: Path, name: str, test: set) -> Fold:
