@@ -374,13 +374,14 @@ def test_train_notes_test_clips_that_copy_training_clips(tones, tmp_path):
     assert not (clean / "duplicates.csv").exists() and "duplicates" not in json.loads((clean / "config.json").read_text())
 
 
-def test_cv_names_the_folds_whose_test_clips_copy_training_clips(tones, tmp_path):
+def test_cv_names_the_folds_whose_test_clips_copy_training_clips_or_share_its_groups(tones, tmp_path):
     data, cache = tones
-    rows = [["path", "label", "fold"]]
-    for label in TONES:
-        rows += [[str(f), label, str(n % 2)] for n, f in enumerate(sorted((data / label).glob("*.wav")))]
+    rows = [["path", "label", "group", "fold"]]
+    for label in TONES:  # groups g0-g4 (g<n % 5>), each in both folds
+        rows += [[str(f), label, f.name.split("_")[0], str(n % 2)]
+                 for n, f in enumerate(sorted((data / label).glob("*.wav")))]
     shutil.copy(rows[1][0], tmp_path / "copy.wav")  # fold 0's first clip, again in fold 1
-    rows.append([str(tmp_path / "copy.wav"), rows[1][1], "1"])
+    rows.append([str(tmp_path / "copy.wav"), rows[1][1], "copied", "1"])
     with open(tmp_path / "manifest.csv", "w", newline="") as f:
         csv.writer(f).writerows(rows)
     out = tmp_path / "cv"
@@ -389,6 +390,8 @@ def test_cv_names_the_folds_whose_test_clips_copy_training_clips(tones, tmp_path
     counts = {"validation": 0, "test": 1, "label_conflicts": 0}
     assert json.loads((out / "cv_report.json").read_text())["duplicates"] == {"0": counts, "1": counts}
     assert text.count("test clip(s) copy training clips") == 2  # each fold tests one of the pair, the other trains
+    assert "note: fold 0: 5 of its 5 test groups are also in its training folds" in text
+    assert json.loads((out / "cv_report.json").read_text())["test_groups_heard"] == {"0": [5, 5], "1": [5, 6]}
 
 
 def test_train_notes_a_declared_test_fold_that_shares_groups_with_train(tones, tmp_path):

@@ -123,9 +123,8 @@ def write_cv_report(out: Path, reports: list[dict], adapt: int) -> dict:
     if adapt:
         summary.update(_adapted_summary([r["adapted"] for r in reports]))
     cv = {"folds": reports, **summary}
-    copies = fold_duplicates(out, [r["fold"] for r in reports])
-    if copies:
-        cv["duplicates"] = copies
+    notes = fold_notes(out, [r["fold"] for r in reports])
+    cv.update({k: v for k, v in notes.items() if v})
     labels = reports[0]["labels"]
     if all("confusion_matrix" in r and r["labels"] == labels and "mAP" not in r for r in reports):
         total = np.sum([np.asarray(r["confusion_matrix"]) for r in reports], axis=0)
@@ -137,9 +136,11 @@ def write_cv_report(out: Path, reports: list[dict], adapt: int) -> dict:
         print(f"fold {r['fold']}: accuracy {r.get('accuracy', float('nan')):.4f}  macro-F1 {r['macro_f1']:.4f}")
     print(f"mean accuracy {summary['mean_accuracy']:.4f} +- {summary['std_accuracy']:.4f}, "
           f"mean macro-F1 {summary['mean_macro_f1']:.4f}; report: {out / 'cv_report.json'}")
-    for name, n in copies.items():
+    for name, n in notes["duplicates"].items():
         print(f"note: fold {name}: {n['test']} test clip(s) copy training clips and {n['label_conflicts']} pair(s) "
               f"of identical clips carry different labels ({out / f'fold-{name}' / 'duplicates.csv'})")
+    for name, (heard, groups) in notes["test_groups_heard"].items():
+        print(f"note: fold {name}: {heard} of its {groups} test groups are also in its training folds")
     if adapt:
         key = "mAP" if "adapted_mean_mAP" in summary else "accuracy"
         print(f"adapted to {adapt} unlabelled clips of each test fold, scored on the others: mean {key} "
@@ -148,16 +149,17 @@ def write_cv_report(out: Path, reports: list[dict], adapt: int) -> dict:
     return cv
 
 
-def fold_duplicates(out: Path, names: list[str]) -> dict:
-    """``{fold: counts}`` of the folds whose runs found copies or label conflicts (their ``config.json``'s
-    ``duplicates``)."""
-    found = {}
+def fold_notes(out: Path, names: list[str]) -> dict:
+    """What the fold runs noted about their tests, from their ``config.json``: ``{"duplicates": {fold: counts},
+    "test_groups_heard": {fold: [heard, groups]}}``, each holding only the folds that have any."""
+    notes = {"duplicates": {}, "test_groups_heard": {}}
     for name in names:
-        config = out / f"fold-{name}" / "config.json"
-        counts = json.loads(config.read_text()).get("duplicates") if config.is_file() else None
-        if counts:
-            found[name] = counts
-    return found
+        path = out / f"fold-{name}" / "config.json"
+        config = json.loads(path.read_text()) if path.is_file() else {}
+        for key in notes:
+            if config.get(key):
+                notes[key][name] = config[key]
+    return notes
 
 
 def _write_fold(manifest, out: Path, name: str, test: set) -> Fold:
