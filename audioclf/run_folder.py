@@ -62,17 +62,18 @@ def claim(out, overwrite: bool = False, resume: bool = False, flag: str = "--out
         raise ValueError(f"{flag} {out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
     hold(out, flag)
+    replace = not is_empty(out) and not resume
     try:
-        if not is_empty(out) and not resume and not overwrite:
+        if replace and not overwrite:
             raise ValueError(f"{flag} {out}: the folder exists and is not empty; pass --overwrite to replace the run "
                              "in it, or --resume to continue it")
-        if not is_empty(out) and not resume and not holds_run(out):
+        if replace and not holds_run(out):
             raise ValueError(f"{flag} {out}: --overwrite replaces audioclf output, and this folder holds none "
                              f"(no {', '.join(RUN_MARKERS[:2])}); choose a new or empty folder")
     except ValueError:
         release(out)
         raise
-    if not is_empty(out) and not resume:  # the overwrite
+    if replace:  # the overwrite
         for p in out.iterdir():
             if p.name != LOCK_NAME:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..adaptation import adapted_test_report, check_adaptable
+from ..checkpoint import read_config
 from ..data.manifest import load_manifest
 from ..data.splits import declared_cv_folds, kfold
 from ..evaluation.metrics import summarise_folds
@@ -154,8 +155,7 @@ def fold_notes(out: Path, names: list[str]) -> dict:
     "test_groups_heard": {fold: [heard, groups]}}``, each holding only the folds that have any."""
     notes = {"duplicates": {}, "test_groups_heard": {}}
     for name in names:
-        path = out / f"fold-{name}" / "config.json"
-        config = json.loads(path.read_text()) if path.is_file() else {}
+        config = read_config(out / f"fold-{name}")  # a fold with a report has its config
         for key in notes:
             if config.get(key):
                 notes[key][name] = config[key]
