@@ -38,4 +38,5 @@ AMP_HELP = ("run the network under bf16 autocast, as training does: faster on ba
             "with AVX-512 BF16 or AMX, recent GPUs), slower where it is emulated; scores move by up to about 1e-2 "
             "(default: float32, as the ONNX export)")
 CACHE_HELP = "decoded-audio cache (default ~/.cache/audioclf)"
-PATTERN_HELP = "regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths"
+PATTERN_HELP = ("regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths, or a template of the file "
+                "names' fields such as '{group}_{}_{label}_{}'")

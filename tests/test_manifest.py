@@ -341,3 +341,79 @@ def test_folder_manifests_list_files_in_sorted_order(tmp_path):
         _write(tmp_path / "b" / name, 900.0)
     m = from_folders(tmp_path)
     assert [Path(it.path).name for it in m.items] == names * 2
+
+
+# ------------------------------------------------------------------------------------ labels in file names
+
+
+def _emotion_set(root: Path, layout: str) -> list[str]:
+    """Tones named like emotional-speech sets: CREMA-D (``1001_DFA_ANG_XX.wav`` flat in ``AudioWAV/``) or RAVDESS
+    (``Actor_01/03-01-05-01-01-02-01.wav``); the emotion decides the tone. Returns the relative paths."""
+    made = []
+    for actor in range(1, 4):
+        for i, (emotion, code, freq) in enumerate([("ANG", "05", 300.0), ("HAP", "03", 600.0), ("SAD", "04", 900.0)]):
+            for take in (1, 2):
+                rel = (f"AudioWAV/{1000 + actor}_{['DFA', 'IEO'][take - 1]}_{emotion}_XX.wav" if layout == "crema" else
+                       f"Actor_{actor:02d}/03-01-{code}-01-01-{take:02d}-{actor:02d}.wav")
+                _write(root / rel, freq * (1 + 0.01 * actor))
+                made.append(rel)
+    return made
+
+
+def test_a_template_names_the_fields_of_file_names(tmp_path):
+    """``--pattern '{group}_{}_{label}_{}'``: each ``{name}`` captures the text between its separators, ``{}``
+    skips it, the extension is left out; a name with more fields does not match and is reported."""
+    root = tmp_path / "crema"
+    made = _emotion_set(root, "crema")
+    _write(root / "AudioWAV" / "1001_DFA_ANG_XX_extra.wav", 300.0)
+    m = load_manifest(root, "{group}_{}_{label}_{}")
+    assert m.source == "pattern" and len(m.items) == len(made) and m.labels == ["ANG", "HAP", "SAD"]
+    assert {it.group for it in m.items} == {"1001", "1002", "1003"}
+    assert [Path(p).name for p, _ in m.skipped] == ["1001_DFA_ANG_XX_extra.wav"]
+    # a folder in the template, and '-' separators: RAVDESS's emotion is the third field, the actor the folder
+    ravdess = tmp_path / "ravdess"
+    _emotion_set(ravdess, "ravdess")
+    r = load_manifest(ravdess, "{group}/{}-{}-{label}-{}-{}-{}-{}")
+    assert r.labels == ["03", "04", "05"] and {it.group for it in r.items} == {"Actor_01", "Actor_02", "Actor_03"}
+    assert all(Path(it.path).name.split("-")[2] == it.labels[0] for it in r.items)
+    with pytest.raises(ManifestError, match=r"needs a named group \(\?P<label>...\), or \{label\}"):
+        load_manifest(root, "{group}_{}")
+
+
+@pytest.mark.parametrize("layout", ["flat", "one folder"])
+def test_labels_in_file_names_get_a_hint_that_works(tmp_path, layout):
+    """Files outside class folders (CREMA-D flat, or all in one folder) are refused with what their names hold
+    and a template; that template, with ``{label}`` moved to the emotion's field, reads the set."""
+    root = tmp_path / "crema"
+    _emotion_set(root, "crema")
+    if layout == "flat":
+        for f in (root / "AudioWAV").iterdir():
+            f.rename(root / f.name)
+        (root / "AudioWAV").rmdir()
+    with pytest.raises(ManifestError) as e:
+        load_manifest(root).require_classes()
+    message = str(e.value)
+    assert "\n" not in message
+    assert ("not inside a class folder" if layout == "flat" else "only the class 'AudioWAV'") in message
+    assert ("the file names are 4 fields separated by '_' (1001_DFA_ANG_XX.wav; they take 3, 2, 3 and 1 distinct "
+            "values)") in message and "e.g. --pattern '{label}_{}_{}_{}' (field 1)" in message
+    example = message.split("--pattern '")[-1].split("'")[0]
+    assert load_manifest(root, example).labels == ["1001", "1002", "1003"]  # the example as printed reads the set
+    assert load_manifest(root, example.replace("{label}", "{group}").replace("_{}_{}_", "_{}_{label}_")).labels == [
+        "ANG", "HAP", "SAD"]
+
+
+def test_numbered_class_folders_get_a_note(tmp_path, capsys):
+    """Class folders that differ only in a number after one word (RAVDESS's ``Actor_01`` ...) are read as classes,
+    with a note that they look like speakers and what the file names hold; word-named or digit-named classes get
+    none."""
+    _emotion_set(tmp_path / "ravdess", "ravdess")
+    assert load_manifest(tmp_path / "ravdess").labels == ["Actor_01", "Actor_02", "Actor_03"]
+    err = capsys.readouterr().err
+    assert "note: the class folders Actor_01 ... Actor_03 differ only in a number" in err
+    assert "e.g. --pattern '{}-{}-{label}-{}-{}-{}-{}' (field 3)" in err
+    for names in (["dog", "cat", "bird"], ["0", "1", "2"], ["class_a", "class_b", "class_c"]):
+        for name in names:
+            _write(tmp_path / names[0] / name / "x.wav", 300.0)
+        load_manifest(tmp_path / names[0])
+        assert "differ only in a number" not in capsys.readouterr().err

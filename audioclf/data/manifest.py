@@ -8,7 +8,7 @@
    a data set's own metadata CSV with known column names (ESC-50, UrbanSound8K, FSD50K, Hugging Face
    audiofolder; see ``CSV_COLUMNS``), whose files are found by name when they sit in a sibling folder;
 3. a regular expression with named groups ``label`` (required), ``group``, ``fold``, searched in each
-   file's path relative to the root.
+   file's path relative to the root, or a template of the file name's fields (``{group}_{}_{label}_{}``).
 Files that cannot be used are not fatal: they are listed in ``Manifest.skipped`` with the reason.
 """
 from __future__ import annotations
@@ -24,9 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..audio import SUPPORTED_EXTENSIONS
+from .names import describe_names, is_template, numbered_like_groups, template_regex
 
 LABEL_SEPARATOR = ";"
 NOISE_FOLDER = "_background_noise_"  # Speech Commands: background noise recordings, not a class
+NOT_IN_CLASS_FOLDER = "not inside a class folder"
 SPLIT_LISTS = {"testing_list.txt": "testing", "validation_list.txt": "validation"}  # Speech Commands' split files
 
 
@@ -81,8 +83,10 @@ class Manifest:
         meaningless score)."""
         if len(self.labels) < 2:
             found = f"only the class {self.labels[0]!r}" if self.labels else "no class"
+            hint = describe_names([Path(it.path) for it in self.items]) if self.source == "folder" else None
             raise ManifestError(f"{self.root}: {found} in {len(self.items)} files; a classifier needs two or more "
-                                f"(one folder per class, or a label column with several values)")
+                                f"(one folder per class, or a label column with several values)"
+                                + (f"; {hint}" if hint else ""))
         return self
 
     def subset(self, indices) -> "Manifest":
@@ -113,7 +117,7 @@ def from_folders(root) -> Manifest:
     for path in audio_files(root):
         rel = path.relative_to(root)
         if len(rel.parts) < 2:
-            skipped.append((str(path), "not inside a class folder"))
+            skipped.append((str(path), NOT_IN_CLASS_FOLDER))
             continue
         if rel.parts[0].startswith("_"):
             aside[rel.parts[0]] += 1
@@ -122,6 +126,12 @@ def from_folders(root) -> Manifest:
         fold = folds.get(rel.as_posix(), "training") if folds else None
         items.append(Item(str(path.absolute()), (rel.parts[0],), group, fold))
     used = {Path(it.path).relative_to(root.absolute()).parts[0] for it in items}
+    if numbered_like_groups(sorted(used)):
+        first, last = min(used, key=_natural_key), max(used, key=_natural_key)
+        hint = describe_names([Path(it.path) for it in items])
+        print(f"note: the class folders {first} ... {last} differ only in a number: if they are speakers, sessions "
+              "or recordings rather than classes, describe the data with a CSV or --pattern"
+              + (f"; {hint}" if hint else ""), file=sys.stderr)
     for d in sorted(p.name for p in root.iterdir() if _is_class_folder_name(p)):
         if d not in used:  # never a silent class with no examples
             print(f"warning: class folder {root / d} contains no audio files; it is not used as a class",
@@ -269,14 +279,16 @@ def _find_by_name(rel: str, by_name: _NameIndex) -> tuple[Path | None, str]:
 
 
 def from_pattern(root, pattern: str) -> Manifest:
-    """Every audio file under ``root`` whose relative path (``/``-separated) matches ``pattern`` (``re.search``)."""
+    """Every audio file under ``root`` whose relative path (``/``-separated) matches ``pattern`` (``re.search``), a
+    regular expression or a ``{field}`` template (:func:`~audioclf.data.names.template_regex`)."""
     root = Path(root)
     try:
-        regex = re.compile(pattern)
+        regex = re.compile(template_regex(pattern) if is_template(pattern) else pattern)
     except re.error as e:
         raise ManifestError(f"bad --pattern {pattern!r}: {e}") from None
     if "label" not in regex.groupindex:
-        raise ManifestError(f"--pattern {pattern!r} needs a named group (?P<label>...)")
+        raise ManifestError(f"--pattern {pattern!r} needs a named group (?P<label>...), or {{label}} in a template "
+                            "such as '{label}_{group}_{}'")
     items, skipped = [], []
     for path in audio_files(root):
         match = regex.search(path.relative_to(root).as_posix())
@@ -376,5 +388,7 @@ def _checked(manifest: Manifest) -> Manifest:
     if not manifest.items:
         reasons = Counter(reason.split(": ")[-1] for _, reason in manifest.skipped)
         detail = "; ".join(f"{n} x {r}" for r, n in reasons.most_common(3))
-        raise ManifestError(f"{manifest.root}: no usable audio files found" + (f" ({detail})" if detail else ""))
+        hint = describe_names([Path(p) for p, r in manifest.skipped if r == NOT_IN_CLASS_FOLDER])
+        raise ManifestError(f"{manifest.root}: no usable audio files found" + (f" ({detail})" if detail else "")
+                            + (f"; {hint}" if hint else ""))
     return manifest

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..settings import check_value
+from ..settings import PATTERN_HELP, check_value
 
 SCRATCH = "off"  # --pretrained off: from scratch
 CV_SKIPS = ("test_fold", "test_fraction", "nproc")  # TrainConfig fields cv sets itself (folds; one process a fold)
@@ -42,7 +42,7 @@ class TrainConfig:
                                                                     "at 0 dB): predictions that do not depend on "
                                                                     "gain (default: on, unless level tells the "
                                                                     "labels apart)"})
-    pattern: str | None = field(default=None, metadata={"help": "regex with (?P<label>) [(?P<group>) (?P<fold>)] on relative paths"})
+    pattern: str | None = field(default=None, metadata={"help": PATTERN_HELP})
     test_fold: str | None = field(default=None, metadata={"help": "declared fold used as the test set (default: a fold named "
                                                                 "test/testing/eval, else a stratified hold-out)"})
     test_fraction: float = field(default=0.2, metadata={"min": 0, "lt": 1, "help": "stratified hold-out test fraction when no --test-fold"})

@@ -171,7 +171,7 @@ def plan_comparison(cfg: TrainConfig, data, run: Path) -> Comparison:
 
     if is_shard_source(data):
         return Comparison(False)
-    manifest = load_manifest(data, cfg.pattern)
+    manifest = load_manifest(data, cfg.pattern).require_classes()
     split = make_split(manifest, cfg.test_fold, cfg.test_fraction, cfg.val_fraction, split_seed(cfg))
     group = lambda idx: {manifest.items[i].group for i in idx} - {None}  # noqa: E731
     parts = group_holdout(manifest, split, split_seed(cfg))
