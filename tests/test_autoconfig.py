@@ -113,7 +113,11 @@ def test_a_small_or_missing_validation_split_is_noted(capsys):
     assert reasons == {"val_fraction=0.25": reasons["val_fraction=0.25"]} and "auto: val_fraction=0.25" in out
     assert "note:" not in out  # 100 clips, 25 a class: enough
     assert note_validation(TrainConfig(val_fraction=0.05), 400, list(range(20)), y) == {}  # the user's share
-    assert "note: validation holds 20 clips (5 of the rarest class; one clip is 5.0 accuracy points)" in \
+    assert "note: validation holds 20 clips (5 of its rarest class; one clip is 5.0 accuracy points)" in \
         capsys.readouterr().out
+    note_validation(TrainConfig(), 400, [i for i in range(400) if i % 4 != 2][:150], y, ["a", "b", "c", "d"])
+    out = capsys.readouterr().out
+    assert "note: validation holds no clip of c (no held-out group has one): the best epoch and the start kept are " \
+        "chosen without it" in out and "rarest" not in out  # 150 clips, 50 of each other class
     note_validation(TrainConfig(val_fraction=0.0), 400, [], y)
     assert "note: no validation clips" in capsys.readouterr().out

@@ -96,9 +96,10 @@ def prepare_data(cfg: TrainConfig, data, run: Path, main: bool, resumed: dict | 
         duplicates = found.counts()
     if not train_idx:
         raise TrainError(f"no usable training files in {data} ({len(skipped)} skipped, named above)")
-    s["reasons"].update(note_validation(cfg, len(split.train) + len(split.val), val_idx, label_matrix(manifest, labels)))
+    y = label_matrix(manifest, labels)
+    s["reasons"].update(note_validation(cfg, len(split.train) + len(split.val), val_idx, y, labels))
     return TrainingData(manifest, source, cache, labels, multilabel, s, init, clips, skipped, train_idx,
-                        val_idx, test_idx, label_matrix(manifest, labels), duplicates, split.test_groups_heard)
+                        val_idx, test_idx, y, duplicates, split.test_groups_heard)
 
 
 def follow_source(cfg: TrainConfig, init, source, data) -> None:
@@ -155,10 +156,11 @@ def print_split(split, usable: tuple[list, list, list], labels: list[str], multi
 SMALL_VALIDATION = 50  # fewer validation clips (or under 3 of a class) cannot tell nearby epochs apart
 
 
-def note_validation(cfg: TrainConfig, n_train: int, val_idx: list[int], y: np.ndarray) -> dict:
+def note_validation(cfg: TrainConfig, n_train: int, val_idx: list[int], y: np.ndarray,
+                    labels: list[str] | None = None) -> dict:
     """Print the automatic validation share and its reason, and a note when validation is too small to choose an
     epoch by (or missing); returns ``{setting: reason}`` of the automatic share. ``n_train``: training and
-    validation clips; ``y``: ``(clips, classes)`` labels."""
+    validation clips; ``y``: ``(clips, classes)`` labels; ``labels``: the class names."""
     reasons = {}
     if cfg.val_fraction is None and val_idx:
         share = validation_fraction(n_train, y.shape[1])
@@ -170,9 +172,15 @@ def note_validation(cfg: TrainConfig, n_train: int, val_idx: list[int], y: np.nd
     if not val_idx:
         print("note: no validation clips: training runs to its ceiling and keeps the last epoch")
         return reasons
-    fewest = int(y[val_idx].sum(axis=0).min())
+    counts = y[val_idx].sum(axis=0)
+    missing = [labels[c] if labels else str(c) for c in np.flatnonzero(counts == 0)]
+    if missing:
+        print(f"note: validation holds no clip of {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} "
+              f"(no held-out group has one): the best epoch and the start kept are chosen without "
+              f"{'it' if len(missing) == 1 else 'them'}")
+    fewest = int(counts[counts > 0].min(initial=len(val_idx)))
     if len(val_idx) < SMALL_VALIDATION or fewest < 3:
-        print(f"note: validation holds {len(val_idx)} clips ({fewest} of the rarest class; one clip is "
+        print(f"note: validation holds {len(val_idx)} clips ({fewest} of its rarest class; one clip is "
               f"{100 / len(val_idx):.1f} accuracy points): too few to tell nearby epochs apart, so the best epoch "
               f"and the stop follow its loss and may be noisy; more data or a larger --val-fraction steady them")
     return reasons
