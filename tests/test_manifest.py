@@ -370,6 +370,7 @@ def test_a_template_names_the_fields_of_file_names(tmp_path):
     assert m.source == "pattern" and len(m.items) == len(made) and m.labels == ["ANG", "HAP", "SAD"]
     assert {it.group for it in m.items} == {"1001", "1002", "1003"}
     assert [Path(p).name for p, _ in m.skipped] == ["1001_DFA_ANG_XX_extra.wav"]
+    assert [it.path for it in load_manifest(root, "{group}_{}_{label}_{}.wav").items] == [it.path for it in m.items]
     # a folder in the template, and '-' separators: RAVDESS's emotion is the third field, the actor the folder
     ravdess = tmp_path / "ravdess"
     _emotion_set(ravdess, "ravdess")

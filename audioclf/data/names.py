@@ -27,21 +27,21 @@ def template_regex(template: str) -> str:
     (``/``-separated). ``{label}``, ``{group}`` and ``{fold}`` capture a field, ``{}`` skips one; the text between
     them is literal. A field is the text up to the next separator: it holds neither ``/`` nor the characters
     written beside it, so ``{}_{label}`` matches ``a_b.wav`` and not ``a_b_c.wav``. The template covers the end
-    of the path without the file's extension: ``{label}/{}`` is a class folder, then the file."""
-    parts, fields, end = [], FIELD.finditer(template), 0
-    pieces: list[tuple[str, str | None]] = []  # (literal text before a field, the field's name or "" or None)
-    for m in fields:
+    of the path, with or without the file's extension: ``{label}/{}`` is a class folder, then the file."""
+    pieces: list[tuple[str, str | None]] = []  # (literal text before a field, the field's name, "" or None: the end)
+    end = 0
+    for m in FIELD.finditer(template):
         pieces.append((template[end:m.start()], m.group(1) or ""))
         end = m.end()
     pieces.append((template[end:], None))
-    for i, (text, name) in enumerate(pieces):
-        parts.append(re.escape(text))
-        if name is None:
-            break
-        beside = set("/") | set(text[-1:]) | set(pieces[i + 1][0][:1])
+    parts = []
+    for (text, name), (after, _) in zip(pieces, pieces[1:]):
+        beside = {"/", *text[-1:], *after[:1]}
         chars = "[^" + "".join(re.escape(c) for c in sorted(beside)) + "]+"
-        parts.append(f"(?P<{name}>{chars})" if name else chars)
-    return r"(?:^|/)" + "".join(parts) + r"\.[^/.]+$"
+        parts += [re.escape(text), f"(?P<{name}>{chars})" if name else chars]
+    tail = pieces[-1][0]
+    extension = "" if re.search(r"\.\w+$", tail) else r"\.[^/.]+"
+    return r"(?:^|/)" + "".join(parts) + re.escape(tail) + extension + "$"
 
 
 def name_fields(paths: list[Path]) -> tuple[str, list[Counter]] | None:
