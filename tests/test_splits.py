@@ -249,20 +249,20 @@ def test_group_holdout_none_where_validation_already_holds_groups_out_or_cannot(
     assert group_holdout(own, split(own, test_fold="test")) is None
 
 
-def test_holdout_takes_the_fold_that_holds_every_class():
-    """With few groups a class (here 2 of 41), some of the stratified folds miss it; the held-out fold is one that
-    holds every class whenever a fold does, so validation and test measure every class, but never the one fold
-    of a class with a single group (class 8), which training needs."""
+def test_holdout_never_holds_out_the_only_group_of_a_class():
+    """A class with a single group (class 7) must stay in the kept part, or training could not learn it; the first
+    stratified fold is held out whenever it leaves every class kept."""
     from audioclf.data.splits import holdout
-    labels = [c for c in range(7) for _ in range(6) for _ in range(4)] + [7] * 8 + [8] * 4  # 6 groups a class, 2, 1
+    labels = [c for c in range(7) for _ in range(6) for _ in range(4)] + [7] * 4  # 6 groups a class, 1 for class 7
     groups = [i // 4 for i in range(len(labels))]
-    y = np.eye(9)[labels]
-    missed = 0
+    y = np.eye(8)[labels]
+    moved = 0
     for seed in range(12):
         folds = stratified_group_folds(y, groups, 4, seed)
-        missed += y[folds == 0][:, :8].sum(axis=0).min() == 0  # the first fold lacks a class
+        first = [i for i in range(len(labels)) if folds[i] == 0]
         kept, held = holdout(list(range(len(labels))), y, groups, 0.25, seed)
-        assert y[held][:, :8].sum(axis=0).min() > 0 and y[kept].sum(axis=0).min() > 0
-        assert not {groups[i] for i in kept} & {groups[i] for i in held}
+        assert y[kept].sum(axis=0).min() > 0 and not {groups[i] for i in kept} & {groups[i] for i in held}
         assert sorted(kept + held) == list(range(len(labels)))
-    assert missed > 0  # the case the choice of fold is for
+        moved += held != first
+        assert (held == first) == (7 not in [labels[i] for i in first])
+    assert 0 < moved < 12  # both cases were met

@@ -71,15 +71,14 @@ def stratified_group_folds(y: np.ndarray, groups: list, k: int, seed: int = 0) -
 
 def holdout(indices: list[int], y: np.ndarray, groups: list, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Split ``indices`` into (kept, held out ~``fraction``), stratified and group-aware: one of
-    :func:`stratified_group_folds`' ``1 / fraction`` folds, the first that leaves the most classes in the kept part
-    and, among those, holds the most itself (with few groups a class, a fold may miss one, and a held-out set
-    without a class cannot measure it)."""
+    :func:`stratified_group_folds`' ``1 / fraction`` folds, the first that leaves every class in the kept part (or
+    the most classes), since a class whose only group is held out could not be learnt at all."""
     if fraction <= 0 or len(indices) < 2:
         return list(indices), []
     k = max(2, int(round(1 / fraction)))
     folds = stratified_group_folds(y[indices], [groups[i] for i in indices], k, seed)
     classes = lambda part: int((y[indices][part].sum(axis=0) > 0).sum())  # noqa: E731
-    held_fold = max(range(k), key=lambda f: (classes(folds != f), classes(folds == f)))
+    held_fold = max(range(k), key=lambda f: classes(folds != f))
     kept = [i for i, f in zip(indices, folds) if f != held_fold]
     held = [i for i, f in zip(indices, folds) if f == held_fold]
     return (kept, held) if kept else (held, kept)
