@@ -14,6 +14,7 @@ Files that cannot be used are not fatal: they are listed in ``Manifest.skipped``
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -93,6 +94,12 @@ class Manifest:
         return Manifest([self.items[i] for i in indices], self.root, [], self.source, self.noise_dir)
 
 
+@functools.cache
+def _tell(message: str) -> None:
+    """Print a line about the data set to stderr, once a process (a command loads the manifest for each run)."""
+    print(message, file=sys.stderr)
+
+
 def _natural_key(text: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
@@ -129,20 +136,17 @@ def from_folders(root) -> Manifest:
     if numbered_like_groups(sorted(used)):
         first, last = min(used, key=_natural_key), max(used, key=_natural_key)
         hint = describe_names([Path(it.path) for it in items])
-        print(f"note: the class folders {first} ... {last} differ only in a number: if they are speakers, sessions "
+        _tell(f"note: the class folders {first} ... {last} differ only in a number: if they are speakers, sessions "
               "or recordings rather than classes, describe the data with a CSV or --pattern"
-              + (f"; {hint}" if hint else ""), file=sys.stderr)
+              + (f"; {hint}" if hint else ""))
     for d in sorted(p.name for p in root.iterdir() if _is_class_folder_name(p)):
         if d not in used:  # never a silent class with no examples
-            print(f"warning: class folder {root / d} contains no audio files; it is not used as a class",
-                  file=sys.stderr)
+            _tell(f"warning: class folder {root / d} contains no audio files; it is not used as a class")
     for d, n in sorted(aside.items()):
         use = "used as background noise for training" if d == NOISE_FOLDER else "left out"
-        print(f"note: {root / d} is not a class (its name starts with '_'); its {n} audio files are {use}",
-              file=sys.stderr)
+        _tell(f"note: {root / d} is not a class (its name starts with '_'); its {n} audio files are {use}")
     if folds:
-        print(f"folds from {', '.join(lists)}: "
-              f"{dict(Counter(it.fold for it in items))}", file=sys.stderr)
+        _tell(f"folds from {', '.join(lists)}: {dict(Counter(it.fold for it in items))}")
     noise_dir = str((root / NOISE_FOLDER).absolute()) if NOISE_FOLDER in aside else None
     return _checked(Manifest(items, root, skipped, "folder", noise_dir))
 
@@ -237,8 +241,8 @@ def from_csv(csv_path) -> Manifest:
         f.seek(0)
         columns = _csv_columns(csv_path, reader.fieldnames or [])
         if any(columns[role] != role for role in columns):
-            print(f"{csv_path}: reading " + ", ".join(f"{role} from column {column!r}" for role, column
-                                                       in columns.items()), file=sys.stderr)
+            _tell(f"{csv_path}: reading " + ", ".join(f"{role} from column {column!r}" for role, column
+                                                      in columns.items()))
         split = (",", ";") if columns["label"].lower() == "labels" else (";",)  # FSD50K: labels="Guitar,Music"
         items, skipped, seen, looked_up = [], [], set(), 0
         for line, row in enumerate(reader, start=2):
@@ -266,7 +270,7 @@ def from_csv(csv_path) -> Manifest:
                 items.append(Item(str(path), labels, row.get(columns.get("group"), "") or None,
                                   row.get(columns.get("fold"), "") or None))
     if looked_up:
-        print(f"{csv_path}: {looked_up} file(s) found by name under {by_name.root}", file=sys.stderr)
+        _tell(f"{csv_path}: {looked_up} file(s) found by name under {by_name.root}")
     return _checked(Manifest(items, root, skipped, "csv"))
 
 
@@ -321,11 +325,11 @@ def load_manifest(data, pattern: str | None = None) -> Manifest:
     if len(classes) < 2 or fold_like:
         metadata = _metadata_csvs(data)
         if len(metadata) == 1:
-            print(f"{data}: no class folders ({', '.join(classes) or 'none'}); using the metadata file "
-                  f"{metadata[0]}", file=sys.stderr)
+            _tell(f"{data}: no class folders ({', '.join(classes) or 'none'}); using the metadata file "
+                  f"{metadata[0]}")
             return from_csv(metadata[0])
         if len(classes) == 1 and len(_class_folders(data / classes[0])) >= 2:  # e.g. GTZAN's Data/genres_original
-            print(f"{data}: the one folder with audio, {classes[0]}, holds the class folders", file=sys.stderr)
+            _tell(f"{data}: the one folder with audio, {classes[0]}, holds the class folders")
             return load_manifest(data / classes[0])
         if fold_like:
             raise ManifestError(f"{data}: the sub-folders ({', '.join(classes[:3])}, ...) look like folds, not "
