@@ -76,9 +76,9 @@ def holdout(indices: list[int], y: np.ndarray, groups: list, fraction: float, se
     if fraction <= 0 or len(indices) < 2:
         return list(indices), []
     k = max(2, int(round(1 / fraction)))
-    folds = stratified_group_folds(y[indices], [groups[i] for i in indices], k, seed)
-    classes = lambda part: int((y[indices][part].sum(axis=0) > 0).sum())  # noqa: E731
-    held_fold = max(range(k), key=lambda f: classes(folds != f))
+    y_in = y[indices]
+    folds = stratified_group_folds(y_in, [groups[i] for i in indices], k, seed)
+    held_fold = max(range(k), key=lambda f: int((y_in[folds != f].sum(axis=0) > 0).sum()))  # classes kept
     kept = [i for i, f in zip(indices, folds) if f != held_fold]
     held = [i for i, f in zip(indices, folds) if f == held_fold]
     return (kept, held) if kept else (held, kept)
