@@ -36,20 +36,21 @@ import contextlib
 import csv
 import io
 import json
-import multiprocessing
 import os
 import struct
 import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import soxr
 from results_csv import append_rows, code_version, machine_name
+
+from audioclf.workers import process_pool
 
 ROOT = Path(__file__).resolve().parents[1]
 FSDD = ROOT / "datasets/fsdd"
@@ -329,8 +330,7 @@ def main() -> None:
     tasks = sorted(((name, seed) for name in sets for seed in seeds), key=lambda t: -COST[t[0]])  # longest first
     jobs = max(1, min(args.jobs, len(tasks)))
     done_rows, failed = {}, {}
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=start_worker,
-                             initargs=(max(1, cores // jobs),)) as pool:
+    with process_pool(jobs, start_worker, (max(1, cores // jobs),)) as pool:  # ended with the suite, not awaited
         running = {pool.submit(run_set, name, manifests[name], configs, args.out, seed): (name, seed)
                    for name, seed in tasks}
         for done in as_completed(running):

@@ -5,11 +5,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ..evaluation.plots import plot_confusion, write_confusion_csv
 from ..io_utils import write_json_atomic, write_text_atomic
 from ..run_folder import claimed, holds_state
 from ..settings import check_fields, option
+from ..workers import process_pool
 from ..malloc import keep_activations_in_heap
 from ..models import create_model
 from .autoconfig import choose_model
@@ -232,9 +232,7 @@ def _run_folds_in_processes(plan: list[Fold], settings: dict, adapt: int, jobs: 
     threads = max(1, torch.get_num_threads() // jobs)
     print(f"{jobs} folds at a time, {threads} thread(s) each; each fold's output in {plan[0].log.parent}/fold-NAME.log")
     reports, failed = {}, []
-    # spawn: a fresh interpreter per worker, whatever threads or CUDA state this process holds
-    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker,
-                             initargs=(threads,)) as pool:
+    with process_pool(jobs, _start_worker, (threads,)) as pool:  # ended, not awaited, on Ctrl-C or SIGTERM
         running = {}
         for fold in plan:
             print(f"--- fold {fold.name}: {len(fold.test_items)} test files (log: {fold.log})")
