@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .io_utils import file_sha256, write_atomic, write_text_atomic
+from .io_utils import write_atomic, write_text_atomic
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -346,9 +346,10 @@ def _check_state(model, state: dict, run: Path) -> None:
 def load_run(run_dir, device="cpu"):
     """Rebuild the model of a run folder and load its weights strictly; returns ``(model, config)`` in eval mode.
 
-    Weights are read only from ``model.safetensors`` with ``safetensors.torch.load_file`` (no pickle).
+    Weights are read only from ``model.safetensors``, once, with ``safetensors.torch.load`` (no pickle); the
+    returned config's ``weights_sha256`` is the SHA-256 of the bytes loaded (what reports and exports record).
     """
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     from .models import create_model
     from .models.ensemble import Ensemble
@@ -375,15 +376,18 @@ def load_run(run_dir, device="cpu"):
     except (TypeError, ValueError) as e:
         raise CheckpointError(run, f"cannot build model {config['model']!r} from {CONFIG_NAME}: {e}") from e
     try:
-        state = load_file(weights, device="cpu")
+        data = weights.read_bytes()  # one read: the bytes hashed are the bytes loaded
+        state = load(data)
+    except OSError as e:
+        raise CheckpointError(run, f"cannot read {WEIGHTS_NAME}: {e.strerror or e}") from e
     except Exception as e:  # safetensors raises its own error type for corrupt files
         raise CheckpointError(run, f"cannot read {WEIGHTS_NAME}: {e}") from e
     _check_state(model, state, run)
-    expected = config.get("weights_sha256")
-    if expected is not None:
-        if file_sha256(weights) != expected:
-            raise CheckpointError(run, f"{WEIGHTS_NAME} is not the file {CONFIG_NAME} was saved with (its SHA-256 "
-                                       "differs from weights_sha256): the two come from different saves")
+    expected, loaded = config.get("weights_sha256"), hashlib.sha256(data).hexdigest()
+    if expected is not None and loaded != expected:
+        raise CheckpointError(run, f"{WEIGHTS_NAME} is not the file {CONFIG_NAME} was saved with (its SHA-256 "
+                                   "differs from weights_sha256): the two come from different saves")
+    config["weights_sha256"] = loaded  # also for runs saved before configs held it
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

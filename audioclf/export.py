@@ -74,12 +74,10 @@ def export_onnx(run_dir, out_path=None, opset: int = 17, verify: bool = True) ->
 
     Raises ``ExportError("model X cannot be exported to ONNX: reason")`` for a model that does not export.
     """
-    from .run_folder import weights_sha256
     from .weights import resolve_run
 
     run_dir = resolve_run(run_dir)
-    model, config = load_run(run_dir)
-    config = {**config, "weights_sha256": weights_sha256(run_dir)}  # also for runs saved before configs held it
+    model, config = load_run(run_dir)  # its weights_sha256: the weights loaded
     out = Path(out_path) if out_path is not None else Path(run_dir) / ONNX_NAME
     return export_model(model, config, out, opset=opset, verify=verify)
 

@@ -8,7 +8,6 @@ import os
 import shutil
 from pathlib import Path
 
-from .io_utils import file_sha256
 
 try:
     import fcntl
@@ -155,10 +154,3 @@ def discard_if_new(out, existed: bool) -> None:
         if not worth_keeping(out):
             shutil.rmtree(out, ignore_errors=True)
     release(out)
-
-
-def weights_sha256(run) -> str | None:
-    """SHA-256 of ``RUN/model.safetensors`` (None without one): what derived files (ONNX export, evaluation reports)
-    record, so a retrained run's old derivatives are recognised as stale."""
-    path = Path(run) / WEIGHTS_NAME
-    return file_sha256(path) if path.is_file() else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -175,6 +176,33 @@ def test_a_stale_onnx_export_is_refused_and_predict_exports_again(tmp_path):
     got = json.loads(out)[0]["predictions"]
     want = load(run).predict(FSDD_CLIPS[0], top_k=3)
     assert [p["label"] for p in got] == [p["label"] for p in want]
+
+
+def test_reports_and_exports_name_the_weights_they_used_even_when_the_run_is_saved_again_meanwhile(tmp_path,
+                                                                                                   monkeypatch):
+    import audioclf.inference
+    from audioclf.checkpoint import load_run
+    run = make_tiny_run(tmp_path / "run", FSDD_CLIPS[:8])
+    used = json.loads((run / "config.json").read_text())["weights_sha256"]
+    data = tmp_path / "data"
+    for clip in FSDD_CLIPS[:4]:
+        (data / Path(clip).name[0]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(clip, data / Path(clip).name[0])
+    score = audioclf.inference.clip_logits
+
+    def retrained_while_scoring(*args, **kwargs):  # another command saves the run between load and report
+        make_tiny_run(run, FSDD_CLIPS[4:])
+        return score(*args, **kwargs)
+    monkeypatch.setattr(audioclf.inference, "clip_logits", retrained_while_scoring)
+    rc, _, err = run_cli("evaluate", run, data, "--out", tmp_path / "eval")
+    assert rc == 0, err
+    now = json.loads((run / "config.json").read_text())["weights_sha256"]
+    assert now != used and json.loads((tmp_path / "eval" / "report.json").read_text())["weights_sha256"] == used
+
+    config = json.loads((run / "config.json").read_text())
+    del config["weights_sha256"]  # a run saved before configs held it
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_run(run)[1]["weights_sha256"] == hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest()
 
 
 def test_weights_and_config_from_different_saves_are_refused(tmp_path):

@@ -102,7 +102,6 @@ def evaluate(run, data, **settings) -> dict:
     from ..data.manifest import Manifest, load_manifest
     from ..data.splits import label_matrix
     from ..inference import clip_logits, load, scores_from_logits
-    from ..run_folder import weights_sha256
     from ..weights import resolve_run
 
     clf = load(run, device, amp)
@@ -132,7 +131,7 @@ def evaluate(run, data, **settings) -> dict:
     report = build_report(scores_from_logits(logits, clf.multilabel), targets, clf.labels, clf.multilabel,
                           clf.thresholds)
     report["skipped"] = len(bad) + len(unknown) + len(manifest.skipped)
-    report["weights_sha256"] = weights_sha256(resolve_run(run))  # the weights this report describes
+    report["weights_sha256"] = clf.config["weights_sha256"]  # the weights this report describes, as loaded
     path = write_report(report, out or Path(run) / "evaluation")
     print(summary_line(report))
     print(f"report: {path}")
