@@ -1,13 +1,11 @@
 """Output folders of commands that write runs: claimed before any work, held by one command at a time, never
-silently overwritten, removed again when a command fails before it wrote anything worth keeping; the hash that ties
-derived files to their weights."""
+silently overwritten, removed again when a command fails before it wrote anything worth keeping."""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 from pathlib import Path
-
 
 try:
     import fcntl

@@ -36,6 +36,7 @@ def process_pool(jobs: int, initializer=None, initargs: tuple = ()):
         previous = signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         yield pool
+        pool.shutdown(wait=True)  # inside the try: a SIGTERM while it waits ends the workers too
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)
         workers = set(multiprocessing.active_children()) - before  # this pool's, not other children of the process
@@ -47,8 +48,6 @@ def process_pool(jobs: int, initializer=None, initargs: tuple = ()):
                 process.kill()
                 process.join()
         raise
-    else:
-        pool.shutdown(wait=True)
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
